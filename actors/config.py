@@ -1,0 +1,68 @@
+"""Configs of the actor side: edit data, the policy, and rollout sampling (ALGORITHM.md sections 1, 2, 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training items come from and how an epoch is drawn."""
+
+    manifest: Optional[str] = None  # JSONL manifest; None = the synthetic edit task generated in code
+    format: Literal["manifest", "cocoedit40k", "benchmask"] = "manifest"
+    mask_polarity: Literal["edit_white", "keep_white"] = "edit_white"  # CoCoEdit-40K stores keep_white
+    image_size: int = 512  # center-crop to square, then resize
+    synth_num: int = 256  # items generated for the synthetic task
+    synth_seed: int = 0
+    n_items: int = 24  # distinct items per epoch
+    group_size: int = 12  # edits per item (one group)
+    seed: int = 0  # sampler order
+    ban_std: float = 0.02  # ban items whose group std is below this ...
+    ban_mean: float = 0.9  # ... and whose group mean is above this
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The diffusion editor and its LoRA."""
+
+    family: Literal["flux_kontext", "qwen_image_edit", "qwen_image_edit_plus"] = "flux_kontext"
+    model_path: Optional[str] = (
+        None  # local diffusers directory; None in tiny mode = build/cache the tiny editor
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    device: str = "auto"  # "auto" = cuda if available else cpu
+    guidance: float = 2.5  # FLUX-Kontext distilled guidance; unused by Qwen-Image-Edit
+    true_cfg_scale: float = 1.0  # Qwen-Image-Edit trains without CFG
+    max_sequence_length: int = 512
+    lora_rank: int = 32
+    lora_alpha: int = 64
+    lora_init: Literal["gaussian", "default"] = "gaussian"
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    gradient_checkpointing: bool = True
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Sampling of groups by the rollout workers (theta_old)."""
+
+    sampler: Literal["dpm2", "euler", "sde"] = "dpm2"
+    num_steps: int = 10
+    sde_noise_level: float = 0.7  # Flow-GRPO's a
+    num_workers: int = 1
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0
+    batch_size: int = 12  # edits per forward pass inside a worker
+    seed: int = 0
+    max_staleness: int = 0  # epochs a rollout batch may lag the learner (0 = strictly on-policy)
+    max_restarts: int = 3
+
+
+@dataclass(frozen=True)
+class ActorsConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)

@@ -1,0 +1,78 @@
+"""The one narrow interface every edit-model family implements (DESIGN.md, Policies).
+
+Latents are *packed*: [N, L, D] token sequences as the diffusers transformers consume them
+(FLUX packs 2x2 patches of the VAE latent; Qwen-Image likewise). `unpack` gives [N, C, h, w] on the
+latent grid, which the region regularizer needs.
+
+LoRA: one transformer carries two peft adapters, `default` (theta, trained) and `old` (theta_old,
+samples); the reference policy is the transformer with adapters disabled.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from typing import Literal
+
+import torch
+from torch import nn
+
+from actors.types import Condition
+
+AdapterName = Literal["default", "old", "ref"]
+
+
+class EditPolicy(ABC):
+    transformer: nn.Module  # peft-wrapped, adapters "default" and "old"
+    device: torch.device
+    dtype: torch.dtype
+    family: str
+
+    @abstractmethod
+    def encode_condition(self, instructions: list[str], source_images: torch.Tensor) -> Condition:
+        """instructions: N strings; source_images: [N, 3, H, W] uint8. Returns the batched Condition,
+        including the packed source-image latents (`image_latents`)."""
+
+    @abstractmethod
+    def source_latents(self, condition: Condition) -> torch.Tensor:
+        """Packed source latents x_src [N, L, D] in the same layout as x0 (for the region regularizer)."""
+
+    @abstractmethod
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """x_t: [N, L, D] packed latents at flow time t: [N] in (0, 1] (1 = noise). Returns v: [N, L, D]
+        with the currently active adapter. The source latents are concatenated along the sequence
+        exactly as the diffusers pipeline does and the image-token part of the output is dropped."""
+
+    @abstractmethod
+    def decode(self, x0: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Packed latents [N, L, D] -> images [N, 3, H, W] uint8."""
+
+    @abstractmethod
+    def pack(self, latents: torch.Tensor) -> torch.Tensor:
+        """[N, C, h, w] latent grid -> [N, L, D] packed."""
+
+    @abstractmethod
+    def unpack(self, packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """[N, L, D] packed -> [N, C, h, w] latent grid, for an image of height x width pixels."""
+
+    @abstractmethod
+    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(L, D) of the packed latents for an image of height x width pixels."""
+
+    @abstractmethod
+    def adapter(self, name: AdapterName) -> AbstractContextManager[None]:
+        """Context in which `velocity` uses adapter `name` ("ref" = adapters disabled)."""
+
+    @abstractmethod
+    def lora_state_dict(self, adapter: Literal["default", "old"]) -> dict[str, torch.Tensor]:
+        """The adapter's LoRA weights (CPU tensors, peft key names without the adapter name)."""
+
+    @abstractmethod
+    def load_lora_state_dict(
+        self, state: dict[str, torch.Tensor], adapter: Literal["default", "old"]
+    ) -> None:
+        """Inverse of lora_state_dict."""
+
+    @abstractmethod
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the `default` adapter (what the learner optimises)."""

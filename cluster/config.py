@@ -1,0 +1,204 @@
+"""The experiment config: one frozen dataclass per component, composed here, loaded from one YAML.
+
+    cfg = load_config("cluster/configs/tiny_cpu.yaml", ["learner.lr=1e-4", "rollout.num_steps=8"])
+
+Unknown keys and values of the wrong type are errors that name the key and the file. The rest of the
+code sees only these dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from actors.config import DataConfig, PolicyConfig, RolloutConfig
+from learner.config import LearnerConfig
+from rewards.config import RewardsConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "tiny_cpu.yaml"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The driver: epochs, logging, checkpoints, the Ray cluster."""
+
+    name: str = "cocoedit"
+    epochs: int = 100
+    run_dir: str = "runs/${name}"  # ${name} is replaced by run.name
+    log_every: int = 1
+    image_every: int = 10
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # 0 = never during training
+    ray_address: Optional[str] = None  # None = start a local Ray cluster on 127.0.0.1
+    ray_num_cpus: Optional[int] = None
+    seed: int = 0
+    tiny: bool = False  # build the tiny editor / tiny judge in code when no model_path is given
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the dataclasses."""
+
+
+def load_config(path: Union[str, Path, None] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read YAML `path` (default: tiny_cpu.yaml), apply `key.sub=value` overrides, return a Config."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path} does not exist (configs shipped: {sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))})"
+        )
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. learner.lr=1e-4)")
+        _set_dotted(raw, key.strip().split("."), yaml.safe_load(value) if value.strip() else "")
+    source = f"{path}" + (f" with overrides {list(overrides)}" if overrides else "")
+    cfg = _build(Config, raw, prefix="", source=source)
+    return _resolve(cfg)
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain YAML-able data (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _set_dotted(raw: dict, keys: list[str], value: Any) -> None:
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(keys)}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def _resolve(cfg: Config) -> Config:
+    run_dir = cfg.run.run_dir.replace("${name}", cfg.run.name)
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=run_dir))
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix}{unknown[0]}"
+            + (f" (and {unknown[1:]})" if len(unknown) > 1 else "")
+            + f"; valid keys of {where}: {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}", source)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise ConfigError(f"{source}: {key} must be {expected}, got {value!r} ({type(value).__name__})")
+
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", source)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for a in non_none:
+            try:
+                return _coerce(a, value, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            fail(f"one of {list(args)}")
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                fail("a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            fail("a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            fail(f"a list of {len(args)} items")
+        return tuple(
+            _coerce(a, v, f"{key}[{i}]", source) for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            fail("a list")
+        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail("a mapping")
+        return {
+            _coerce(args[0], k, f"{key}.<key>", source): _coerce(args[1], v, f"{key}.{k}", source)
+            for k, v in value.items()
+        }
+    raise ConfigError(f"{source}: {key}: unsupported config type {tp!r}")

@@ -1,0 +1,1 @@
+"""Advantages, the DiffusionNFT loss with CoCoEdit's region regularizer, and the DeepSpeed learner."""

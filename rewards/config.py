@@ -1,0 +1,93 @@
+"""Configs of the reward side (ALGORITHM.md section 3; DESIGN.md, Reward services)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings every reward gRPC server shares."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = pick a free port
+    max_message_mb: int = 256
+    max_concurrent_calls: int = 8  # further calls get RESOURCE_EXHAUSTED
+    max_batch_edits: int = 512
+    decode_workers: int = 2  # threads decoding PNGs off the event loop
+    grace_s: float = 5.0  # graceful shutdown on SIGTERM
+
+
+@dataclass(frozen=True)
+class PixelConfig:
+    """Pixel-consistency reward S_pix on the keep region."""
+
+    compat: Literal["standard", "release"] = "standard"
+    ssim_weight: float = 0.35
+    psnr_weight: float = 0.65
+    psnr_cap_db: float = 40.0
+    window: int = 11
+    sigma: float = 1.5
+    device: str = "cpu"
+    replicas: int = 1
+    min_replicas: int = 1
+    max_replicas: int = 4
+    cpus_per_replica: float = 1.0
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The MLLM judge on vLLM (S_mllm)."""
+
+    enabled: bool = True
+    model_path: Optional[str] = None  # local HF directory; None in tiny mode = build/cache the tiny judge
+    score_mode: Literal["logits", "text"] = "logits"
+    temperature: float = 0.7  # text mode
+    max_tokens: int = 8  # text mode
+    text_retries: int = 3
+    prompt_version: str = "cocoedit-v1"
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = 4096
+    images_per_prompt: int = 2
+    gpu_memory_utilization: float = 0.85  # on CPU vLLM reserves HOST memory with this: keep it small there
+    tensor_parallel_size: int = 1
+    image_size: int = 512  # images are resized to this before the judge sees them
+    replicas: int = 1
+    min_replicas: int = 1
+    max_replicas: int = 4
+    gpus_per_replica: float = 1.0
+    cpus_per_replica: float = 1.0
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+@dataclass(frozen=True)
+class SyntheticJudgeConfig:
+    """Exact instruction-following score for the synthetic task (known target)."""
+
+    enabled: bool = False
+    replicas: int = 1
+    cpus_per_replica: float = 0.5
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    timeout_s: float = 60.0  # deadline of every call
+    retries: int = 4  # on UNAVAILABLE / RESOURCE_EXHAUSTED only
+    backoff_s: float = 0.2  # first backoff, doubled per retry
+    ready_timeout_s: float = 300.0  # wait for health SERVING at start-up
+    batch_edits: int = 64  # edits per request
+
+
+@dataclass(frozen=True)
+class RewardsConfig:
+    # R = sum_k weights[k] * S_k; names are the services' score names (mllm, pixel, synthetic).
+    weights: dict[str, float] = field(default_factory=lambda: {"mllm": 0.9, "pixel": 0.1})
+    addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)  # external services by name
+    pixel: PixelConfig = field(default_factory=PixelConfig)
+    mllm: JudgeConfig = field(default_factory=JudgeConfig)
+    synthetic: SyntheticJudgeConfig = field(default_factory=SyntheticJudgeConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
