@@ -5,6 +5,7 @@ Shapes: N edits, H x W pixels, L packed latent tokens, D packed channels, T samp
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -101,3 +102,62 @@ class RolloutBatch:
 
     def __len__(self) -> int:
         return len(self.edit_ids)
+
+    def select(self, index: list[int]) -> RolloutBatch:
+        """The edits at `index` (in that order), as a new batch."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return dataclasses.replace(
+            self,
+            **{name: [getattr(self, name)[i] for i in index] for name in _PER_EDIT_LISTS},
+            **{
+                name: getattr(self, name)[idx]
+                for name in _PER_EDIT_TENSORS
+                if getattr(self, name) is not None
+            },
+            condition=self.condition.select(idx),
+        )
+
+    @staticmethod
+    def cat(batches: list[RolloutBatch]) -> RolloutBatch:
+        """Concatenate shards sampled with the same policy version and sampler settings."""
+        first = batches[0]
+        for b in batches[1:]:
+            if (b.policy_version, b.sampler, b.height, b.width) != (
+                first.policy_version,
+                first.sampler,
+                first.height,
+                first.width,
+            ):
+                raise ValueError(
+                    f"cannot concatenate rollout shards of different versions/settings: "
+                    f"{(b.policy_version, b.sampler, b.height, b.width)} vs "
+                    f"{(first.policy_version, first.sampler, first.height, first.width)}"
+                )
+        timings: dict[str, float] = {}
+        for b in batches:
+            for k, v in b.timings.items():
+                timings[k] = max(timings.get(k, 0.0), v)  # shards run in parallel
+        return dataclasses.replace(
+            first,
+            **{name: [x for b in batches for x in getattr(b, name)] for name in _PER_EDIT_LISTS},
+            **{
+                name: torch.cat([getattr(b, name) for b in batches])
+                for name in _PER_EDIT_TENSORS
+                if getattr(first, name) is not None
+            },
+            condition=Condition.cat([b.condition for b in batches]),
+            timings=timings,
+        )
+
+
+_PER_EDIT_LISTS = ("edit_ids", "item_ids", "group_ids", "instructions", "seeds")
+_PER_EDIT_TENSORS = (
+    "x0",
+    "source_latents",
+    "edited_images",
+    "source_images",
+    "edit_masks",
+    "target_images",
+    "trajectory",
+    "log_probs",
+)
