@@ -20,9 +20,7 @@ class DataConfig:
     synth_seed: int = 0
     n_items: int = 24  # distinct items per epoch
     group_size: int = 12  # edits per item (one group)
-    seed: int = 0  # sampler order
-    ban_std: float = 0.02  # ban items whose group std is below this ...
-    ban_mean: float = 0.9  # ... and whose group mean is above this
+    seed: int = 0  # sampler order (bans are decided by the learner's advantages: learner.ban_*)
 
 
 @dataclass(frozen=True)
