@@ -15,6 +15,8 @@ class LearnerConfig:
     adv_clip: float = 5.0
     valid_min_std: float = 0.02
     valid_max_mean: float = 0.9
+    ban_max_std: float = 0.02  # items whose group std is below this and mean above ban_min_mean are banned
+    ban_min_mean: float = 0.9
     # NFT policy loss (section 5)
     nft_beta: float = 1.0
     policy_loss_scale: float = 5.0
@@ -35,6 +37,7 @@ class LearnerConfig:
     # Flow-GRPO (section 7)
     grpo_clip: float = 1e-4
     grpo_kl_beta: float = 0.0
+    sde_noise_level: float = 0.7  # Flow-GRPO's a; must equal rollout.sde_noise_level of the stored steps
     # optimisation
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -50,3 +53,5 @@ class LearnerConfig:
     cpus_per_rank: float = 1.0
     bf16: bool = True  # autocast on GPU; ignored on CPU
     seed: int = 0
+    # where the engine runs: "auto" = cuda if available else cpu (DeepSpeed's CPU accelerator + gloo)
+    device: str = "auto"

@@ -1,0 +1,68 @@
+"""Advantages, validity, bans and r on hand-computed reward tables (ALGORITHM.md s4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from learner.advantages import (
+    banned_items,
+    group_advantages,
+    group_stats,
+    optimality_probability,
+    score_groups,
+    valid_edits,
+)
+from learner.config import LearnerConfig
+
+# three groups of two edits; group c is solved (std 0, mean 0.95), group b is low-variance
+REWARDS = torch.tensor([0.2, 0.6, 0.5, 0.51, 0.95, 0.95], dtype=torch.float64)
+GROUPS = ["e:a", "e:b", "e:a", "e:b", "e:c", "e:c"]  # interleaved on purpose: grouping is by id, not order
+ITEMS = ["a", "b", "a", "b", "c", "c"]
+
+
+def test_group_stats_and_advantages_by_hand() -> None:
+    mean, std = group_stats(REWARDS, GROUPS)
+    torch.testing.assert_close(
+        mean, torch.tensor([0.35, 0.555, 0.35, 0.555, 0.95, 0.95], dtype=torch.float64)
+    )
+    torch.testing.assert_close(std, torch.tensor([0.15, 0.045, 0.15, 0.045, 0.0, 0.0], dtype=torch.float64))
+    std_all = REWARDS.numpy().std()  # population std over the whole epoch
+    adv = group_advantages(REWARDS, GROUPS, std_eps=1e-4)
+    expected = (REWARDS - mean) / (std_all + 1e-4)
+    torch.testing.assert_close(adv, expected)
+    assert adv[0].item() == pytest.approx(-0.15 / (std_all + 1e-4))
+    assert adv[4].item() == 0.0
+
+
+def test_validity_and_bans() -> None:
+    valid = valid_edits(REWARDS, GROUPS, min_std=0.02, max_mean=0.9)
+    assert valid.tolist() == [True, True, True, True, False, False]
+    assert valid_edits(REWARDS, GROUPS, min_std=0.05).tolist() == [True, False, True, False, False, False]
+    assert banned_items(REWARDS, GROUPS, ITEMS, max_std=0.02, min_mean=0.9) == ["c"]
+    # a low-variance group with a low mean is invalid but not banned
+    low = torch.tensor([0.1, 0.1, 0.5, 0.9])
+    assert banned_items(low, ["x", "x", "y", "y"], ["x", "x", "y", "y"]) == []
+    assert valid_edits(low, ["x", "x", "y", "y"]).tolist() == [False, False, True, True]
+
+
+def test_optimality_probability() -> None:
+    adv = torch.tensor([-10.0, -5.0, -1.0, 0.0, 2.5, 5.0, 7.0])
+    r = optimality_probability(adv, adv_clip=5.0)
+    torch.testing.assert_close(r, torch.tensor([0.0, 0.0, 0.4, 0.5, 0.75, 1.0, 1.0]))
+
+
+def test_score_groups_uses_config_thresholds() -> None:
+    cfg = LearnerConfig()
+    s = score_groups(REWARDS, GROUPS, ITEMS, cfg)
+    assert s.banned_items == ["c"]
+    assert s.valid.tolist() == [True, True, True, True, False, False]
+    torch.testing.assert_close(s.r, optimality_probability(s.advantages, 5.0))
+    assert s.metrics()["adv/valid_fraction"] == pytest.approx(4 / 6)
+
+
+def test_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="group_ids"):
+        group_advantages(torch.zeros(3), ["a", "b"])
+    with pytest.raises(ValueError, match="not finite"):
+        group_advantages(torch.tensor([0.1, float("nan")]), ["a", "a"])
