@@ -295,10 +295,15 @@ def scan(path: str | Path, format: Format = "manifest", mask_polarity: Optional[
                 )
         if len(problems) == n:
             try:
-                coverage[rec.line] = float(_read_mask(rec.mask, polarity).mean())
+                fraction = float(_read_mask(rec.mask, polarity).mean())
             except OSError as e:
                 problems.append(Problem(rec.line, "mask", f"cannot decode {rec.mask}: {e}"))
                 continue
+            if fraction == 0.0:
+                reason = f"marks no pixel to edit with mask_polarity={polarity}; check the polarity or drop the item"
+                problems.append(Problem(rec.line, "mask", reason))
+                continue
+            coverage[rec.line] = fraction
             sizes[rec.line] = size  # type: ignore[assignment]
             good.append(rec)
     problems.sort(key=lambda p: p.line)
@@ -377,9 +382,15 @@ def load_edit_data(
         raise ValueError(f"{result.path} ({format}) lists no items")
     items = []
     for rec in result.records:
-        mask = torch.from_numpy(_read_mask(rec.mask, result.mask_polarity))[None]
-        image, mask = center_crop_resize(_read_rgb(rec.source), mask, image_size)
-        target = center_crop_resize(_read_rgb(rec.target), None, image_size)[0] if rec.target else None
+        try:
+            mask = torch.from_numpy(_read_mask(rec.mask, result.mask_polarity))[None]
+            source, target = _read_rgb(rec.source), (_read_rgb(rec.target) if rec.target else None)
+        except OSError as e:  # headers were fine but the pixel data is truncated or corrupt
+            raise ValueError(
+                f"{result.path} line {rec.line}: cannot decode an image of item {rec.item_id!r}: {e}"
+            ) from e
+        image, mask = center_crop_resize(source, mask, image_size)
+        target = center_crop_resize(target, None, image_size)[0] if target is not None else None
         items.append(EditItem(rec.item_id, rec.instruction, image, mask, target, rec.task))  # type: ignore[arg-type]
     _warn_if_inverted(str(result.path), result.mask_polarity, list(result.edit_fraction.values()))
     return items

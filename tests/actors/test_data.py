@@ -86,6 +86,7 @@ def test_validation_reports_duplicates_unknown_fields_missing_fields_and_unreada
     _png(tmp_path / "m.png", _mask(16, 16, (0, 8, 0, 8)))
     _png(tmp_path / "t.png", _rgb(12, 16))
     (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    _png(tmp_path / "blank.png", np.zeros((16, 16), np.uint8))
     ok = {"id": "x", "source": "a.png", "instruction": "do it", "mask": "m.png"}
     manifest = _write_jsonl(
         tmp_path / "m.jsonl",
@@ -99,6 +100,7 @@ def test_validation_reports_duplicates_unknown_fields_missing_fields_and_unreada
             "[1, 2]",
             "",
             json.dumps({**ok, "id": "u", "group": "g1", "task": "recolour"}),
+            json.dumps({**ok, "id": "t", "mask": "blank.png"}),
         ],
     )
     problems = validate_manifest(manifest)
@@ -109,6 +111,7 @@ def test_validation_reports_duplicates_unknown_fields_missing_fields_and_unreada
         (5, "source"),
         (6, "target"),
         (7, "json"),
+        (10, "mask"),
     ]
     assert "first on line 1" in problems[0].reason
     assert "unknown field" in problems[1].reason and "missing" in problems[2].reason
@@ -116,6 +119,7 @@ def test_validation_reports_duplicates_unknown_fields_missing_fields_and_unreada
         "cannot read image" in problems[3].reason
         and "target is 16x12 but source is 16x16" == problems[4].reason
     )
+    assert problems[6].reason.startswith("marks no pixel to edit with mask_polarity=edit_white")
     assert str(Problem(3, "f", "r")) == "line 3: f: r"
 
 
