@@ -92,14 +92,14 @@ class Scan:
     edit_fraction: dict[int, float]  # line -> fraction of pixels to edit (after polarity)
 
 
-# ---------------------------------------------------------------------------------------------- reading
-
-
 def _read_jsonl(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:
     """Parsed objects with their line numbers; blank lines are skipped, every bad line is a problem."""
     rows: list[tuple[int, dict]] = []
     problems: list[Problem] = []
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        return [], [Problem(0, "file", f"{path} is not UTF-8 text ({e.reason} at byte {e.start})")]
     for line, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -317,9 +317,6 @@ def validate_manifest(
     return scan(path, format, mask_polarity).problems
 
 
-# ------------------------------------------------------------------------------------- crop and resize
-
-
 def center_crop_resize(
     image: torch.Tensor, mask: Optional[torch.Tensor], size: int
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -346,9 +343,6 @@ def center_crop_resize(
     if side != size:
         mask = F.interpolate(mask[None], size=(size, size), mode="nearest-exact")[0]
     return image.contiguous(), (mask >= 0.5).float().contiguous()
-
-
-# ------------------------------------------------------------------------------------------- loading
 
 
 def _warn_if_inverted(name: str, polarity: MaskPolarity, edit_fractions: Sequence[float]) -> None:
@@ -424,9 +418,6 @@ def load_items(cfg: DataConfig) -> list[EditItem]:
 
         return synthetic_items(cfg.synth_num, cfg.image_size, cfg.synth_seed)
     return load_edit_data(cfg.manifest, cfg.format, cfg.image_size, cfg.mask_polarity)
-
-
-# ------------------------------------------------------------------------------------------- sampling
 
 
 @dataclass(frozen=True)
@@ -550,9 +541,6 @@ def grouped_items(
     if missing:
         raise KeyError(f"draws name items that are not loaded: {missing[:5]}")
     return [GroupedItem(by_id[d.item_id], d.group_id, d.edit_id, d.seed) for d in draws]
-
-
-# ----------------------------------------------------------------------------------------------- CLI
 
 
 def _histogram(values: Sequence[float], bins: int = 10, width: int = 40) -> list[str]:
