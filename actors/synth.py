@@ -6,10 +6,11 @@ exactly (rewards/synthetic.py) and a tiny editor can learn the task on CPU. Four
 
     recolour    "make the red circle blue"          mask = the object's footprint
     remove      "remove the red circle"             mask = the object's footprint (background known)
-    add         "add a green square in the top left" mask = the new object's footprint
+    add         "add a green square at top left"    mask = the new object's footprint
     background  "make the background black"         mask = every pixel outside the objects
 
-The visual vocabulary is deliberately small (3 shapes x 4 colours, 4 background colours, 5 places).
+The visual vocabulary is deliberately small (3 shapes x 4 colours, 4 background colours, 5 places), and
+instructions are short (at most MAX_INSTRUCTION_CHARS non-space characters) for the tiny editors.
 Shapes never overlap (their bounding boxes are disjoint), so removing one reveals the background that
 was generated first and kept. Everything is deterministic from (seed, item index): item i is the same
 whatever `num` is.
@@ -45,25 +46,24 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (35, 35, 35),
     "beige": (205, 185, 145),
 }
-PLACES = ("top left", "top right", "bottom left", "bottom right", "center")
+PLACES = ("top left", "top right", "lower left", "lower right", "center")
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "recolour": (
         "make the {colour} {shape} {new_colour}",
-        "change the colour of the {colour} {shape} to {new_colour}",
         "turn the {colour} {shape} {new_colour}",
+        "paint the {colour} {shape} {new_colour}",
     ),
     "remove": ("remove the {colour} {shape}", "delete the {colour} {shape}", "erase the {colour} {shape}"),
-    "add": (
-        "add a {colour} {shape} in the {place}",
-        "put a {colour} {shape} in the {place}",
-        "place a {colour} {shape} in the {place}",
-    ),
+    "add": ("add a {colour} {shape} {where}", "put a {colour} {shape} {where}"),
     "background": (
         "make the background {new_colour}",
-        "change the background colour to {new_colour}",
         "turn the background {new_colour}",
+        "change the background to {new_colour}",
     ),
 }
+# The tiny editors tokenize by character (one token per non-space character, plus BOS/EOS) with a
+# 32-token budget: every instruction stays within this many non-space characters so none is truncated.
+MAX_INSTRUCTION_CHARS = 30
 MIN_SIZE = 24  # below this, shapes of radius >= 5 px do not fit in a quadrant
 TEXTURE_WAVE = 12.0  # amplitude of the low-frequency background wave (uint8 levels)
 TEXTURE_NOISE = 6  # per-pixel uniform noise in [-TEXTURE_NOISE, TEXTURE_NOISE]
@@ -211,7 +211,7 @@ def synthetic_example(index: int, size: int, seed: int) -> SynthExample:
         source = render(background, texture, objects)
         target = render(background, texture, (*objects, new))
         mask = rasterize(new, size)
-        instruction = template.format(colour=new.colour, shape=new.kind, place=place)
+        instruction = template.format(colour=new.colour, shape=new.kind, where=place_phrase(place))
     else:
         objects = tuple(_scatter(rng, size, int(rng.integers(1, 4)), []))
         source = render(background, texture, objects)
@@ -253,19 +253,20 @@ def synthetic_items(num: int, size: int, seed: int) -> list[EditItem]:
     return [synthetic_example(i, size, seed).item for i in range(num)]
 
 
+def place_phrase(place: str) -> str:
+    """How an add instruction names a place in PLACES ("at top left", "in the center")."""
+    return "in the center" if place == "center" else f"at {place}"
+
+
 def vocabulary() -> list[str]:
     """Every word the synthetic instructions can use (for tokenizers built in code), sorted."""
-    words: set[str] = set()
-    fills = {"{colour}": COLOURS, "{new_colour}": {**COLOURS, **BACKGROUNDS}, "{shape}": SHAPES}
-    for templates in TEMPLATES.values():
-        for template in templates:
-            for token in template.split():
-                if token in fills:
-                    words.update(fills[token])
-                elif token == "{place}":
-                    words.update(w for p in PLACES for w in p.split())
-                else:
-                    words.add(token)
+    fills = {
+        "{colour}": list(COLOURS),
+        "{new_colour}": [*COLOURS, *BACKGROUNDS],
+        "{shape}": list(SHAPES),
+        "{where}": [w for p in PLACES for w in place_phrase(p).split()],
+    }
+    words = {w for ts in TEMPLATES.values() for t in ts for tok in t.split() for w in fills.get(tok, [tok])}
     return sorted(words)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -10,9 +11,14 @@ import pytest
 import torch
 
 from actors.synth import (
+    BACKGROUNDS,
     COLOURS,
+    MAX_INSTRUCTION_CHARS,
+    PLACES,
     SHAPES,
     TASKS,
+    TEMPLATES,
+    place_phrase,
     rasterize,
     synthetic_example,
     synthetic_items,
@@ -90,6 +96,21 @@ def test_scenes_are_small_disjoint_and_match_the_instruction():
             if "center" not in text:
                 assert ("left" in text) == (cx < size / 2) and ("top" in text) == (cy < size / 2)
         assert set(text.split()) <= set(vocabulary())
+
+
+def test_every_possible_instruction_fits_the_tiny_tokenizer_budget():
+    longest = 0
+    for task, templates in TEMPLATES.items():
+        for template in templates:
+            for colour, new_colour, shape, place in itertools.product(
+                COLOURS, [*COLOURS, *BACKGROUNDS], SHAPES, PLACES
+            ):
+                text = template.format(
+                    colour=colour, new_colour=new_colour, shape=shape, where=place_phrase(place)
+                )
+                assert "{" not in text, (task, template)
+                longest = max(longest, len(text.replace(" ", "")))
+    assert longest <= MAX_INSTRUCTION_CHARS
 
 
 def test_tasks_are_balanced_and_generation_is_deterministic():
