@@ -1,0 +1,186 @@
+"""EditPolicy implementations against the stock diffusers pipelines, on tiny real models (float32, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from actors.config import PolicyConfig
+from actors.policies import load_policy
+from actors.policies.lora import export_diffusers_lora
+from actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
+from actors.samplers import sample, shifted_sigmas
+
+SIZE = 32
+
+
+def policy_config(path, family: str = "flux_kontext", **kw) -> PolicyConfig:
+    base = dict(
+        family=family,
+        model_path=str(path),
+        dtype="float32",
+        device="cpu",
+        lora_rank=4,
+        lora_alpha=8,
+        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
+        gradient_checkpointing=False,
+    )
+    base.update(kw)
+    return PolicyConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def flux(tiny_model_dir):
+    return load_policy(policy_config(tiny_model_dir("flux_kontext")))
+
+
+def source_image(seed: int = 0, n: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray(image.permute(1, 2, 0).numpy())
+
+
+def flux_pipeline_latents(pipe, image, instruction, noise, steps):
+    """The stock FluxKontextPipeline at our size: _auto_resize off and max_area = H*W keep it at SIZE."""
+    return pipe(
+        image=to_pil(image),
+        prompt=instruction,
+        height=SIZE,
+        width=SIZE,
+        max_area=SIZE * SIZE,
+        _auto_resize=False,
+        num_inference_steps=steps,
+        guidance_scale=2.5,
+        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
+        latents=noise,
+        output_type="latent",
+    ).images
+
+
+def test_flux_euler_matches_stock_pipeline(flux):
+    src = source_image(1)
+    length, dim = flux.latent_shape(SIZE, SIZE)
+    noise = torch.randn(1, length, dim, generator=torch.Generator().manual_seed(3))
+    cond = flux.encode_condition(["make the square blue"], src)
+    sigmas = shifted_sigmas(4, length, dict(flux.pipe.scheduler.config))
+    ours = sample(flux, cond, noise, sigmas, "euler").x0
+    stock = flux_pipeline_latents(flux.pipe, src[0], "make the square blue", noise, 4)
+    assert ours.shape == stock.shape == (1, length, dim)
+    assert (ours - stock).abs().max().item() < 1e-4
+    assert torch.allclose(flux.pipe.scheduler.sigmas, sigmas, atol=1e-6)
+
+
+def test_flux_pack_unpack_identity_and_shapes(flux):
+    length, dim = flux.latent_shape(SIZE, SIZE)
+    h = SIZE // flux.vae_scale_factor
+    grid = torch.randn(3, flux.latent_channels, h, h)
+    packed = flux.pack(grid)
+    assert packed.shape == (3, length, dim)
+    assert torch.equal(flux.unpack(packed, SIZE, SIZE), grid)
+    cond = flux.encode_condition(["a", "b", "c"], source_image(0, 3))
+    assert flux.source_latents(cond).shape == (3, length, dim)
+    assert cond.tensors["image_ids"][:, 0].eq(1).all() and cond.tensors["latent_ids"][:, 0].eq(0).all()
+    with pytest.raises(ValueError, match="multiple of"):
+        flux.latent_shape(SIZE + 2, SIZE)
+
+
+def test_flux_decode_gives_uint8_images(flux):
+    length, dim = flux.latent_shape(SIZE, SIZE)
+    images = flux.decode(torch.randn(2, length, dim), SIZE, SIZE)
+    assert images.shape == (2, 3, SIZE, SIZE) and images.dtype == torch.uint8
+
+
+def perturb_default(policy, seed: int = 0, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        k: v + scale * torch.randn(v.shape, generator=g) for k, v in policy.lora_state_dict("default").items()
+    }
+    policy.load_lora_state_dict(state, "default")
+    return state
+
+
+def test_adapters_views_and_trainability(tiny_model_dir):
+    policy = load_policy(policy_config(tiny_model_dir("flux_kontext")))
+    length, dim = policy.latent_shape(SIZE, SIZE)
+    cond = policy.encode_condition(["x"], source_image(2))
+    x = torch.randn(1, length, dim, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.7])
+    old0 = policy.lora_state_dict("old")
+    default0 = policy.lora_state_dict("default")
+    assert old0.keys() == default0.keys() and all(torch.equal(old0[k], default0[k]) for k in old0)
+    # Gaussian init: A random, B zero, so every view starts equal to the base model.
+    assert any(k.endswith("lora_A.weight") and v.abs().sum() > 0 for k, v in default0.items())
+    assert all(v.abs().sum() == 0 for k, v in default0.items() if k.endswith("lora_B.weight"))
+    with torch.no_grad():
+        v_ref0 = policy.velocity(x, t, cond)
+    perturb_default(policy)
+    with torch.no_grad():
+        v_default = policy.velocity(x, t, cond)
+        with policy.adapter("old"):
+            v_old = policy.velocity(x, t, cond)
+        with policy.adapter("ref"):
+            v_ref = policy.velocity(x, t, cond)
+    assert torch.equal(v_old, v_ref0) and torch.equal(v_ref, v_ref0)
+    assert (v_default - v_ref).abs().max() > 1e-4
+    trainable = policy.trainable_parameters()
+    assert trainable and all(p.requires_grad for p in trainable)
+    names = {n for n, p in policy.transformer.named_parameters() if p.requires_grad}
+    assert names and all(".default." in n for n in names)
+    n_lora = sum(1 for n, _ in policy.transformer.named_parameters() if ".lora_" in n)
+    assert len(trainable) * 2 == n_lora  # default + old, same shapes
+    # Gradients reach the default adapter only, also after switching views.
+    with policy.adapter("old"):
+        pass
+    policy.velocity(x, t, cond).square().mean().backward()
+    assert all(p.grad is not None for p in trainable)
+    assert all(p.grad is None for n, p in policy.transformer.named_parameters() if ".old." in n)
+
+
+def test_lora_state_dict_round_trip_and_errors(tiny_model_dir):
+    policy = load_policy(policy_config(tiny_model_dir("flux_kontext")))
+    state = perturb_default(policy, seed=1)
+    policy.load_lora_state_dict(state, "old")
+    back = policy.lora_state_dict("old")
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    assert all(v.device.type == "cpu" for v in back.values())
+    with pytest.raises(KeyError, match="missing"):
+        policy.load_lora_state_dict({k: v for i, (k, v) in enumerate(state.items()) if i}, "old")
+    with pytest.raises(ValueError, match="shape"):
+        policy.load_lora_state_dict({k: v[..., :1] for k, v in state.items()}, "old")
+
+
+def test_exported_lora_changes_stock_pipeline_identically(tiny_model_dir, tmp_path):
+    from diffusers import FluxKontextPipeline
+
+    path = tiny_model_dir("flux_kontext")
+    policy = load_policy(policy_config(path))
+    perturb_default(policy, seed=2, scale=0.2)
+    file = export_diffusers_lora(policy, "default", tmp_path / "lora.safetensors")
+    src = source_image(4)
+    length, dim = policy.latent_shape(SIZE, SIZE)
+    noise = torch.randn(1, length, dim, generator=torch.Generator().manual_seed(5))
+    sigmas = shifted_sigmas(3, length, dict(policy.pipe.scheduler.config))
+    ours = sample(policy, policy.encode_condition(["recolour"], src), noise, sigmas, "euler").x0
+    with policy.adapter("ref"):
+        base = sample(policy, policy.encode_condition(["recolour"], src), noise, sigmas, "euler").x0
+    pipe = FluxKontextPipeline.from_pretrained(path, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(file))
+    stock = flux_pipeline_latents(pipe, src[0], "recolour", noise, 3)
+    assert (ours - base).abs().max() > 1e-3  # the LoRA does change the edit ...
+    assert (ours - stock).abs().max().item() < 1e-4  # ... and the stock pipeline reproduces it
+
+
+def test_load_policy_errors(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="model_path is not set"):
+        load_policy(PolicyConfig(family="flux_kontext", model_path=None))
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_policy(policy_config(tmp_path))
+    with pytest.raises(ValueError, match="holds a 'flux_kontext' model"):
+        load_policy(policy_config(tiny_model_dir("flux_kontext"), family="qwen_image_edit"))
+    with pytest.raises(ValueError, match="LoRA targets"):
+        load_policy(policy_config(tiny_model_dir("flux_kontext"), lora_targets=("nope",)))
