@@ -360,11 +360,59 @@ def _warn_if_inverted(name: str, polarity: MaskPolarity, edit_fractions: Sequenc
         )
 
 
+def _load_record(rec: Record, path: Path, polarity: MaskPolarity, image_size: int) -> EditItem:
+    try:
+        mask = torch.from_numpy(_read_mask(rec.mask, polarity))[None]
+        source, target = _read_rgb(rec.source), (_read_rgb(rec.target) if rec.target else None)
+    except OSError as e:  # headers were fine but the pixel data is truncated or corrupt
+        raise ValueError(
+            f"{path} line {rec.line}: cannot decode an image of item {rec.item_id!r}: {e}"
+        ) from e
+    image, mask = center_crop_resize(source, mask, image_size)
+    target = center_crop_resize(target, None, image_size)[0] if target is not None else None
+    return EditItem(rec.item_id, rec.instruction, image, mask, target, rec.task)  # type: ignore[arg-type]
+
+
+class LazyEditItems(Sequence[EditItem]):
+    """The items of a checked data file, read from disk (and cropped/resized) each time one is indexed.
+
+    For datasets too large to hold decoded: CoCoEdit-40K at 512 px is ~73 GB as EditItems (uint8 image
+    + float32 mask), but an epoch only touches n_items of them. `by_id` serves `grouped_items`."""
+
+    def __init__(self, result: Scan, image_size: int) -> None:
+        self._result = result
+        self._image_size = image_size
+        self._index = {rec.item_id: i for i, rec in enumerate(result.records)}
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [rec.item_id for rec in self._result.records]
+
+    def __len__(self) -> int:
+        return len(self._result.records)
+
+    def __getitem__(self, index: int) -> EditItem:  # type: ignore[override]
+        if not isinstance(index, int):
+            raise TypeError(f"LazyEditItems takes an int index, got {type(index).__name__}")
+        rec = self._result.records[index]
+        return _load_record(rec, self._result.path, self._result.mask_polarity, self._image_size)
+
+    def by_id(self, item_id: str) -> EditItem:
+        if item_id not in self._index:
+            raise KeyError(f"item {item_id!r} is not in {self._result.path}")
+        return self[self._index[item_id]]
+
+
 def load_edit_data(
-    path: str | Path, format: Format, image_size: int, mask_polarity: Optional[MaskPolarity] = None
-) -> list[EditItem]:
+    path: str | Path,
+    format: Format,
+    image_size: int,
+    mask_polarity: Optional[MaskPolarity] = None,
+    lazy: bool = False,
+) -> list[EditItem] | LazyEditItems:
     """Read a data file of any format into EditItems; refuses (ValueError listing every problem with
-    its line number) when anything is wrong, so training never starts on a broken file."""
+    its line number) when anything is wrong, so training never starts on a broken file. `lazy=True`
+    checks everything now but decodes images only when an item is indexed (LazyEditItems)."""
     result = scan(path, format, mask_polarity)
     if result.problems:
         listing = "\n".join(f"  {p}" for p in result.problems)
@@ -374,20 +422,10 @@ def load_edit_data(
         )
     if not result.records:
         raise ValueError(f"{result.path} ({format}) lists no items")
-    items = []
-    for rec in result.records:
-        try:
-            mask = torch.from_numpy(_read_mask(rec.mask, result.mask_polarity))[None]
-            source, target = _read_rgb(rec.source), (_read_rgb(rec.target) if rec.target else None)
-        except OSError as e:  # headers were fine but the pixel data is truncated or corrupt
-            raise ValueError(
-                f"{result.path} line {rec.line}: cannot decode an image of item {rec.item_id!r}: {e}"
-            ) from e
-        image, mask = center_crop_resize(source, mask, image_size)
-        target = center_crop_resize(target, None, image_size)[0] if target is not None else None
-        items.append(EditItem(rec.item_id, rec.instruction, image, mask, target, rec.task))  # type: ignore[arg-type]
     _warn_if_inverted(str(result.path), result.mask_polarity, list(result.edit_fraction.values()))
-    return items
+    if lazy:
+        return LazyEditItems(result, image_size)
+    return [_load_record(rec, result.path, result.mask_polarity, image_size) for rec in result.records]
 
 
 def load_manifest(
@@ -535,8 +573,15 @@ class EpochSampler:
 def grouped_items(
     draws: Sequence[Draw], items: Mapping[str, EditItem] | Sequence[EditItem]
 ) -> list[GroupedItem]:
-    """Attach the items to an epoch's draws (items given as a list or an id -> item mapping)."""
-    by_id = items if isinstance(items, Mapping) else {it.item_id: it for it in items}
+    """Attach the items to an epoch's draws (items: a list, LazyEditItems, or an id -> item mapping)."""
+    if isinstance(items, LazyEditItems):
+        known = set(items.item_ids)
+        # read each drawn item once per epoch, not once per edit
+        by_id: Mapping[str, EditItem] = {
+            i: items.by_id(i) for i in dict.fromkeys(d.item_id for d in draws) if i in known
+        }
+    else:
+        by_id = items if isinstance(items, Mapping) else {it.item_id: it for it in items}
     missing = sorted({d.item_id for d in draws} - set(by_id))
     if missing:
         raise KeyError(f"draws name items that are not loaded: {missing[:5]}")

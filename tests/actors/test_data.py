@@ -14,11 +14,13 @@ from PIL import Image
 from actors.config import DataConfig
 from actors.data import (
     EpochSampler,
+    LazyEditItems,
     Problem,
     center_crop_resize,
     grouped_items,
     load_benchmask,
     load_cocoedit40k,
+    load_edit_data,
     load_items,
     load_manifest,
     validate_manifest,
@@ -205,6 +207,20 @@ def test_load_items_synthetic_in_memory_and_through_a_written_manifest(tmp_path)
         assert (a.item_id, a.instruction, a.task) == (b.item_id, b.instruction, b.task)
         assert torch.equal(a.source_image, b.source_image) and torch.equal(a.edit_mask, b.edit_mask)
         assert torch.equal(a.target_image, b.target_image)
+    lazy = load_edit_data(manifest, "manifest", 32, lazy=True)
+    assert (
+        isinstance(lazy, LazyEditItems)
+        and len(lazy) == 8
+        and lazy.item_ids == [it.item_id for it in from_disk]
+    )
+    assert torch.equal(lazy[3].source_image, from_disk[3].source_image)
+    assert torch.equal(lazy.by_id(from_disk[5].item_id).edit_mask, from_disk[5].edit_mask)
+    sampler = EpochSampler(lazy.item_ids, n_items=2, group_size=2, seed=0)
+    grouped = grouped_items(sampler.next_epoch(), lazy)
+    assert [g.group_id for g in grouped][::2] == [f"0:{g.item.item_id}" for g in grouped][::2]
+    assert grouped[0].item is grouped[1].item  # one read per item and epoch
+    with pytest.raises(KeyError, match="not in"):
+        lazy.by_id("nope")
     resized = load_items(DataConfig(manifest=str(manifest), image_size=16))
     assert resized[0].source_image.shape == (3, 16, 16) and set(resized[0].edit_mask.unique().tolist()) <= {
         0,
