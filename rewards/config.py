@@ -55,6 +55,10 @@ class JudgeConfig:
     gpu_memory_utilization: float = 0.85  # on CPU vLLM reserves HOST memory with this: keep it small there
     tensor_parallel_size: int = 1
     image_size: int = 512  # images are resized to this before the judge sees them
+    logprobs_k: int = 20  # logits mode: top-k log-probabilities of the first answer token
+    generate_timeout_s: float = 120.0  # per engine request; past it the call fails (INTERNAL), never hangs
+    enforce_eager: Optional[bool] = None  # None = True on CPU (no graphs/compile there), False on GPU
+    tiny_judge_dir: str = "~/.cache/cocoedit/tiny_judge"  # where model_path=None builds the tiny judge
     replicas: int = 1
     min_replicas: int = 1
     max_replicas: int = 4
