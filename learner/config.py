@@ -52,6 +52,5 @@ class LearnerConfig:
     gpus_per_rank: float = 1.0
     cpus_per_rank: float = 1.0
     bf16: bool = True  # autocast on GPU; ignored on CPU
-    seed: int = 0
-    # where the engine runs: "auto" = cuda if available else cpu (DeepSpeed's CPU accelerator + gloo)
-    device: str = "auto"
+    seed: int = 0  # fresh noise and timestep permutations derive from (seed, step, edit_id)
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many updates (0 = constant lr)

@@ -1,0 +1,163 @@
+"""Learner checkpoints: both LoRA adapters, optimizer and lr-scheduler state (DeepSpeed's own files, so
+ZeRO partitions are handled), step, RNG states and the caller's `extra_state`, written atomically.
+
+Layout of one checkpoint, `run_dir/checkpoints/step_00000012/`:
+    deepspeed/               engine.save_checkpoint(tag="deepspeed"): trainable LoRA, optimizer, scheduler
+    lora_default.safetensors lora_old.safetensors   (policy.lora_state_dict, peft key names)
+    learner_state.pt         step, world size, RNG states of rank 0, extra_state
+    rng_rank{r}.pt           RNG states of every rank
+    COMPLETE                 written last; a directory without it is never picked
+
+Everything is written into `.tmp_step_...` and renamed when complete, so a killed save leaves no
+directory that `latest_checkpoint` could pick. `keep_last` complete checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from learner.learner import Learner
+
+CHECKPOINTS = "checkpoints"
+COMPLETE = "COMPLETE"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint directories under run_dir/checkpoints, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / COMPLETE).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
+    """The newest complete checkpoint of a run, or None. Half-written ones are never returned."""
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _barrier(learner: Learner) -> None:
+    if learner.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def save_checkpoint(
+    learner: Learner, run_dir: str | Path, extra_state: dict[str, Any], keep_last: int = 3
+) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    from safetensors.torch import save_file
+
+    if keep_last < 1:
+        raise ValueError(f"keep_last={keep_last} must be >= 1 (the checkpoint just written is kept)")
+    final = checkpoint_dir(run_dir, learner.step)
+    tmp = final.with_name(".tmp_" + final.name)
+    if learner.rank == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a save that was killed
+        tmp.mkdir(parents=True)
+    _barrier(learner)
+    learner.engine.save_checkpoint(
+        str(tmp), tag="deepspeed", client_state={}, save_latest=False, exclude_frozen_parameters=True
+    )
+    torch.save(rng_state(), tmp / f"rng_rank{learner.rank}.pt")
+    if learner.rank == 0:
+        for adapter in ("default", "old"):
+            save_file(
+                {k: v.contiguous() for k, v in learner.policy.lora_state_dict(adapter).items()},  # type: ignore[arg-type]
+                str(tmp / f"lora_{adapter}.safetensors"),
+            )
+        torch.save(
+            {
+                "step": learner.step,
+                "world_size": learner.world_size,
+                "zero_stage": learner.cfg.zero_stage,
+                "rng": rng_state(),
+                "extra_state": extra_state,
+            },
+            tmp / "learner_state.pt",
+        )
+    _barrier(learner)
+    if learner.rank == 0:
+        with open(tmp / COMPLETE, "w") as f:
+            json.dump({"step": learner.step}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old)
+    _barrier(learner)
+    return final
+
+
+def load_checkpoint(learner: Learner, path: str | Path) -> dict[str, Any]:
+    """Restore `path` (a checkpoint directory, or a run directory: its latest complete checkpoint).
+    Collective. Returns extra_state."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    ckpt = path if (path / COMPLETE).is_file() else latest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"no complete checkpoint at {path} (looked for {COMPLETE} in it and in {path / CHECKPOINTS}/step_*); "
+            "start without --resume or point at a checkpoint directory"
+        )
+    state = torch.load(ckpt / "learner_state.pt", map_location="cpu", weights_only=False)
+    if state["world_size"] != learner.world_size and learner.cfg.zero_stage > 0:
+        raise ValueError(
+            f"{ckpt} was written by {state['world_size']} ranks with ZeRO stage {state['zero_stage']}; "
+            f"this learner has {learner.world_size}: resume with learner.world_size={state['world_size']}"
+        )
+    load_path, _ = learner.engine.load_checkpoint(
+        str(ckpt),
+        tag="deepspeed",
+        load_module_strict=False,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+    )
+    if load_path is None:
+        raise FileNotFoundError(f"DeepSpeed found no engine state in {ckpt / 'deepspeed'}")
+    learner.policy.load_lora_state_dict(load_file(str(ckpt / "lora_old.safetensors")), "old")
+    learner._step = int(state["step"])  # noqa: SLF001
+    rank_rng = ckpt / f"rng_rank{learner.rank}.pt"
+    set_rng_state(torch.load(rank_rng, weights_only=False) if rank_rng.is_file() else state["rng"])
+    _barrier(learner)
+    return state["extra_state"]
