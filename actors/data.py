@@ -336,7 +336,8 @@ def center_crop_resize(
         resized = F.interpolate(
             image[None].float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True
         )
-        image = resized[0].round().clamp(0, 255).to(torch.uint8)
+        # round half up via +0.5 and truncation: torch.round is ~20 ms per call on 2 busy threads here
+        image = resized[0].clamp(0, 255).add(0.5).to(torch.uint8)
     if mask is None:
         return image.contiguous(), None
     mask = mask[..., top : top + side, left : left + side].float()
