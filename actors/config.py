@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -60,7 +60,30 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
-class ActorsConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+class PretrainConfig:
+    """Supervised pre-training of the tiny editor on the synthetic task (`cocoedit pretrain-tiny`).
+
+    RL post-trains an editor that can already edit; in the tiny CPU mode that editor is this one.
+    Stage 1 trains the tiny VAE to reconstruct synthetic images, stage 2 trains the whole tiny
+    transformer by flow matching from (instruction, source) to the known target.
+    """
+
+    family: Literal["flux_kontext", "qwen_image_edit", "qwen_image_edit_plus"] = "flux_kontext"
+    image_size: int = 32
+    num_items: int = 1024  # synthetic training items (seed below; disjoint from the RL items' seed)
+    seed: int = 1000
+    vae_steps: int = 300
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    steps: int = 1500
+    lr: float = 1e-3
+    batch_size: int = 32
+    eval_items: int = 64
+    # tiny model size (actors.policies.tiny.build_tiny_model)
+    num_layers: int = 2
+    num_single_layers: int = 2
+    num_attention_heads: int = 4
+    attention_head_dim: int = 16
+    text_dim: int = 32
+    vae_channels: int = 16
+    vae_blocks: int = 2

@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from actors.config import DataConfig, PolicyConfig, RolloutConfig
+from actors.config import DataConfig, PolicyConfig, PretrainConfig, RolloutConfig
 from learner.config import LearnerConfig
 from rewards.config import RewardsConfig
 
@@ -51,6 +51,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 class ConfigError(ValueError):

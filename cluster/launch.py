@@ -1,0 +1,108 @@
+"""Start (or join) the Ray cluster and resolve the model directories a run needs.
+
+In the tiny mode (`run.tiny: true`) a missing `policy.model_path` means the tiny editor pre-trained on
+the synthetic task, and a missing `rewards.mllm.model_path` the tiny vLLM judge; both are built on
+first use and cached under $COCOEDIT_CACHE (default ~/.cache/cocoedit), keyed by their settings.
+Building on first use (rather than shipping weights in git) keeps the repository free of binary
+weights and lets the tiny editor follow the diffusers version installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import ray
+
+from cluster.config import Config, RunConfig
+from cluster.loopback import apply_loopback_env
+
+log = logging.getLogger(__name__)
+
+TINY_EDITOR_VERSION = 1  # bump when the pre-training recipe changes
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COCOEDIT_CACHE", Path.home() / ".cache" / "cocoedit"))
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Join cfg.ray_address, or start a local Ray cluster on 127.0.0.1 (no-op when already initialised)."""
+    if ray.is_initialized():
+        return
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, log_to_driver=True)
+        return
+    apply_loopback_env()
+    ray.init(
+        num_cpus=cfg.ray_num_cpus,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=True,
+        logging_level=logging.WARNING,
+    )
+
+
+def resolve_models(cfg: Config) -> Config:
+    """Fill in the tiny model directories (building them if needed) when run.tiny is set."""
+    policy, judge = cfg.policy, cfg.rewards.mllm
+    if policy.model_path is None:
+        if not cfg.run.tiny:
+            raise ValueError(
+                "policy.model_path is not set: point it at a local diffusers directory of the editor "
+                "(e.g. FLUX.1-Kontext-dev), or set run.tiny=true for the tiny CPU editor"
+            )
+        policy = dataclasses.replace(policy, model_path=str(tiny_editor(cfg)))
+    uses_judge = "mllm" in cfg.rewards.weights and "mllm" not in cfg.rewards.addresses
+    if uses_judge and judge.model_path is None:
+        if not cfg.run.tiny:
+            raise ValueError(
+                "rewards.mllm.model_path is not set: point it at a local Qwen2.5-VL-Instruct directory, give "
+                "rewards.addresses.mllm, or set run.tiny=true for the tiny judge"
+            )
+        judge = dataclasses.replace(judge, model_path=str(tiny_judge(cfg)))
+    rewards = dataclasses.replace(cfg.rewards, mllm=judge)
+    return dataclasses.replace(cfg, policy=policy, rewards=rewards)
+
+
+def _cached(kind: str, settings: dict, build) -> Path:  # noqa: ANN001 - build: Callable[[Path], None]
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / f"{kind}-{key}"
+    if (path / "model_index.json").exists() or (path / "config.json").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{kind}-{key}.lock", "w") as lock:  # one builder at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            log.info("building %s into %s (first use; cached afterwards)", kind, path)
+            build(path)
+    return path
+
+
+def tiny_editor(cfg: Config) -> Path:
+    from actors.pretrain import pretrain_tiny
+
+    settings = {"version": TINY_EDITOR_VERSION, **dataclasses.asdict(cfg.pretrain)}
+    if cfg.pretrain.family != cfg.policy.family:
+        raise ValueError(
+            f"pretrain.family={cfg.pretrain.family} but policy.family={cfg.policy.family}: the tiny editor "
+            f"must be of the policy's family"
+        )
+    if cfg.pretrain.image_size != cfg.data.image_size:
+        raise ValueError(
+            f"pretrain.image_size={cfg.pretrain.image_size} but data.image_size={cfg.data.image_size}: pre-train "
+            f"the tiny editor at the size it will be trained at"
+        )
+    return _cached("tiny-editor", settings, lambda p: pretrain_tiny(cfg.pretrain, p, progress=True))
+
+
+def tiny_judge(cfg: Config) -> Path:
+    from rewards.tiny_judge import build_tiny_judge
+
+    settings = {"seed": cfg.rewards.mllm.seed}
+    return _cached("tiny-judge", settings, lambda p: build_tiny_judge(p, seed=cfg.rewards.mllm.seed))
