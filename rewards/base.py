@@ -41,6 +41,7 @@ class Scorer(ABC):
     score_name: str  # name under which the client weights this score
     needs_mask: bool = False  # edits without a mask get a per-edit error
     needs_target: bool = False  # edits without a target get a per-edit error
+    needs_instruction: bool = False  # edits with an empty instruction get a per-edit error
 
     async def load(self) -> None:  # noqa: B027 - optional hook
         """Heavy initialisation (model load, warm-up); health turns SERVING after it returns."""

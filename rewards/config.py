@@ -84,6 +84,7 @@ class ClientConfig:
     backoff_s: float = 0.2  # first backoff, doubled per retry
     ready_timeout_s: float = 300.0  # wait for health SERVING at start-up
     batch_edits: int = 64  # edits per request
+    max_message_mb: int = 256  # send/receive limit of the client channels (a 1024x1024 pair is ~6 MB)
 
 
 @dataclass(frozen=True)
