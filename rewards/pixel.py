@@ -1,0 +1,113 @@
+"""The pixel-consistency reward service: S_pix of rewards/metrics.py behind the Scorer interface.
+
+    cocoedit serve pixel --port 50051 rewards.pixel.compat=release
+
+Edits of one request are grouped by image size, stacked and scored in chunks on `PixelConfig.device`
+(one scoring call at a time per process: torch already uses every core for one batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from rewards.base import DecodedEdit, EditOutcome, Scorer
+from rewards.config import PixelConfig
+from rewards.metrics import pixel_reward
+
+# Edits per torch call: big enough to amortise dispatch, small enough that the [chunk, 16, H, W]
+# moment stack of a 1024x1024 batch stays around 0.5 GB.
+CHUNK_PIXELS = 8 * 512 * 512
+
+
+class PixelScorer(Scorer):
+    service = "pixel"
+    score_name = "pixel"
+    needs_mask = True
+
+    def __init__(self, cfg: PixelConfig) -> None:
+        if cfg.compat not in ("standard", "release"):
+            raise ValueError(f"rewards.pixel.compat={cfg.compat!r} must be 'standard' or 'release'")
+        if cfg.psnr_cap_db <= 0:
+            raise ValueError(f"rewards.pixel.psnr_cap_db={cfg.psnr_cap_db} must be > 0 (default 40)")
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"rewards.pixel.device={cfg.device!r} but CUDA is not available; use device=cpu")
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def load(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixel-score")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def settings(self) -> dict[str, str]:
+        scoring = ("compat", "ssim_weight", "psnr_weight", "psnr_cap_db", "window", "sigma", "device")
+        s = {k: str(v) for k, v in asdict(self.cfg).items() if k in scoring}
+        s["definition"] = (
+            "standard: masked MSE/PSNR over keep pixels+channels, normalised-convolution SSIM"
+            if self.cfg.compat == "standard"
+            else "release: channel-summed MSE, SSIM window sums over the box count of kept pixels"
+        )
+        return s
+
+    async def score(self, edits: list[DecodedEdit]) -> list[EditOutcome]:
+        if self._pool is None:
+            raise RuntimeError("PixelScorer.score called before load(); start it through rewards.server")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.score_sync, edits)
+
+    def score_sync(self, edits: list[DecodedEdit]) -> list[EditOutcome]:
+        """Score decoded edits in this thread; one outcome per edit, in order."""
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, e in enumerate(edits):
+            if e.edit_mask is None:
+                raise ValueError(f"edit {e.edit_id!r} has no edit_mask; the pixel reward needs one")
+            by_size[e.source_image.shape[:2]].append(i)
+        outcomes: list[EditOutcome | None] = [None] * len(edits)
+        for (h, w), indices in by_size.items():
+            chunk = max(1, CHUNK_PIXELS // (h * w))
+            for start in range(0, len(indices), chunk):
+                part = indices[start : start + chunk]
+                values = self._score_stack([edits[i] for i in part])
+                for j, i in enumerate(part):
+                    outcomes[i] = self._outcome(edits[i], {k: float(v[j]) for k, v in values.items()})
+        return outcomes  # type: ignore[return-value]
+
+    def _score_stack(self, edits: list[DecodedEdit]) -> dict[str, np.ndarray]:
+        edited = torch.from_numpy(np.stack([e.edited_image for e in edits])).to(self.device)
+        source = torch.from_numpy(np.stack([e.source_image for e in edits])).to(self.device)
+        mask = torch.from_numpy(np.stack([e.edit_mask for e in edits])).to(self.device)
+        with torch.inference_mode():
+            values = pixel_reward(
+                edited.permute(0, 3, 1, 2).float().div_(255.0),
+                source.permute(0, 3, 1, 2).float().div_(255.0),
+                mask[:, None].float(),
+                compat=self.cfg.compat,
+                ssim_weight=self.cfg.ssim_weight,
+                psnr_weight=self.cfg.psnr_weight,
+                psnr_cap_db=self.cfg.psnr_cap_db,
+                window=self.cfg.window,
+                sigma=self.cfg.sigma,
+            )
+        return {k: v.double().cpu().numpy() for k, v in values.items()}
+
+    def _outcome(self, edit: DecodedEdit, v: dict[str, float]) -> EditOutcome:
+        warnings = list(edit.warnings)
+        if v["keep_fraction"] == 0.0:
+            warnings.append("edit_mask covers the whole image: no keep region, so S_pix = 0 by definition")
+            return EditOutcome(edit.edit_id, score=0.0, components={"keep_fraction": 0.0}, warnings=warnings)
+        components = {name: v[name] for name in ("psnr", "ssim", "mse", "keep_fraction")}
+        bad = [name for name, x in {"score": v["score"], **components}.items() if not math.isfinite(x)]
+        if bad:
+            return EditOutcome(edit.edit_id, error=f"pixel metrics not finite ({bad}); inputs: {components}")
+        return EditOutcome(edit.edit_id, score=v["score"], components=components, warnings=warnings)
