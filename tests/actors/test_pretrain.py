@@ -1,0 +1,51 @@
+"""The tiny editor's pre-training produces a normal diffusers directory the policy and stock pipeline load."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from actors.config import PolicyConfig, PretrainConfig
+from actors.pretrain import pretrain_tiny
+
+FAST = PretrainConfig(num_items=16, eval_items=4, vae_steps=3, steps=3, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def editor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pretrain_tiny(FAST, tmp_path_factory.mktemp("pretrain") / "editor")
+
+
+def test_directory_is_a_plain_diffusers_editor(editor: Path) -> None:
+    from diffusers import FluxKontextPipeline
+    from safetensors.torch import load_file
+
+    weights = load_file(str(next((editor / "transformer").glob("*.safetensors"))))
+    assert not [k for k in weights if "lora" in k or "base_layer" in k]  # adapters were unloaded
+    pipe = FluxKontextPipeline.from_pretrained(editor)
+    report = json.loads((editor / "pretrain.json").read_text())
+    # the VAE's latent normalisation is the one measured on the synthetic images
+    assert pipe.vae.config.shift_factor == pytest.approx(report["vae"]["shift"])
+    assert pipe.vae.config.scaling_factor == pytest.approx(report["vae"]["scale"])
+    for stage in ("vae", "flow"):
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in report[stage].items() if k.startswith("loss"))
+    assert 0.0 <= report["eval"]["instruction_score"] <= 1.0
+    assert not list(editor.parent.glob(".pretrain_*"))  # the work directory was renamed, not left behind
+
+
+def test_pretrained_weights_are_what_the_policy_runs(editor: Path) -> None:
+    from actors.policies import load_policy
+
+    cfg = PolicyConfig(model_path=str(editor), dtype="float32", device="cpu", lora_rank=2, lora_alpha=2)
+    policy = load_policy(cfg)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(next((editor / "transformer").glob("*.safetensors"))))
+    live = {
+        k.replace(".base_layer", ""): v
+        for k, v in policy.transformer.state_dict().items()
+        if "lora_" not in k
+    }
+    assert set(saved) == set(live)
+    assert all(torch.equal(saved[k], live[k]) for k in saved)
