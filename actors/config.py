@@ -14,7 +14,8 @@ class DataConfig:
 
     manifest: Optional[str] = None  # JSONL manifest; None = the synthetic edit task generated in code
     format: Literal["manifest", "cocoedit40k", "benchmask"] = "manifest"
-    mask_polarity: Literal["edit_white", "keep_white"] = "edit_white"  # CoCoEdit-40K stores keep_white
+    # None = the format's own convention: edit_white for manifests and benchmask, keep_white for CoCoEdit-40K
+    mask_polarity: Optional[Literal["edit_white", "keep_white"]] = None
     image_size: int = 512  # center-crop to square, then resize
     synth_num: int = 256  # items generated for the synthetic task
     synth_seed: int = 0
