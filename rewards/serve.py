@@ -14,27 +14,29 @@ import dataclasses
 import sys
 
 from rewards.base import Scorer
-from rewards.config import ServerConfig
+from rewards.config import RewardsConfig, ServerConfig
 
 
-def _pixel(cfg) -> tuple[Scorer, ServerConfig]:  # type: ignore[no-untyped-def]
+def _pixel(cfg: RewardsConfig) -> tuple[Scorer, ServerConfig]:
     from rewards.pixel import PixelScorer
 
-    return PixelScorer(cfg.rewards.pixel), cfg.rewards.pixel.server
+    return PixelScorer(cfg.pixel), cfg.pixel.server
 
 
-def _mllm(cfg) -> tuple[Scorer, ServerConfig]:  # type: ignore[no-untyped-def]
+def _mllm(cfg: RewardsConfig) -> tuple[Scorer, ServerConfig]:
     from rewards.mllm import MLLMJudge
 
-    return MLLMJudge(cfg.rewards.mllm), cfg.rewards.mllm.server
+    return MLLMJudge(cfg.mllm), cfg.mllm.server
 
 
-def _synthetic(cfg) -> tuple[Scorer, ServerConfig]:  # type: ignore[no-untyped-def]
+def _synthetic(cfg: RewardsConfig) -> tuple[Scorer, ServerConfig]:
     from rewards.synthetic import SyntheticJudge
 
-    return SyntheticJudge(cfg.rewards.synthetic), cfg.rewards.synthetic.server
+    return SyntheticJudge(cfg.synthetic), cfg.synthetic.server
 
 
+# service name -> builder of (scorer, server settings) from the rewards config; also used by the Ray
+# replicas of cluster/services.py, so a service runs the same way standalone and on a cluster.
 SERVICES = {"pixel": _pixel, "mllm": _mllm, "synthetic": _synthetic}
 
 
@@ -54,6 +56,6 @@ def cli_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 1
-    scorer, server_cfg = SERVICES[args.service](cfg)
+    scorer, server_cfg = SERVICES[args.service](cfg.rewards)
     server_cfg = dataclasses.replace(server_cfg, host=args.host, port=args.port)
     return run_standalone(scorer, server_cfg)
