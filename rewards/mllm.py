@@ -105,6 +105,7 @@ class MLLMJudge(Scorer):
 
     service = "mllm"
     score_name = "mllm"
+    needs_instruction = True  # the server turns an empty instruction into a per-edit error
 
     def __init__(self, cfg: JudgeConfig) -> None:
         _check_config(cfg)
@@ -114,6 +115,31 @@ class MLLMJudge(Scorer):
         self._digit_ids: Optional[list[int]] = None
         self._model_path: Optional[Path] = None
         self._enforce_eager: Optional[bool] = None
+        self._owns_engine = True
+
+    def share_engine(self, cfg: JudgeConfig) -> MLLMJudge:
+        """A judge with other scoring settings (score_mode, prompt, sampling, timeout) on this judge's
+        loaded engine, e.g. to compare score modes without loading the model twice. It must be used on
+        the event loop that loaded this judge, and closing it leaves the engine running."""
+        if self._engine is None:
+            raise RuntimeError("share_engine() needs a loaded judge; await judge.load() first")
+        engine_keys = (
+            "model_path",
+            "dtype",
+            "max_model_len",
+            "images_per_prompt",
+            "tensor_parallel_size",
+            "seed",
+        )
+        changed = [k for k in engine_keys if getattr(cfg, k) != getattr(self.cfg, k)]
+        if changed:
+            raise ValueError(f"share_engine() cannot change engine settings {changed}; start another judge")
+        other = MLLMJudge(cfg)
+        other._engine, other._tokenizer, other._model_path = self._engine, self._tokenizer, self._model_path
+        other._enforce_eager, other._owns_engine = self._enforce_eager, False
+        if cfg.score_mode == "logits":
+            other._digit_ids = digit_token_ids(self._tokenizer)
+        return other
 
     def engine_args(self, model_path: Path) -> Any:
         """The vLLM AsyncEngineArgs this judge starts its engine with."""
@@ -170,7 +196,8 @@ class MLLMJudge(Scorer):
     async def close(self) -> None:
         if self._engine is not None:
             engine, self._engine = self._engine, None
-            await asyncio.to_thread(engine.shutdown)
+            if self._owns_engine:
+                await asyncio.to_thread(engine.shutdown)
 
     def settings(self) -> dict[str, str]:
         cfg = self.cfg
