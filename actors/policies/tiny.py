@@ -15,6 +15,7 @@ the transformer's joint attention width), `vae_channels`, `vae_blocks` (VAE down
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -66,6 +67,17 @@ _QWEN_SPECIAL = [
 ]
 
 
+# Qwen-Image-Edit's chat template up to the user turn (identical in the Edit and Edit-Plus pipelines).
+_QWEN_SYSTEM = (
+    "Describe the key features of the input image (color, shape, size, texture, objects, background), then "
+    "explain how the user's text instruction should alter or modify the image. Generate a new image that "
+    "meets the user's requirements while maintaining consistency with the original input where appropriate."
+)
+_QWEN_PREFIX = "<|im_start|>system\n"
+_QWEN_SUFFIX = "<|im_end|>\n<|im_start|>user\n"
+_QWEN_DROP_IDX = 64
+
+
 def _byte_chars() -> list[str]:
     """The 256 printable stand-ins of GPT-2 style byte-level BPE (every byte is one vocab entry)."""
     from tokenizers.pre_tokenizers import ByteLevel
@@ -103,6 +115,18 @@ def _qwen_tokenizer():
         vocab[tok] = len(vocab)
     tok = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=4096)
     tok.add_special_tokens({"additional_special_tokens": _QWEN_SPECIAL[1:]})
+    # The pipelines drop the first 64 tokens (the system prompt in the real tokenizer). Whole-word
+    # tokens for the system prompt make the tiny tokenizer drop exactly that prefix too, and keep the
+    # text sequence short; words are halved until the prefix is 64 tokens.
+    words = re.findall(r"\s?\S+", _QWEN_SYSTEM)
+    base = len(tok(_QWEN_PREFIX + _QWEN_SUFFIX).input_ids)
+    while base + len(words) < _QWEN_DROP_IDX:
+        i = max(range(len(words)), key=lambda j: len(words[j]))
+        words[i : i + 1] = [words[i][: len(words[i]) // 2], words[i][len(words[i]) // 2 :]]
+    tok.add_tokens(words)
+    n = len(tok(_QWEN_PREFIX + _QWEN_SYSTEM + _QWEN_SUFFIX).input_ids)
+    if n != _QWEN_DROP_IDX:
+        raise RuntimeError(f"tiny Qwen tokenizer: system prompt prefix is {n} tokens, the pipelines drop 64")
     return tok
 
 
@@ -296,6 +320,7 @@ def _tiny_qwen(
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
             pad_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
+            bos_token_id=None,
         ),
         vision_config=dict(
             depth=1,

@@ -184,3 +184,41 @@ def test_load_policy_errors(tiny_model_dir, tmp_path):
         load_policy(policy_config(tiny_model_dir("flux_kontext"), family="qwen_image_edit"))
     with pytest.raises(ValueError, match="LoRA targets"):
         load_policy(policy_config(tiny_model_dir("flux_kontext"), lora_targets=("nope",)))
+
+
+@pytest.mark.parametrize("family", ["qwen_image_edit", "qwen_image_edit_plus"])
+def test_qwen_euler_matches_stock_pipeline(family, tiny_model_dir, monkeypatch):
+    """The stock Qwen pipelines resize the source to ~1 MP for the VAE (Plus: and to ~384^2 for the
+    text encoder) whatever the output size; rollouts keep it at the training size. To compare the same
+    computation, `calculate_dimensions` - the pipelines' only sizing rule - is pinned to the source
+    size, so the stock pipeline resizes SIZE -> SIZE (a no-op) and everything else is stock code."""
+    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit as edit_module
+    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus_module
+
+    monkeypatch.setattr(edit_module, "calculate_dimensions", lambda area, ratio: (SIZE, SIZE, None))
+    monkeypatch.setattr(plus_module, "calculate_dimensions", lambda area, ratio: (SIZE, SIZE))
+    policy = load_policy(policy_config(tiny_model_dir(family), family=family))
+    src = source_image(6)
+    length, dim = policy.latent_shape(SIZE, SIZE)
+    noise = torch.randn(1, length, dim, generator=torch.Generator().manual_seed(7))
+    cond = policy.encode_condition(["remove the circle"], src)
+    sigmas = shifted_sigmas(4, length, dict(policy.pipe.scheduler.config))
+    ours = sample(policy, cond, noise, sigmas, "euler").x0
+    stock = policy.pipe(
+        image=to_pil(src[0]),
+        prompt="remove the circle",
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=4,
+        latents=noise,
+        output_type="latent",
+    ).images
+    assert ours.shape == stock.shape == (1, length, dim)
+    assert (ours - stock).abs().max().item() < 1e-4
+    # Batching pads the text tokens (masked): an edit's result does not depend on its batch-mates.
+    pair = torch.cat([source_image(9), src])
+    cond2 = policy.encode_condition(["a much longer instruction here", "remove the circle"], pair)
+    both = sample(policy, cond2, torch.cat([noise, noise]), sigmas, "euler").x0
+    assert (both[1] - ours[0]).abs().max().item() < 1e-4
+    images = policy.decode(ours, SIZE, SIZE)
+    assert images.shape == (1, 3, SIZE, SIZE) and images.dtype == torch.uint8

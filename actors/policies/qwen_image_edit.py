@@ -1,0 +1,150 @@
+"""Qwen-Image-Edit and Qwen-Image-Edit-2509 ("Plus") behind EditPolicy, over the stock pipelines' parts.
+
+Conditioning as `QwenImageEditPipeline` / `QwenImageEditPlusPipeline` build it: the Qwen2.5-VL text
+encoder sees the instruction in the pipeline's chat template together with the source image
+(`encode_prompt`; Plus prefixes "Picture 1:"), the last hidden states minus the system prompt are the
+text tokens (padded + masked); the source image is VAE-encoded (normalised by latents_mean/std),
+2x2-packed and appended to the noisy latents along the sequence, with `img_shapes` giving both grids.
+No CFG (CoCoEdit trains Qwen-Image-Edit with true_cfg_scale 1).
+
+Sizes: the stock pipelines resize the source to ~1 MP for the VAE (and Plus to ~384^2 for the text
+encoder) whatever the output size. Rollouts instead keep the source at the training size for the VAE
+and the text encoder (Plus: shrunk to 384^2 area when larger, as the pipeline does), so x_src and x0
+share one grid, which the region regularizer needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from actors.config import PolicyConfig
+from actors.policies.common import (
+    DTYPES,
+    DiffusersEditPolicy,
+    require_model_path,
+    resolve_device,
+    to_uint8,
+    to_unit_float,
+)
+from actors.types import Condition
+
+BATCHED = frozenset({"prompt_embeds", "prompt_embeds_mask", "image_latents"})
+CONDITION_IMAGE_AREA = 384 * 384  # QwenImageEditPlusPipeline's text-encoder image area
+
+
+def _pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+
+
+class QwenImageEditPolicy(DiffusersEditPolicy):
+    family = "qwen_image_edit"
+    plus = False
+
+    def __init__(self, cfg: PolicyConfig, seed: int = 0) -> None:
+        self.device = resolve_device(cfg.device)
+        self.dtype = DTYPES[cfg.dtype]
+        self.pipe = self.pipeline_class().from_pretrained(require_model_path(cfg), dtype=self.dtype)
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.vae_scale_factor = self.pipe.vae_scale_factor
+        self.latent_channels = self.pipe.latent_channels
+        if cfg.true_cfg_scale != 1.0:
+            raise ValueError(
+                f"policy.true_cfg_scale={cfg.true_cfg_scale}: rollouts of Qwen-Image-Edit run without CFG "
+                "(CoCoEdit's setting); set it to 1.0"
+            )
+        self._setup(cfg, seed)
+
+    @classmethod
+    def pipeline_class(cls) -> type:
+        from diffusers import QwenImageEditPipeline
+
+        return QwenImageEditPipeline
+
+    def _text_image(self, image: torch.Tensor) -> Image.Image:
+        """The source image as the text encoder sees it."""
+        pil = _pil(image)
+        if self.plus and pil.width * pil.height > CONDITION_IMAGE_AREA:
+            from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
+
+            w, h = calculate_dimensions(CONDITION_IMAGE_AREA, pil.width / pil.height)
+            pil = self.pipe.image_processor.resize(pil, h, w)
+        return pil
+
+    @torch.no_grad()
+    def encode_condition(self, instructions: list[str], source_images: torch.Tensor) -> Condition:
+        n, _, height, width = source_images.shape
+        if len(instructions) != n:
+            raise ValueError(f"{len(instructions)} instructions for {n} source images")
+        self.check_size(height, width)
+        pipe = self.pipe
+        # One prompt at a time: Plus treats a list of images as several pictures of ONE prompt, and a
+        # single-prompt encoding is exactly what the pipeline computes (no batch padding effects).
+        embeds = []
+        for text, image in zip(instructions, source_images, strict=True):
+            e, _ = pipe.encode_prompt(prompt=[text], image=[self._text_image(image)], device=self.device)
+            embeds.append(e[0])
+        longest = max(e.shape[0] for e in embeds)
+        prompt_embeds = torch.stack(
+            [torch.cat([e, e.new_zeros(longest - e.shape[0], e.shape[1])]) for e in embeds]
+        )
+        mask = torch.stack([torch.arange(longest, device=self.device) < e.shape[0] for e in embeds]).long()
+        image = to_unit_float(source_images).to(self.device, prompt_embeds.dtype).unsqueeze(2)
+        latents = pipe._encode_vae_image(image=image, generator=None)  # [N, C, 1, h, w]
+        h, w = latents.shape[3:]
+        image_latents = pipe._pack_latents(latents, n, latents.shape[1], h, w)
+        grid = (1, h // 2, w // 2)
+        return Condition(
+            {
+                "prompt_embeds": prompt_embeds,
+                "prompt_embeds_mask": mask,
+                "image_latents": image_latents,
+                "img_shapes": torch.tensor([grid, grid]),  # [2, 3] (frames, h, w) of target and source
+            },
+            BATCHED,
+        )
+
+    def source_latents(self, condition: Condition) -> torch.Tensor:
+        return condition.tensors["image_latents"]
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, condition: Condition) -> torch.Tensor:
+        c = condition.tensors
+        n, length, _ = x_t.shape
+        mask = c["prompt_embeds_mask"]
+        # Trim padding no edit of this batch uses; an all-valid mask is passed as None, as the pipeline does.
+        used = int(mask.sum(dim=1).max())
+        mask, embeds = mask[:, :used], c["prompt_embeds"][:, :used]
+        hidden = torch.cat([x_t.to(self.dtype), c["image_latents"].to(self.dtype)], dim=1)
+        shapes = [tuple(int(v) for v in row) for row in c["img_shapes"]]
+        out = self.transformer(
+            hidden_states=hidden,
+            timestep=t.to(self.dtype).expand(n),
+            guidance=None,
+            encoder_hidden_states_mask=None if bool(mask.all()) else mask,
+            encoder_hidden_states=embeds.to(self.dtype),
+            img_shapes=[shapes] * n,
+            return_dict=False,
+        )[0]
+        return out[:, :length].to(x_t.dtype)
+
+    @torch.no_grad()
+    def decode(self, x0: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        vae = self.pipe.vae
+        latents = self.pipe._unpack_latents(x0.to(self.device), height, width, self.vae_scale_factor)
+        z = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+        latents = latents * std + mean
+        return to_uint8(vae.decode(latents.to(vae.dtype), return_dict=False)[0][:, :, 0])
+
+
+class QwenImageEditPlusPolicy(QwenImageEditPolicy):
+    family = "qwen_image_edit_plus"
+    plus = True
+
+    @classmethod
+    def pipeline_class(cls) -> type:
+        from diffusers import QwenImageEditPlusPipeline
+
+        return QwenImageEditPlusPipeline
