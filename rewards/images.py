@@ -75,7 +75,7 @@ def decode_png(data: bytes) -> np.ndarray:
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             elif mode not in _CHANNELS:
                 raise ImageDecodeError(f"unsupported PNG mode {mode!r}; send 8-bit grey or RGB")
-            array = np.asarray(img, dtype=np.uint8)
+            array = np.array(img, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)
     except ImageDecodeError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -160,6 +160,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         self.ready = False
         self.load_error: Optional[BaseException] = None
         self.active_calls = 0
+        self.score_calls = 0  # accepted Score calls (served or failed inside), for tests and metrics
         self._decode_pool = ThreadPoolExecutor(
             max_workers=max(1, cfg.decode_workers), thread_name_prefix="png"
         )
@@ -195,6 +196,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         self.active_calls += 1
+        self.score_calls += 1
         try:
             return await self._score(request, context)
         finally:
