@@ -7,7 +7,8 @@
     cocoedit pretrain-tiny --out DIR
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
     cocoedit edit --model DIR [--lora FILE] --image IN --instruction TEXT --out OUT
-    cocoedit eval --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE ...]
+    cocoedit eval [run] --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE ...] [--out DIR]
+    cocoedit eval compare RUN_A RUN_B [--out FILE.html]
 
 Each subcommand lives next to the component it runs; this module only parses and dispatches.
 """
@@ -28,7 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pretrain-tiny": ("actors.pretrain", "cli_pretrain", "#7"),
     "serve": ("rewards.serve", "cli_serve", "#3/#4"),
     "edit": ("actors.edit", "cli_edit", "#5"),
-    "eval": ("cluster.evaluate", "cli_eval", "#9"),
+    "eval run": ("cluster.evaluate", "cli_eval", "#9"),
+    "eval compare": ("cluster.evaluate", "cli_compare", "#9"),
 }
 
 
@@ -93,17 +95,34 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--size", type=int, default=None)
 
-    ev = sub.add_parser("eval", help="evaluate an editor on GEdit-Bench / ImgEdit-Bench / a manifest")
+    ev_parent = sub.add_parser("eval", help="evaluate an editor on GEdit-Bench / ImgEdit-Bench / a manifest")
+    ev_sub = ev_parent.add_subparsers(dest="eval_command", required=True)
+    ev = ev_sub.add_parser("run", help="generate, score and report (the default: `cocoedit eval --bench ...`)")
     ev.add_argument("--bench", choices=["gedit", "imgedit", "manifest"], default="manifest")
     ev.add_argument("--data", required=False)
-    ev.add_argument("--lora", action="append", default=[])
-    ev.add_argument("--out", default=None)
+    ev.add_argument("--lora", action="append", default=[], help="LoRA file; repeat for one run per LoRA")
+    ev.add_argument("--out", default=None, help="run folder (default: RUN_DIR/eval/BENCH); reruns resume")
+    ev.add_argument(
+        "--edits",
+        choices=["policy", "target", "source"],
+        default="policy",
+        help="policy: sample edits; target/source: score the known targets / the sources (bounds)",
+    )
     _add_config_args(ev)
+    cmp = ev_sub.add_parser("compare", help="side-by-side group tables of two eval runs with deltas")
+    cmp.add_argument("run_a")
+    cmp.add_argument("run_b")
+    cmp.add_argument("--out", default=None, help="HTML file (default: RUN_B/compare_A_vs_B.html)")
     return parser
 
 
 def _resolve(args: argparse.Namespace) -> tuple[str, Optional[Callable[[argparse.Namespace], int]]]:
-    key = f"data {args.data_command}" if args.command == "data" else args.command
+    if args.command == "data":
+        key = f"data {args.data_command}"
+    elif args.command == "eval":
+        key = f"eval {args.eval_command}"
+    else:
+        key = args.command
     module_name, func_name, issue = COMMANDS[key]
     try:
         module = importlib.import_module(module_name)
@@ -120,6 +139,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["train"] and ("--help" in argv or "-h" in argv):
         _print_train_help(argv[1:])
         return 0
+    # `cocoedit eval --bench ...` is `cocoedit eval run --bench ...`
+    if argv[:1] == ["eval"] and argv[1:2] not in (["run"], ["compare"], ["-h"], ["--help"]):
+        argv = ["eval", "run", *argv[1:]]
     args = build_parser().parse_args(argv)
     if args.command == "config":
         return _show_config(args.config, args.overrides)

@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from actors.config import DataConfig, PolicyConfig, PretrainConfig, RolloutConfig
+from cluster.eval_config import EvalConfig
 from learner.config import LearnerConfig
 from rewards.config import RewardsConfig
 
@@ -52,6 +53,7 @@ class Config:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 class ConfigError(ValueError):
