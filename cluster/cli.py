@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev_parent = sub.add_parser("eval", help="evaluate an editor on GEdit-Bench / ImgEdit-Bench / a manifest")
     ev_sub = ev_parent.add_subparsers(dest="eval_command", required=True)
-    ev = ev_sub.add_parser("run", help="generate, score and report (the default: `cocoedit eval --bench ...`)")
+    ev = ev_sub.add_parser(
+        "run", help="generate, score and report (the default: `cocoedit eval --bench ...`)"
+    )
     ev.add_argument("--bench", choices=["gedit", "imgedit", "manifest"], default="manifest")
     ev.add_argument("--data", required=False)
     ev.add_argument("--lora", action="append", default=[], help="LoRA file; repeat for one run per LoRA")
