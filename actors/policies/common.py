@@ -11,6 +11,7 @@ from torch import nn
 from actors.config import PolicyConfig
 from actors.policies import lora
 from actors.policies.base import AdapterName, EditPolicy
+from actors.types import Condition
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -70,6 +71,10 @@ class DiffusersEditPolicy(EditPolicy):
     @classmethod
     def pipeline_class(cls) -> type:
         raise NotImplementedError
+
+    def merge_conditions(self, conditions: list[Condition]) -> Condition:
+        """Concatenate per-item Conditions along the edit dimension."""
+        return Condition.cat(conditions)
 
     def check_size(self, height: int, width: int) -> None:
         multiple = self.vae_scale_factor * 2

@@ -37,6 +37,19 @@ def _pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
 
 
+def _pad_text(embeds: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad text token embeddings [S_i, C] (and masks [S_i]) to the longest: [N, S, C], [N, S]."""
+    longest = max(e.shape[0] for e in embeds)
+    padded = torch.stack([torch.cat([e, e.new_zeros(longest - e.shape[0], e.shape[1])]) for e in embeds])
+    mask = torch.stack(
+        [
+            torch.cat([m.to(e.device), m.new_zeros(longest - m.shape[0]).to(e.device)])
+            for e, m in zip(embeds, masks, strict=True)
+        ]
+    )
+    return padded, mask.long()
+
+
 class QwenImageEditPolicy(DiffusersEditPolicy):
     family = "qwen_image_edit"
     plus = False
@@ -85,11 +98,7 @@ class QwenImageEditPolicy(DiffusersEditPolicy):
         for text, image in zip(instructions, source_images, strict=True):
             e, _ = pipe.encode_prompt(prompt=[text], image=[self._text_image(image)], device=self.device)
             embeds.append(e[0])
-        longest = max(e.shape[0] for e in embeds)
-        prompt_embeds = torch.stack(
-            [torch.cat([e, e.new_zeros(longest - e.shape[0], e.shape[1])]) for e in embeds]
-        )
-        mask = torch.stack([torch.arange(longest, device=self.device) < e.shape[0] for e in embeds]).long()
+        prompt_embeds, mask = _pad_text(embeds, [torch.ones(e.shape[0], dtype=torch.long) for e in embeds])
         image = to_unit_float(source_images).to(self.device, prompt_embeds.dtype).unsqueeze(2)
         latents = pipe._encode_vae_image(image=image, generator=None)  # [N, C, 1, h, w]
         h, w = latents.shape[3:]
@@ -104,6 +113,16 @@ class QwenImageEditPolicy(DiffusersEditPolicy):
             },
             BATCHED,
         )
+
+    def merge_conditions(self, conditions: list[Condition]) -> Condition:
+        """Concatenate per-item Conditions, padding their text tokens to the longest (masked)."""
+        embeds = [e for c in conditions for e in c.tensors["prompt_embeds"]]
+        masks = [m for c in conditions for m in c.tensors["prompt_embeds_mask"]]
+        prompt_embeds, mask = _pad_text(embeds, masks)
+        first = conditions[0].tensors
+        tensors = {k: torch.cat([c.tensors[k] for c in conditions]) for k in ("image_latents",)}
+        tensors.update(prompt_embeds=prompt_embeds, prompt_embeds_mask=mask, img_shapes=first["img_shapes"])
+        return Condition(tensors, BATCHED)
 
     def source_latents(self, condition: Condition) -> torch.Tensor:
         return condition.tensors["image_latents"]

@@ -1,0 +1,161 @@
+"""The rollout worker: samples groups of edits with theta_old (the `old` LoRA adapter).
+
+A plain class; `cluster/` makes it a Ray actor (`ray.remote(RolloutWorker)`), tests build it directly:
+
+    worker = RolloutWorker(policy_cfg, rollout_cfg)            # loads policy_cfg.model_path
+    batch = worker.sample(grouped_items, policy_version=0)     # RolloutBatch
+    worker.load_weights(learner_sampling_state, version=1)     # new theta_old
+
+Each edit's initial noise comes from its own `GroupedItem.seed` (a CPU generator, drawn on the VAE
+latent grid [1, C, h, w] and packed, as the diffusers pipelines draw it for batch size 1), so an edit's
+result does not depend on which worker samples it or on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+
+from actors.config import PolicyConfig, RolloutConfig
+from actors.policies.base import EditPolicy
+from actors.samplers import SAMPLERS, sample, shifted_sigmas
+from actors.types import Condition, GroupedItem, RolloutBatch
+
+
+class RolloutWorker:
+    """Samples RolloutBatches with the policy's `old` adapter; CPU or one GPU (dtype from PolicyConfig)."""
+
+    def __init__(
+        self,
+        policy_cfg: PolicyConfig,
+        rollout_cfg: RolloutConfig,
+        policy: Optional[EditPolicy] = None,
+    ) -> None:
+        if rollout_cfg.sampler not in SAMPLERS:
+            raise ValueError(
+                f"rollout.sampler={rollout_cfg.sampler!r} is unknown; expected one of {SAMPLERS}"
+            )
+        if rollout_cfg.batch_size < 1:
+            raise ValueError(f"rollout.batch_size={rollout_cfg.batch_size} must be >= 1")
+        if policy is None:
+            from actors.policies import load_policy
+
+            policy = load_policy(policy_cfg, seed=rollout_cfg.seed)
+        self.policy = policy
+        self.policy_cfg = policy_cfg
+        self.rollout_cfg = rollout_cfg
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """Policy version of the `old` adapter this worker samples with."""
+        return self._version
+
+    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
+        """Swap the sampling (`old`) LoRA for `state` (keys as EditPolicy.lora_state_dict gives them)."""
+        if version < self._version:
+            raise ValueError(
+                f"load_weights(version={version}) is older than the loaded version {self._version}"
+            )
+        self.policy.load_lora_state_dict(state, "old")
+        self._version = version
+
+    def sigmas(self, height: int, width: int) -> torch.Tensor:
+        """The sampler's sigma schedule [T + 1] for height x width images."""
+        length, _ = self.policy.latent_shape(height, width)
+        return shifted_sigmas(self.rollout_cfg.num_steps, length, dict(self.policy.pipe.scheduler.config))
+
+    def initial_noise(self, generator: torch.Generator, height: int, width: int) -> torch.Tensor:
+        """x_1 of one edit: [L, D] float32, drawn from `generator` (CPU, seeded with the edit's seed)."""
+        policy = self.policy
+        policy.check_size(height, width)
+        h, w = height // policy.vae_scale_factor, width // policy.vae_scale_factor
+        grid = torch.randn((1, policy.latent_channels, h, w), generator=generator, dtype=torch.float32)
+        return policy.pack(grid)[0]
+
+    @torch.no_grad()
+    def sample(self, items: list[GroupedItem], policy_version: int) -> RolloutBatch:
+        """Sample one edit per GroupedItem with theta_old, in micro-batches of rollout.batch_size."""
+        if not items:
+            raise ValueError("RolloutWorker.sample got no items")
+        if policy_version != self._version:
+            raise ValueError(
+                f"asked to sample with policy version {policy_version} but this worker holds version "
+                f"{self._version}; call load_weights(state, {policy_version}) first"
+            )
+        policy, cfg = self.policy, self.rollout_cfg
+        sizes = {tuple(gi.item.source_image.shape) for gi in items}
+        if len(sizes) != 1:
+            raise ValueError(f"all items of one sample() call must share one image size, got {sorted(sizes)}")
+        _, height, width = sizes.pop()
+        timings: dict[str, float] = {}
+
+        start = time.perf_counter()
+        # One condition per group (all edits of a group share source and instruction), one item at a
+        # time so the encoding of an item does not depend on the other items of the call.
+        group_index: dict[str, int] = {}
+        per_group: list[Condition] = []
+        for gi in items:
+            if gi.group_id not in group_index:
+                group_index[gi.group_id] = len(per_group)
+                per_group.append(policy.encode_condition([gi.item.instruction], gi.item.source_image[None]))
+        groups = policy.merge_conditions(per_group)
+        condition = groups.select([group_index[gi.group_id] for gi in items])
+        timings["encode_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        sigmas = self.sigmas(height, width)
+        # One generator per edit: the initial noise, then (sde) the noise of every step, continue its stream.
+        generators = [torch.Generator().manual_seed(gi.seed) for gi in items]
+        noise = torch.stack([self.initial_noise(g, height, width) for g in generators])
+        x0, edited, trajectory, log_probs = [], [], [], []
+        decode_s = 0.0
+        for lo in range(0, len(items), cfg.batch_size):
+            idx = list(range(lo, min(lo + cfg.batch_size, len(items))))
+            with policy.adapter("old"):
+                result = sample(
+                    policy,
+                    condition.select(idx).to(policy.device),
+                    noise[idx].to(policy.device),
+                    sigmas,
+                    cfg.sampler,
+                    noise_level=cfg.sde_noise_level,
+                    generators=[generators[i] for i in idx] if cfg.sampler == "sde" else None,
+                )
+            x0.append(result.x0.float().cpu())
+            if result.trajectory is not None:
+                trajectory.append(result.trajectory.float().cpu())
+                log_probs.append(result.log_probs.float().cpu())
+            t_dec = time.perf_counter()
+            edited.append(policy.decode(result.x0, height, width))
+            decode_s += time.perf_counter() - t_dec
+        total = time.perf_counter() - start
+        timings["sample_s"] = total - decode_s
+        timings["decode_s"] = decode_s
+        timings["edits_per_s"] = len(items) / (total + timings["encode_s"])
+
+        targets = [gi.item.target_image for gi in items]
+        return RolloutBatch(
+            edit_ids=[gi.edit_id for gi in items],
+            item_ids=[gi.item.item_id for gi in items],
+            group_ids=[gi.group_id for gi in items],
+            instructions=[gi.item.instruction for gi in items],
+            policy_version=self._version,
+            x0=torch.cat(x0),
+            source_latents=policy.source_latents(condition).float().cpu(),
+            condition=condition.to("cpu"),
+            edited_images=torch.cat(edited),
+            source_images=torch.stack([gi.item.source_image for gi in items]),
+            edit_masks=torch.stack([gi.item.edit_mask for gi in items]).float(),
+            sigmas=sigmas,
+            sampler=cfg.sampler,
+            height=height,
+            width=width,
+            seeds=[gi.seed for gi in items],
+            target_images=torch.stack(targets) if all(t is not None for t in targets) else None,
+            trajectory=torch.cat(trajectory) if trajectory else None,
+            log_probs=torch.cat(log_probs) if log_probs else None,
+            timings=timings,
+        )
