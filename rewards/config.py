@@ -10,7 +10,7 @@ from typing import Literal, Optional
 class ServerConfig:
     """Settings every reward gRPC server shares."""
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # "node" = the Ray node's address (replicas other nodes must reach)
     port: int = 0  # 0 = pick a free port
     max_message_mb: int = 256
     max_concurrent_calls: int = 8  # further calls get RESOURCE_EXHAUSTED

@@ -1,0 +1,230 @@
+"""The training loop: sample, score, advantages, update, sync, log, checkpoint.
+
+    cocoedit train [--config cluster/configs/tiny_cpu.yaml] [--resume] [key=value ...]
+    python -m cluster.train --config cluster/configs/flux_kontext_8gpu.yaml     # under `ray job submit`
+
+Rollouts for the next epoch may be sampled while the current one is scored and trained on: up to
+`rollout.max_staleness` batches are in flight (0 = strictly on-policy); each batch carries the policy
+version it was drawn from, and the lag is logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from actors.data import EpochSampler, grouped_items, load_items
+from actors.types import RolloutBatch
+from cluster.config import Config, ConfigError, dump_config, load_config
+from cluster.groups import LearnerGroup, RolloutGroup
+from cluster.launch import init_ray, resolve_models
+from cluster.runlog import RunLog
+from cluster.services import RewardServices
+from learner.advantages import score_groups
+from learner.checkpoint import latest_checkpoint
+from rewards.client import make_edit
+from rewards.weighting import combine
+
+log = logging.getLogger("cocoedit.train")
+
+
+@dataclass
+class Pending:
+    """A rollout batch in flight, with the sampler state from before it was drawn (for checkpoints)."""
+
+    refs: Any
+    sampler_state: dict
+    epoch: int
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict[str, float]]:
+    """Run cfg.run.epochs epochs (or the remaining ones with resume); returns each epoch's metrics."""
+    cfg = resolve_models(cfg)
+    items = {item.item_id: item for item in load_items(cfg.data)}
+    sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
+    init_ray(cfg.run)
+    runlog = RunLog(cfg.run.run_dir, dump_config(cfg))
+    rollout = RolloutGroup(cfg.policy, cfg.rollout)
+    learner = LearnerGroup(cfg.policy, cfg.learner)
+    services = RewardServices(cfg.rewards)
+    version, start = 0, 0
+    if resume:
+        version, start = _resume(cfg, learner, sampler)
+    rollout.load(learner.sampling_weights(), version)
+
+    queue: collections.deque[Pending] = collections.deque()
+    next_draw = start
+
+    def refill(limit: int) -> None:
+        nonlocal next_draw
+        while len(queue) < limit and next_draw < cfg.run.epochs:
+            state = copy.deepcopy(sampler.state_dict())
+            batch_items = grouped_items(sampler.next_epoch(), items)
+            queue.append(Pending(rollout.sample_async(batch_items, version), state, next_draw))
+            next_draw += 1
+
+    history: list[dict[str, float]] = []
+    bar = tqdm(
+        range(start, cfg.run.epochs), disable=not progress, desc="train", initial=start, total=cfg.run.epochs
+    )
+    refill(1)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        pending = queue.popleft()
+        batch = rollout.gather(pending.refs)  # sample
+        t_sample = time.perf_counter()
+        refill(cfg.rollout.max_staleness)  # next batches sample while this one is scored and trained on
+        outcomes = services.score(to_edits(batch))  # score
+        rewards, parts = combine(outcomes, cfg.rewards.weights)
+        t_score = time.perf_counter()
+        groups = score_groups(
+            torch.as_tensor(rewards, dtype=torch.float32), batch.group_ids, batch.item_ids, cfg.learner
+        )
+        sampler.ban([i for i in groups.banned_items if i not in sampler.banned])  # advantages
+        metrics = learner.update(batch, groups.advantages, groups.valid)  # update
+        t_update = time.perf_counter()
+        version += 1
+        rollout.load(learner.sampling_weights(), version)  # sync
+        refill(1)
+        t_sync = time.perf_counter()
+
+        row = {
+            **metrics,
+            **groups.metrics(),
+            "reward/mean": float(np.mean(rewards)),
+            **{f"reward/{k}": float(np.mean(v)) for k, v in parts.items()},
+            **_component_means(outcomes),
+            "policy/version": float(version),
+            "policy/lag": float(version - 1 - batch.policy_version),
+            "time/sample_s": t_sample - t0,
+            "time/score_s": t_score - t_sample,
+            "time/update_s": t_update - t_score,
+            "time/sync_s": t_sync - t_update,
+            "time/epoch_s": t_sync - t0,
+            "samples/edits": float(len(batch)),
+        }
+        history.append(row)
+        runlog.scalars(epoch, row)
+        bar.set_postfix(reward=f"{row['reward/mean']:.3f}", psnr=f"{row.get('pixel/psnr', float('nan')):.1f}")
+        if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == cfg.run.epochs - 1):
+            _log_group(runlog, epoch, batch, rewards)
+        last = epoch == cfg.run.epochs - 1
+        if (cfg.run.checkpoint_every and (epoch + 1) % cfg.run.checkpoint_every == 0) or last:
+            next_state = queue[0].sampler_state if queue else sampler.state_dict()
+            learner.save(
+                cfg.run.run_dir,
+                {"epoch": epoch, "policy_version": version, "sampler": next_state},
+                cfg.run.keep_checkpoints,
+            )
+    runlog.close()
+    services.close()
+    return history
+
+
+def to_edits(batch: RolloutBatch) -> list[Any]:
+    """The batch as reward-proto Edits (PNG-encoded images, the mask, the target when known)."""
+    masks = (batch.edit_masks[:, 0] * 255).round().to(torch.uint8)
+    return [
+        make_edit(
+            edit_id=batch.edit_ids[i],
+            group_id=batch.group_ids[i],
+            policy_version=batch.policy_version,
+            instruction=batch.instructions[i],
+            source_image=batch.source_images[i].permute(1, 2, 0).numpy(),
+            edited_image=batch.edited_images[i].permute(1, 2, 0).numpy(),
+            edit_mask=masks[i].numpy(),
+            target_image=None
+            if batch.target_images is None
+            else batch.target_images[i].permute(1, 2, 0).numpy(),
+        )
+        for i in range(len(batch))
+    ]
+
+
+def _component_means(outcomes: dict[str, list[Any]]) -> dict[str, float]:
+    sums: dict[str, list[float]] = collections.defaultdict(list)
+    for service, outs in outcomes.items():
+        for o in outs:
+            for k, v in o.components.items():
+                sums[f"{service}/{k}"].append(v)
+    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
+def _log_group(runlog: RunLog, epoch: int, batch: RolloutBatch, rewards: np.ndarray) -> None:
+    first = [i for i, g in enumerate(batch.group_ids) if g == batch.group_ids[0]]
+    runlog.image_grid(
+        epoch,
+        batch.source_images[first[0]],
+        batch.edited_images[first],
+        batch.edit_masks[first[0]],
+        [float(rewards[i]) for i in first],
+        title=f"epoch {epoch}: {batch.instructions[first[0]]}",
+    )
+
+
+def _resume(cfg: Config, learner: LearnerGroup, sampler: EpochSampler) -> tuple[int, int]:
+    ckpt = latest_checkpoint(cfg.run.run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"--resume: no complete checkpoint under {cfg.run.run_dir}/checkpoints; start without --resume"
+        )
+    extra = learner.load(str(ckpt))
+    sampler.load_state_dict(extra["sampler"])
+    log.info(
+        "resumed from %s (epoch %d done, policy version %d)", ckpt, extra["epoch"], extra["policy_version"]
+    )
+    return int(extra["policy_version"]), int(extra["epoch"]) + 1
+
+
+def cli_train(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 1
+    history = train(cfg, resume=args.resume)
+    _print_summary(cfg, history)
+    return 0
+
+
+def _print_summary(cfg: Config, history: list[dict[str, float]]) -> None:
+    if not history:
+        print("nothing to do: every epoch is done")
+        return
+    k = max(1, min(10, len(history) // 2))
+    first, last = history[:k], history[-k:]
+
+    def mean(rows: list[dict[str, float]], key: str) -> float:
+        vals = [r[key] for r in rows if key in r]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    print(f"run directory: {Path(cfg.run.run_dir).resolve()}")
+    for key in ("reward/mean", "pixel/psnr", "pixel/ssim", "synthetic/edit_psnr", "mllm/expected_score"):
+        if any(key in r for r in history):
+            print(
+                f"{key:>22}: first {k} epochs {mean(first, key):.4f} -> last {k} epochs {mean(last, key):.4f}"
+            )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.train", description=__doc__)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("overrides", nargs="*")
+    return cli_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
