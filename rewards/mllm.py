@@ -197,7 +197,9 @@ class MLLMJudge(Scorer):
         if self._engine is not None:
             engine, self._engine = self._engine, None
             if self._owns_engine:
-                await asyncio.to_thread(engine.shutdown)
+                # On the loop, not in a thread: the engine's output handler must not run between the
+                # engine process exiting and its cancellation (it would log EngineDeadError).
+                engine.shutdown()
 
     def settings(self) -> dict[str, str]:
         cfg = self.cfg
