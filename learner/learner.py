@@ -35,6 +35,7 @@ from learner.losses import (
     grpo_kl,
     grpo_loss,
     nft_objective,
+    r_metrics,
     region_weights,
     sde_log_prob,
     sde_step_mean_std,
@@ -197,9 +198,10 @@ class Learner:
                 loss, m = self._pass(batch, idx, plan, j, advantages)
                 weight = len(idx) * self.world_size / (n_valid_global * train_t)
                 self.engine.backward(loss * weight, scale_wrt_gas=False)
-                for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_recorded += 1
+                for k, v in m.items():  # weighted by edits: per-edit means over ranks and micro-batches
+                    if not k.startswith("nft/r_"):
+                        sums[k] = sums.get(k, 0.0) + v * len(idx)
+                n_recorded += len(idx)
         # ZeRO-2 reduces on every backward (a collective): ranks with fewer passes pad with zero-weight ones.
         for _ in range(n_passes - len(micro) * train_t):
             idx = [0]
@@ -220,6 +222,8 @@ class Learner:
         t_sync = time.perf_counter() - t_sync
 
         metrics = self._reduce_metrics(sums, n_recorded)
+        r_all = self._gather_values(optimality_probability(advantages[valid], self.cfg.adv_clip))
+        metrics.update(r_metrics(r_all, torch.ones_like(r_all, dtype=torch.bool)))
         metrics.update(
             {
                 "learner/step": float(self._step),
@@ -365,6 +369,16 @@ class Learner:
         y = x.to(self._comm_device())
         dist.all_reduce(y, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return y.cpu()
+
+    def _gather_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate a small 1-d CPU tensor over ranks."""
+        if self.world_size == 1:
+            return x
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, x.cpu())
+        return torch.cat(gathered)
 
     def _comm_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")

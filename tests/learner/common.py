@@ -1,0 +1,94 @@
+"""Tiny real components shared by the learner tests and bench/learner.py (also imported by spawned ranks)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import torch
+
+from actors.config import PolicyConfig
+from actors.policies.base import EditPolicy
+from actors.types import RolloutBatch
+from learner.config import LearnerConfig
+
+SIZE = 32  # pixels; tiny VAE factor 2 x 2x2 packing -> 8x8 = 64 tokens of 64 channels
+MODEL_KWARGS = dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=16)
+
+
+def build_model(out_dir: str | Path) -> Path:
+    from actors.policies.tiny import build_tiny_model
+
+    return build_tiny_model("flux_kontext", out_dir, seed=0, **MODEL_KWARGS)
+
+
+def policy_config(model_dir: str | Path, lora_rank: int = 4) -> PolicyConfig:
+    from actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
+
+    return PolicyConfig(
+        family="flux_kontext",
+        model_path=str(model_dir),
+        dtype="float32",
+        device="cpu",
+        lora_rank=lora_rank,
+        lora_alpha=2 * lora_rank,
+        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
+        gradient_checkpointing=False,
+    )
+
+
+def load(model_dir: str | Path, seed: int = 0) -> EditPolicy:
+    from actors.policies import load_policy
+
+    return load_policy(policy_config(model_dir), seed=seed)
+
+
+def learner_config(**overrides: object) -> LearnerConfig:
+    base = dict(train_timesteps=2, micro_batch_size=2, zero_stage=2, lam_pos=0.5, lam_neg=0.5, kl_weight=1e-2)
+    base.update(overrides)
+    return LearnerConfig(**base)  # type: ignore[arg-type]
+
+
+def make_batch(policy: EditPolicy, n: int = 4, num_steps: int = 4, seed: int = 0) -> RolloutBatch:
+    """A rollout batch of n edits in groups of 2: random sources, a centred square edit mask, and x0 =
+    the source latent with the edit square replaced by noise (a perfect keep region)."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, 256, (n, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    instructions = ["paint the square red" if i % 4 < 2 else "remove the circle" for i in range(n)]
+    cond = policy.encode_condition(instructions, src).to("cpu")
+    x_src = policy.source_latents(cond).float()
+    mask = torch.zeros(n, 1, SIZE, SIZE)
+    mask[:, :, 8:24, 8:24] = 1.0
+    grid_src = policy.unpack(x_src, SIZE, SIZE)
+    grid_mask = torch.nn.functional.interpolate(mask, size=grid_src.shape[-2:], mode="nearest")
+    grid_x0 = grid_src * (1 - grid_mask) + torch.randn(grid_src.shape, generator=g) * grid_mask
+    return RolloutBatch(
+        edit_ids=[f"e{i}" for i in range(n)],
+        item_ids=[f"item{i // 2}" for i in range(n)],
+        group_ids=[f"0:item{i // 2}" for i in range(n)],
+        instructions=instructions,
+        policy_version=0,
+        x0=policy.pack(grid_x0),
+        source_latents=x_src,
+        condition=cond,
+        edited_images=src,
+        source_images=src,
+        edit_masks=mask,
+        sigmas=torch.linspace(1.0, 0.0, num_steps + 1),
+        sampler="dpm2",
+        height=SIZE,
+        width=SIZE,
+        seeds=list(range(n)),
+    )
+
+
+def lora_max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def remove_shm_files(port: str | int) -> None:
+    """Delete DeepSpeed's shared-memory allreduce buffers of one MASTER_PORT (only ours)."""
+    for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}*"):
+        os.remove(path)
