@@ -28,6 +28,7 @@ import torch
 
 from actors.config import PolicyConfig
 from actors.policies.base import EditPolicy
+from actors.samplers import sde_step
 from actors.types import RolloutBatch
 from learner.advantages import optimality_probability
 from learner.config import LearnerConfig
@@ -37,8 +38,6 @@ from learner.losses import (
     nft_objective,
     r_metrics,
     region_weights,
-    sde_log_prob,
-    sde_step_mean_std,
 )
 
 
@@ -334,15 +333,16 @@ class Learner:
         sigmas = batch.sigmas.to(torch.float32)
         sigma, sigma_next = sigmas[steps].to(dev), sigmas[steps + 1].to(dev)
         sigma_max = float(sigmas[1])
+        a = self.cfg.sde_noise_level
         v = self._velocity("default", x, sigma, cond)
-        mean, std, dt = sde_step_mean_std(x, v, sigma, sigma_next, sigma_max, self.cfg.sde_noise_level)
-        lp = sde_log_prob(x_next, mean, std, dt)
+        # the rollout's own SDE step, re-evaluated on the stored (detached) x'
+        _, lp, mean, std = sde_step(x, v, sigma, sigma_next, a, prev_sample=x_next, sigma_max=sigma_max)
         loss, metrics = grpo_loss(lp, old_lp, adv, valid, self.cfg.grpo_clip, self.cfg.adv_clip)
         if self.cfg.grpo_kl_beta > 0:
             with torch.no_grad():
                 v_ref = self._velocity("ref", x, sigma, cond)
-                mean_ref, _, _ = sde_step_mean_std(
-                    x, v_ref, sigma, sigma_next, sigma_max, self.cfg.sde_noise_level
+                _, _, mean_ref, _ = sde_step(
+                    x, v_ref, sigma, sigma_next, a, prev_sample=x_next, sigma_max=sigma_max
                 )
             kl, m = grpo_kl(mean, mean_ref, std, valid, self.cfg.grpo_kl_beta)
             loss = loss + kl

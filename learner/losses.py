@@ -1,5 +1,6 @@
 """The DiffusionNFT objective, CoCoEdit's region regularizer, the KL to the reference and the Flow-GRPO
-clipped objective (ALGORITHM.md sections 5 and 7). Pure torch.
+clipped objective (ALGORITHM.md sections 5 and 7). Pure torch. (The SDE step and its log-probability
+are the rollout's own `actors.samplers.sde_step`, so sampling and training cannot disagree.)
 
 Shapes: N edits; packed latents [N, L, D]; latent grid [N, C, h, w]; masks [N, 1, H, W] (pixels) or
 [N, 1, h, w] (latent grid); t, r, valid: [N]. Every loss returns (loss: scalar tensor, metrics: dict
@@ -8,7 +9,6 @@ of floats). "mean_valid" is the mean over valid edits (0, still differentiable, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -217,41 +217,6 @@ def r_metrics(r: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------------
 # Flow-GRPO
-
-
-def sde_step_mean_std(
-    x: torch.Tensor,
-    v: torch.Tensor,
-    sigma: torch.Tensor,
-    sigma_next: torch.Tensor,
-    sigma_max: float,
-    noise_level: float = 0.7,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean and std of Flow-GRPO's SDE step sigma -> sigma_next (ALGORITHM.md s7), in float32.
-
-    x, v: [N, L, D]; sigma, sigma_next: [N]; sigma_max: sigmas[1], used in place of sigma where sigma = 1.
-    std = a sqrt(sigma / (1 - sigma~)); mean = x + [v + std^2 / (2 sigma) (x + (1 - sigma) v)] dt.
-    Returns (mean [N, L, D], std [N, 1, 1], dt [N, 1, 1])."""
-    x, v = x.float(), v.float()
-    s = sigma.float().view(-1, 1, 1)
-    dt = sigma_next.float().view(-1, 1, 1) - s
-    s_tilde = torch.where(s >= 1.0, torch.full_like(s, sigma_max), s)
-    std = noise_level * torch.sqrt(s / (1.0 - s_tilde))
-    mean = x + (v + std**2 / (2.0 * s) * (x + (1.0 - s) * v)) * dt
-    return mean, std, dt
-
-
-def sde_log_prob(
-    x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dt: torch.Tensor
-) -> torch.Tensor:
-    """Gaussian log-density of x_next under N(mean, std^2 (-dt)), averaged over non-batch dims. -> [N]."""
-    scale = std * torch.sqrt(-dt)
-    lp = (
-        -((x_next.float().detach() - mean) ** 2) / (2.0 * scale**2)
-        - torch.log(scale)
-        - math.log(math.sqrt(2 * math.pi))
-    )
-    return _batch_mean(lp)
 
 
 def grpo_loss(

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from actors.samplers import sde_step
 from cluster.loopback import free_port
 from learner.checkpoint import COMPLETE, checkpoint_dir, latest_checkpoint
 from learner.learner import Learner
-from learner.losses import sde_log_prob, sde_step_mean_std
 from tests.learner import common
 
 
@@ -203,12 +203,10 @@ def test_grpo_on_policy_ratio_is_one(model_dir: Path) -> None:
     sig = batch.sigmas
     with torch.no_grad(), policy.adapter("old"):
         for j in range(4):
-            s, s_next = sig[j].expand(4), sig[j + 1].expand(4)
-            v = policy.velocity(x, s, batch.condition)
-            mean, std, dt = sde_step_mean_std(x, v, s, s_next, float(sig[1]), 0.7)
-            x = mean + std * torch.sqrt(-dt) * torch.randn(mean.shape, generator=g)
+            v = policy.velocity(x, sig[j].expand(4), batch.condition)
+            x, lp, _, _ = sde_step(x, v, sig[j], sig[j + 1], 0.7, generator=g, sigma_max=sig[1])
             traj.append(x)
-            lps.append(sde_log_prob(x, mean, std, dt))
+            lps.append(lp)
     batch.trajectory, batch.log_probs = torch.stack(traj, 1), torch.stack(lps, 1)
     before = policy.lora_state_dict("default")
     m = learner.update(batch, torch.tensor([1.0, -1.0, 2.0, -2.0]), torch.ones(4, dtype=torch.bool))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -18,8 +16,6 @@ from learner.losses import (
     nft_policy_loss,
     region_regularizer,
     region_weights,
-    sde_log_prob,
-    sde_step_mean_std,
     weighted_sq_dist,
 )
 
@@ -186,22 +182,6 @@ def test_objective_composes_terms() -> None:
         unpack,
     )
     assert "loss/reg" not in m2 and no_reg.item() == pytest.approx(m["loss/policy"], rel=1e-5)
-
-
-def test_sde_log_prob_matches_normal_density() -> None:
-    torch.manual_seed(0)
-    sigmas = torch.linspace(1, 0, 5)
-    x, v = torch.randn(2, 2, 8, 4).unbind(0)
-    sigma, sigma_next = torch.tensor([1.0, 0.5]), torch.tensor([0.75, 0.25])
-    mean, std, dt = sde_step_mean_std(x, v, sigma, sigma_next, sigma_max=sigmas[1].item(), noise_level=0.7)
-    # sigma = 1 uses sigma~ = sigmas[1] = 0.75: std = 0.7 sqrt(1 / 0.25) = 1.4
-    assert std.flatten().tolist() == pytest.approx([1.4, 0.7 * math.sqrt(0.5 / 0.5)])
-    x_next = mean + std * torch.sqrt(-dt) * torch.randn_like(mean)
-    lp = sde_log_prob(x_next, mean, std, dt)
-    ref = torch.distributions.Normal(mean, std * torch.sqrt(-dt)).log_prob(x_next).flatten(1).mean(1)
-    torch.testing.assert_close(lp, ref)
-    m0 = x + (v + std[0] ** 2 / 2 * (x + 0 * v)) * (-0.25)
-    torch.testing.assert_close(mean[0], m0[0])
 
 
 def test_grpo_loss_clipping() -> None:
