@@ -210,3 +210,32 @@ def test_two_ray_actors_sample_disjoint_shards_like_one_worker(ray_local, tiny_m
     assert (edited.int() - single.edited_images.int()).abs().max() <= 1
     for a in actors:
         ray.kill(a)
+
+
+def test_cli_edit_with_exported_lora_reproduces_the_worker(tiny_model_dir, tmp_path):
+    """`cocoedit edit` (stock pipeline + load_lora_weights) gives the worker's edit for the same seed."""
+    import numpy as np
+
+    from actors.policies.lora import export_diffusers_lora
+    from cluster.cli import main
+
+    path = tiny_model_dir("flux_kontext")
+    worker = RolloutWorker(policy_config(path), RolloutConfig(sampler="euler", num_steps=3, batch_size=1))
+    g = torch.Generator().manual_seed(11)
+    state = {
+        k: v + 0.2 * torch.randn(v.shape, generator=g)
+        for k, v in worker.policy.lora_state_dict("old").items()
+    }
+    worker.load_weights(state, version=1)
+    lora_file = export_diffusers_lora(worker.policy, "old", tmp_path / "old.safetensors")
+    gi = make_items(1, 1)[0]
+    batch = worker.sample([gi], policy_version=1)
+    Image.fromarray(gi.item.source_image.permute(1, 2, 0).numpy()).save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    argv = ["edit", "--model", str(path), "--lora", str(lora_file), "--image", str(tmp_path / "in.png")]
+    argv += ["--instruction", gi.item.instruction, "--out", str(out), "--steps", "3", "--seed", str(gi.seed)]
+    assert main(argv) == 0
+    edited = torch.from_numpy(np.array(Image.open(out).convert("RGB"))).permute(2, 0, 1)
+    assert edited.shape == (3, SIZE, SIZE)
+    assert (edited.int() - batch.edited_images[0].int()).abs().max() <= 1
+    assert main(argv[:5] + ["--image", str(tmp_path / "missing.png")] + argv[7:]) == 2
