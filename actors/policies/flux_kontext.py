@@ -8,6 +8,8 @@ distilled guidance value (2.5 in CoCoEdit) as an embedding. The output image has
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import torch
 
 from actors.config import PolicyConfig
@@ -27,18 +29,23 @@ BATCHED = frozenset({"prompt_embeds", "pooled_prompt_embeds", "image_latents", "
 class FluxKontextPolicy(DiffusersEditPolicy):
     family = "flux_kontext"
 
-    def __init__(self, cfg: PolicyConfig, seed: int = 0) -> None:
+    def __init__(self, cfg: PolicyConfig, seed: int = 0, pipe: Optional[Any] = None) -> None:
+        """Loads cfg.model_path, or wraps `pipe` (a FluxKontextPipeline already built, e.g. a
+        transformer-only one for benchmarks; it is moved to cfg's device/dtype)."""
         from diffusers import FluxKontextPipeline
 
         self.device = resolve_device(cfg.device)
         self.dtype = DTYPES[cfg.dtype]
-        self.pipe = FluxKontextPipeline.from_pretrained(require_model_path(cfg), dtype=self.dtype)
-        self.pipe.to(self.device)
+        if pipe is None:
+            pipe = FluxKontextPipeline.from_pretrained(require_model_path(cfg), dtype=self.dtype)
+        self.pipe = pipe.to(self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.vae_scale_factor = self.pipe.vae_scale_factor
         self.latent_channels = self.pipe.latent_channels
         # T5 cannot use more tokens than its tokenizer allows (512 for FLUX, 32 for the tiny model).
-        self.max_sequence_length = min(cfg.max_sequence_length, self.pipe.tokenizer_2.model_max_length)
+        tokenizer_2 = self.pipe.tokenizer_2
+        limit = tokenizer_2.model_max_length if tokenizer_2 is not None else cfg.max_sequence_length
+        self.max_sequence_length = min(cfg.max_sequence_length, limit)
         self.guidance = cfg.guidance
         self._setup(cfg, seed)
 
