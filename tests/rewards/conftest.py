@@ -114,7 +114,7 @@ def pixel_server() -> Iterator:
     from rewards.pixel import PixelScorer
     from rewards.server import BackgroundServer
 
-    with BackgroundServer(PixelScorer(PixelConfig()), ServerConfig(grace_s=0.5)) as srv:
+    with BackgroundServer(PixelScorer(PixelConfig(threads=1)), ServerConfig(grace_s=0.5)) as srv:
         yield srv
 
 

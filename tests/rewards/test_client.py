@@ -32,8 +32,8 @@ def test_requests_split_in_order_with_per_edit_errors_kept(pixel_server) -> None
 
 
 def test_balances_across_replicas_and_survives_a_killed_one(serve) -> None:
-    a = serve(PixelScorer(PixelConfig()))
-    b = serve(PixelScorer(PixelConfig()))
+    a = serve(PixelScorer(PixelConfig(threads=1)))
+    b = serve(PixelScorer(PixelConfig(threads=1)))
     client = RewardClient(
         [a.address, b.address], ClientConfig(batch_edits=2, backoff_s=0.01, retries=4), "pixel"
     )
@@ -48,7 +48,7 @@ def test_balances_across_replicas_and_survives_a_killed_one(serve) -> None:
         assert [o.error for o in out] == [None] * 4
     assert b.server.servicer.score_calls == 2 + 6 * 2
     # the dead replica can be dropped, a new one added while running
-    c = serve(PixelScorer(PixelConfig()))
+    c = serve(PixelScorer(PixelConfig(threads=1)))
     client.set_addresses([b.address, c.address])
     assert client.addresses == [b.address, c.address]
     assert all(o.error is None for o in client.score(make_edits(8, 16, 16)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -74,7 +75,7 @@ def test_png_errors_say_what_is_wrong() -> None:
 
 @pytest.mark.parametrize("compat", ["standard", "release"])
 def test_service_scores_equal_in_process_reward(serve, fast_client_cfg, compat: str) -> None:
-    srv = serve(PixelScorer(PixelConfig(compat=compat)))
+    srv = serve(PixelScorer(PixelConfig(compat=compat, threads=1)))
     edits = make_edits(12, 40, 36, seed=1)
     client = RewardClient([srv.address], fast_client_cfg, "pixel")
     outcomes = client.score(edits)
@@ -185,7 +186,7 @@ def test_every_bad_edit_gets_a_per_edit_error_naming_the_field(pixel_server, fas
 
 
 def test_request_errors_are_invalid_argument(serve) -> None:
-    srv = serve(PixelScorer(PixelConfig()), max_batch_edits=4)
+    srv = serve(PixelScorer(PixelConfig(threads=1)), max_batch_edits=4)
     s = stub(srv.address)
     edits = make_edits(5, 16, 16)
     for request, message in [
@@ -318,3 +319,24 @@ def test_sigterm_shuts_down_cocoedit_serve_gracefully(fast_client_cfg) -> None:
         RewardClient([f"127.0.0.1:{port}"], ClientConfig(retries=0, timeout_s=2), "pixel").score(
             make_edits(1, 8, 8)
         )
+
+
+def test_parallel_chunks_equal_sequential_scoring(monkeypatch) -> None:
+    import rewards.pixel
+    from rewards.server import decode_edit
+
+    monkeypatch.setattr(rewards.pixel, "CHUNK_PIXELS", 2 * 24 * 24)
+    scorer = PixelScorer(PixelConfig(threads=2))
+    decoded = [decode_edit(e, scorer) for e in make_edits(7, 24, 24, seed=9)]
+    sequential = scorer.score_sync(decoded)
+    threads = torch.get_num_threads()
+    try:
+        scorer.start_threads()
+        assert torch.get_num_threads() == 1
+        parallel = scorer.score_sync(decoded)
+    finally:
+        asyncio.run(scorer.close())
+        torch.set_num_threads(threads)
+    assert [(o.edit_id, o.score, o.components) for o in parallel] == [
+        (o.edit_id, o.score, o.components) for o in sequential
+    ]
