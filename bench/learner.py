@@ -103,26 +103,6 @@ def bench_engine(args: argparse.Namespace) -> None:
     print(f"max |LoRA difference| after {args.updates + 1} updates: {diff:.2e} (same maths, same data)")
 
 
-@torch.no_grad()
-def keep_error(learner: Learner, batch: Any, probes: list[tuple[float, torch.Tensor]]) -> float:
-    """Mean over probes (t, eps) of d_pos = <(x0_pos - x0)^2>_{W_pos} for the current theta."""
-    from learner.losses import region_weights, weighted_sq_dist
-
-    policy = learner.policy
-    grid = policy.unpack(batch.x0[:1], batch.height, batch.width).shape[-2:]
-    w = region_weights(batch.edit_masks, (int(grid[0]), int(grid[1])))
-    out = []
-    for t, eps in probes:
-        tt = torch.full((len(batch),), t)
-        x_t = (1 - t) * batch.x0 + t * eps
-        with policy.adapter("default"):
-            v = policy.velocity(x_t, tt, batch.condition)
-        x0_pos = x_t - t * v
-        unpack = lambda p: policy.unpack(p, batch.height, batch.width)  # noqa: E731
-        out.append(weighted_sq_dist(unpack(x0_pos), unpack(batch.x0), w.w_pos).mean().item())
-    return sum(out) / len(out)
-
-
 def bench_regularizer(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model_dir = common.build_model(tempfile.mkdtemp(prefix="bench_reg_"))
@@ -144,12 +124,12 @@ def bench_regularizer(args: argparse.Namespace) -> None:
             probes = [(t, torch.randn(batch.x0.shape, generator=g)) for t in (0.3, 0.6, 0.9)]
         adv = torch.tensor([1.0, -1.0] * (args.edits // 2))  # fixed synthetic rewards: half good, half bad
         valid = torch.ones(args.edits, dtype=torch.bool)
-        e0 = keep_error(learner, batch, probes)
+        e0 = common.keep_error(learner.policy, batch, probes)
         curve = [e0]
         for u in range(args.updates):
             learner.update(batch, adv, valid)
             if (u + 1) % max(1, args.updates // 4) == 0:
-                curve.append(keep_error(learner, batch, probes))
+                curve.append(common.keep_error(learner.policy, batch, probes))
         rows.append((lam, curve))
         print(
             f"lam_pos={lam:<5g} keep-region error d_pos: "

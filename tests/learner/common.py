@@ -83,6 +83,25 @@ def make_batch(policy: EditPolicy, n: int = 4, num_steps: int = 4, seed: int = 0
     )
 
 
+@torch.no_grad()
+def keep_error(policy: EditPolicy, batch: RolloutBatch, probes: list[tuple[float, torch.Tensor]]) -> float:
+    """Mean over probes (t, eps) of d_pos = <(x0_pos - x0)^2>_{W_pos} for the current theta."""
+    from learner.losses import region_weights, weighted_sq_dist
+
+    grid = policy.unpack(batch.x0[:1], batch.height, batch.width).shape[-2:]
+    w = region_weights(batch.edit_masks, (int(grid[0]), int(grid[1])))
+    out = []
+    for t, eps in probes:
+        tt = torch.full((len(batch),), t)
+        x_t = (1 - t) * batch.x0 + t * eps
+        with policy.adapter("default"):
+            v = policy.velocity(x_t, tt, batch.condition)
+        x0_pos = x_t - t * v
+        unpack = lambda p: policy.unpack(p, batch.height, batch.width)  # noqa: E731
+        out.append(weighted_sq_dist(unpack(x0_pos), unpack(batch.x0), w.w_pos).mean().item())
+    return sum(out) / len(out)
+
+
 def lora_max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
