@@ -73,10 +73,10 @@ class PretrainConfig:
     image_size: int = 32
     num_items: int = 1024  # synthetic training items (seed below; disjoint from the RL items' seed)
     seed: int = 1000
-    vae_steps: int = 300
+    vae_steps: int = 200
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
-    steps: int = 1500
+    steps: int = 1000
     lr: float = 1e-3
     batch_size: int = 32
     eval_items: int = 64
@@ -87,4 +87,4 @@ class PretrainConfig:
     attention_head_dim: int = 16
     text_dim: int = 32
     vae_channels: int = 16
-    vae_blocks: int = 2
+    vae_blocks: int = 3  # down-sampling 4: a 32 px image is 4x4 packed tokens (fast on CPU)

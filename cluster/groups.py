@@ -89,6 +89,10 @@ class RolloutGroup:
         self._version = version
         ray.get([w.load_weights.remote(self._weights, version) for w in self.workers])
 
+    def close(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+
     def _reload(self, worker: Any, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         while True:  # the restarted actor answers once its constructor has run again
@@ -172,3 +176,7 @@ class LearnerGroup:
 
     def load(self, path: str) -> dict:
         return ray.get([r.load.remote(path) for r in self.ranks])[0]
+
+    def close(self) -> None:
+        for r in self.ranks:
+            ray.kill(r)

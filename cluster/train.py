@@ -128,7 +128,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
                 cfg.run.keep_checkpoints,
             )
     runlog.close()
-    services.close()
+    for group in (services, rollout, learner):
+        group.close()
     return history
 
 
