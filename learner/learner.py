@@ -21,6 +21,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,16 +30,31 @@ import torch
 from actors.config import PolicyConfig
 from actors.policies.base import EditPolicy
 from actors.samplers import sde_step
-from actors.types import RolloutBatch
+from actors.types import Condition, RolloutBatch
 from learner.advantages import optimality_probability
 from learner.config import LearnerConfig
 from learner.losses import (
+    RegionWeights,
     grpo_kl,
     grpo_loss,
     nft_objective,
     r_metrics,
     region_weights,
 )
+
+
+@dataclass
+class _Micro:
+    """One micro-batch of valid edits, on the learner's device."""
+
+    idx: list[int]  # positions in the (shard) batch
+    cond: Condition
+    adv: torch.Tensor  # [m]
+    x0: torch.Tensor  # [m, L, D] float32
+    x_src: torch.Tensor  # [m, L, D] float32
+    weights: Optional[RegionWeights]  # latent-grid regions, None without the regularizer
+    steps: torch.Tensor  # [m, train_t] indices into the rollout's sigmas
+    noise: Optional[torch.Tensor]  # [m, train_t, L, D] fresh eps (nft)
 
 
 class Learner:
@@ -158,6 +174,11 @@ class Learner:
                 f"update got {n} edits but advantages has {advantages.shape[0]} and valid {valid.shape[0]} "
                 "entries; pass one per edit of the batch (shard)"
             )
+        if n == 0:
+            raise ValueError(
+                "update got an empty shard: give every learner rank at least one edit (the ranks meet in "
+                "collectives, invalid edits are fine)"
+            )
         n_steps = batch.sigmas.shape[0] - 1
         if self.cfg.objective == "nft" and self.cfg.train_timesteps > n_steps:
             raise ValueError(
@@ -192,9 +213,9 @@ class Learner:
         n_recorded = 0
         t_fb = time.perf_counter()
         for idx in micro:
-            plan = self._plan(batch, idx, n_steps, train_t)
+            mb = self._plan(batch, idx, n_steps, train_t, advantages)
             for j in range(train_t):
-                loss, m = self._pass(batch, idx, plan, j, advantages)
+                loss, m = self._pass(batch, mb, j)
                 weight = len(idx) * self.world_size / (n_valid_global * train_t)
                 self.engine.backward(loss * weight, scale_wrt_gas=False)
                 for k, v in m.items():  # weighted by edits: per-edit means over ranks and micro-batches
@@ -204,8 +225,7 @@ class Learner:
         # ZeRO-2 reduces on every backward (a collective): ranks with fewer passes pad with zero-weight ones.
         for _ in range(n_passes - len(micro) * train_t):
             idx = [0]
-            plan = self._plan(batch, idx, n_steps, 1)
-            loss, _ = self._pass(batch, idx, plan, 0, advantages)
+            loss, _ = self._pass(batch, self._plan(batch, idx, n_steps, 1, advantages), 0)
             self.engine.backward(loss * 0.0, scale_wrt_gas=False)
         t_fb = time.perf_counter() - t_fb
 
@@ -244,20 +264,37 @@ class Learner:
     # one forward/backward pass
 
     def _plan(
-        self, batch: RolloutBatch, idx: list[int], n_steps: int, train_t: int
-    ) -> dict[str, torch.Tensor]:
-        """Per-edit timestep indices [m, train_t] and fresh noise [m, train_t, L, D], seeded per edit."""
+        self, batch: RolloutBatch, idx: list[int], n_steps: int, train_t: int, adv: torch.Tensor
+    ) -> _Micro:
+        """One micro-batch on the device: its tensors, region weights, per-edit timestep indices
+        [m, train_t] and fresh noise [m, train_t, L, D] (both seeded per edit)."""
+        dev = self.device
         steps, noise = [], []
         for i in idx:
             g = _edit_generator(self.cfg.seed, self._step, batch.edit_ids[i])
-            perm = torch.randperm(n_steps, generator=g)[:train_t]
-            steps.append(perm)
+            steps.append(torch.randperm(n_steps, generator=g)[:train_t])
             if self.cfg.objective == "nft":
                 noise.append(torch.randn((train_t, *batch.x0.shape[1:]), generator=g, dtype=torch.float32))
-        plan = {"steps": torch.stack(steps)}
-        if noise:
-            plan["noise"] = torch.stack(noise)
-        return plan
+        weights = None
+        if self.cfg.objective == "nft" and self.cfg.use_reg:
+            grid = self.policy.unpack(batch.x0[:1].to(dev), batch.height, batch.width).shape[-2:]
+            weights = region_weights(
+                batch.edit_masks[idx].to(dev),
+                (int(grid[0]), int(grid[1])),
+                self.cfg.erode_radius,
+                self.cfg.ring_weight,
+                self.cfg.binarize_mask,
+            )
+        return _Micro(
+            idx=idx,
+            cond=batch.condition.select(idx).to(dev),
+            adv=adv[idx].to(dev),
+            x0=batch.x0[idx].to(dev, torch.float32),
+            x_src=batch.source_latents[idx].to(dev, torch.float32),
+            weights=weights,
+            steps=torch.stack(steps),
+            noise=torch.stack(noise).to(dev) if noise else None,
+        )
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -271,65 +308,38 @@ class Learner:
         with self.policy.adapter(adapter), self._autocast():  # type: ignore[arg-type]
             return self.policy.velocity(x, t, cond).float()
 
-    def _pass(
-        self,
-        batch: RolloutBatch,
-        idx: list[int],
-        plan: dict[str, torch.Tensor],
-        j: int,
-        advantages: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        dev = self.device
-        cond = batch.condition.select(idx).to(dev)
-        adv = advantages[idx].to(dev)
-        valid = torch.ones(len(idx), dtype=torch.bool, device=dev)
-        steps = plan["steps"][:, j]
+    def _pass(self, batch: RolloutBatch, mb: _Micro, j: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of micro-batch `mb` at its edits' j-th training timestep (all edits valid)."""
+        valid = torch.ones(len(mb.idx), dtype=torch.bool, device=self.device)
+        steps = mb.steps[:, j]
         if self.cfg.objective == "grpo":
-            return self._grpo_pass(batch, idx, steps, cond, adv, valid)
-        sigmas = batch.sigmas.to(torch.float32)
-        t = sigmas[steps].to(dev)
-        x0 = batch.x0[idx].to(dev, torch.float32)
-        x_src = batch.source_latents[idx].to(dev, torch.float32)
-        eps = plan["noise"][:, j].to(dev)
+            return self._grpo_pass(batch, mb, steps, valid)
+        assert mb.noise is not None
+        t = batch.sigmas.to(torch.float32)[steps].to(self.device)
         te = t.view(-1, 1, 1)
-        x_t = (1.0 - te) * x0 + te * eps
+        x_t = (1.0 - te) * mb.x0 + te * mb.noise[:, j]
         with torch.no_grad():
-            v_old = self._velocity("old", x_t, t, cond)
-            v_ref = self._velocity("ref", x_t, t, cond) if self.cfg.kl_weight > 0 else None
-        v = self._velocity("default", x_t, t, cond)
-        weights = None
-        if self.cfg.use_reg:
-            grid = self.policy.unpack(x0[:1], batch.height, batch.width).shape[-2:]
-            weights = region_weights(
-                batch.edit_masks[idx].to(dev),
-                (int(grid[0]), int(grid[1])),
-                self.cfg.erode_radius,
-                self.cfg.ring_weight,
-                self.cfg.binarize_mask,
-            )
-        r = optimality_probability(adv, self.cfg.adv_clip)
+            v_old = self._velocity("old", x_t, t, mb.cond)
+            v_ref = self._velocity("ref", x_t, t, mb.cond) if self.cfg.kl_weight > 0 else None
+        v = self._velocity("default", x_t, t, mb.cond)
+        r = optimality_probability(mb.adv, self.cfg.adv_clip)
 
         def unpack(p: torch.Tensor) -> torch.Tensor:
             return self.policy.unpack(p, batch.height, batch.width)
 
-        return nft_objective(self.cfg, x_t, t, x0, x_src, v, v_old, v_ref, r, valid, weights, unpack)
+        return nft_objective(self.cfg, x_t, t, mb.x0, mb.x_src, v, v_old, v_ref, r, valid, mb.weights, unpack)
 
     def _grpo_pass(
-        self,
-        batch: RolloutBatch,
-        idx: list[int],
-        steps: torch.Tensor,
-        cond: Any,
-        adv: torch.Tensor,
-        valid: torch.Tensor,
+        self, batch: RolloutBatch, mb: _Micro, steps: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         assert batch.trajectory is not None and batch.log_probs is not None
         dev = self.device
-        rows = torch.arange(len(idx))
-        traj = batch.trajectory[idx]
+        cond, adv = mb.cond, mb.adv
+        rows = torch.arange(len(mb.idx))
+        traj = batch.trajectory[mb.idx]
         x = traj[rows, steps].to(dev, torch.float32)
         x_next = traj[rows, steps + 1].to(dev, torch.float32)
-        old_lp = batch.log_probs[idx][rows, steps].to(dev, torch.float32)
+        old_lp = batch.log_probs[mb.idx][rows, steps].to(dev, torch.float32)
         sigmas = batch.sigmas.to(torch.float32)
         sigma, sigma_next = sigmas[steps].to(dev), sigmas[steps + 1].to(dev)
         sigma_max = float(sigmas[1])
