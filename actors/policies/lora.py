@@ -10,6 +10,7 @@ kept), so a trained adapter runs in plain diffusers.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,7 +64,10 @@ def add_lora(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer.add_adapter(config, adapter_name="default")
-    transformer.add_adapter(config, adapter_name="old")
+    with warnings.catch_warnings():
+        # peft warns that a second adapter is being added to the same model: that is the design here.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        transformer.add_adapter(config, adapter_name="old")
     load_adapter_state(transformer, adapter_state(transformer, "default"), "old")
     set_active_adapter(transformer, "default")
 
