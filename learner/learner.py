@@ -95,6 +95,7 @@ class Learner:
         self.policy = policy
         self.autocast = device.type == "cuda" and cfg.bf16
         self._pairs = _adapter_pairs(policy)
+        self._grad_norm = float("nan")
         self.engine = self._build_engine()
         self._step = 0
 
@@ -108,7 +109,8 @@ class Learner:
             "gradient_accumulation_steps": 1,
             # we own the accumulation boundary: many backward passes, then exactly one step()
             "managed_gradient_accumulation": False,
-            "gradient_clipping": c.grad_clip,
+            # ZeRO-0 does not report the norm it clips to: the learner clips in an optimizer pre-hook then
+            "gradient_clipping": c.grad_clip if c.zero_stage > 0 else 0.0,
             "optimizer": {
                 "type": "AdamW",
                 "params": {
@@ -144,7 +146,13 @@ class Learner:
             lr_scheduler=schedule,
             dist_init_required=False,
         )
+        if self.cfg.zero_stage == 0:
+            # runs inside engine.step() after the gradient all-reduce, where DeepSpeed would clip
+            engine.optimizer.register_step_pre_hook(lambda *_: self._clip(params))
         return engine
+
+    def _clip(self, params: list[torch.nn.Parameter]) -> None:
+        self._grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
 
     # ------------------------------------------------------------------------------------------------
     # public API
@@ -232,7 +240,7 @@ class Learner:
         t_opt = time.perf_counter()
         self.engine.step()
         self._step += 1
-        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = self.engine.get_global_grad_norm() if self.cfg.zero_stage > 0 else self._grad_norm
         lr = self.engine.get_lr()[0]
         t_opt = time.perf_counter() - t_opt
 

@@ -44,12 +44,13 @@ SHARDS = [[0, 1, 2], [3]]  # unequal on purpose: rank 1 pads with zero-weight pa
 UPDATES = 2
 
 
-def _rank_main(rank: int, port: int, model_dir: str, data_path: str, out_dir: str) -> None:
+def _rank_main(rank: int, port: int, model_dir: str, data_path: str, out_dir: str, zero_stage: int) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     policy = common.load(model_dir)
     batch, adv, valid = torch.load(data_path, weights_only=False)
-    learner = Learner(policy.cfg, common.learner_config(), rank=rank, world_size=2, policy=policy)  # type: ignore[attr-defined]
+    cfg = common.learner_config(zero_stage=zero_stage)
+    learner = Learner(policy.cfg, cfg, rank=rank, world_size=2, policy=policy)  # type: ignore[attr-defined]
     shard = SHARDS[rank]
     metrics = [learner.update(batch.select(shard), adv[shard], valid[shard]) for _ in range(UPDATES)]
     torch.save(
@@ -62,7 +63,8 @@ def _rank_main(rank: int, port: int, model_dir: str, data_path: str, out_dir: st
     )
 
 
-def test_two_ranks_equal_one_rank(model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("zero_stage", [2, pytest.param(0, marks=pytest.mark.slow)])
+def test_two_ranks_equal_one_rank(model_dir: Path, tmp_path: Path, zero_stage: int) -> None:
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
@@ -75,7 +77,7 @@ def test_two_ranks_equal_one_rank(model_dir: Path, tmp_path: Path) -> None:
     method = "spawn" if dist.is_available() and dist.is_initialized() else "fork"
     ctx = mp.start_processes(
         _rank_main,
-        args=(port, str(model_dir), str(tmp_path / "data.pt"), str(tmp_path)),
+        args=(port, str(model_dir), str(tmp_path / "data.pt"), str(tmp_path), zero_stage),
         nprocs=2,
         join=False,
         start_method=method,
@@ -90,7 +92,9 @@ def test_two_ranks_equal_one_rank(model_dir: Path, tmp_path: Path) -> None:
             if p.is_alive():
                 p.kill()
         common.remove_shm_files(port)
-    single = _learner(model_dir)  # after the ranks: this process joins its own 1-rank group
+    single = _learner(
+        model_dir, zero_stage=zero_stage
+    )  # after the ranks: this process joins its own 1-rank group
     single_metrics = [single.update(batch, adv, valid) for _ in range(UPDATES)]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     for adapter in ("default", "old"):
