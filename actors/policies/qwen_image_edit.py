@@ -37,9 +37,10 @@ def _pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
 
 
-def _pad_text(embeds: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad text token embeddings [S_i, C] (and masks [S_i]) to the longest: [N, S, C], [N, S]."""
-    longest = max(e.shape[0] for e in embeds)
+def _pad_text(
+    embeds: list[torch.Tensor], masks: list[torch.Tensor], longest: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad text token embeddings [S_i, C] (and masks [S_i]) to `longest`: [N, S, C], [N, S]."""
     padded = torch.stack([torch.cat([e, e.new_zeros(longest - e.shape[0], e.shape[1])]) for e in embeds])
     mask = torch.stack(
         [
@@ -62,6 +63,7 @@ class QwenImageEditPolicy(DiffusersEditPolicy):
         self.pipe.set_progress_bar_config(disable=True)
         self.vae_scale_factor = self.pipe.vae_scale_factor
         self.latent_channels = self.pipe.latent_channels
+        self.text_length = cfg.max_sequence_length  # text tokens are padded (masked) to this length
         if cfg.true_cfg_scale != 1.0:
             raise ValueError(
                 f"policy.true_cfg_scale={cfg.true_cfg_scale}: rollouts of Qwen-Image-Edit run without CFG "
@@ -98,7 +100,16 @@ class QwenImageEditPolicy(DiffusersEditPolicy):
         for text, image in zip(instructions, source_images, strict=True):
             e, _ = pipe.encode_prompt(prompt=[text], image=[self._text_image(image)], device=self.device)
             embeds.append(e[0])
-        prompt_embeds, mask = _pad_text(embeds, [torch.ones(e.shape[0], dtype=torch.long) for e in embeds])
+        longest = max(e.shape[0] for e in embeds)
+        if longest > self.text_length:
+            raise ValueError(
+                f"an instruction + source image encode to {longest} text tokens, more than "
+                f"policy.max_sequence_length={self.text_length}; raise policy.max_sequence_length"
+            )
+        # Fixed padded length, so Conditions of different workers concatenate (velocity trims the padding).
+        prompt_embeds, mask = _pad_text(
+            embeds, [torch.ones(e.shape[0], dtype=torch.long) for e in embeds], self.text_length
+        )
         image = to_unit_float(source_images).to(self.device, prompt_embeds.dtype).unsqueeze(2)
         latents = pipe._encode_vae_image(image=image, generator=None)  # [N, C, 1, h, w]
         h, w = latents.shape[3:]
@@ -118,7 +129,7 @@ class QwenImageEditPolicy(DiffusersEditPolicy):
         """Concatenate per-item Conditions, padding their text tokens to the longest (masked)."""
         embeds = [e for c in conditions for e in c.tensors["prompt_embeds"]]
         masks = [m for c in conditions for m in c.tensors["prompt_embeds_mask"]]
-        prompt_embeds, mask = _pad_text(embeds, masks)
+        prompt_embeds, mask = _pad_text(embeds, masks, max(self.text_length, max(e.shape[0] for e in embeds)))
         first = conditions[0].tensors
         tensors = {k: torch.cat([c.tensors[k] for c in conditions]) for k in ("image_latents",)}
         tensors.update(prompt_embeds=prompt_embeds, prompt_embeds_mask=mask, img_shapes=first["img_shapes"])

@@ -417,7 +417,6 @@ def build_tiny_policy(
         device="cpu",
         lora_rank=lora_rank,
         lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_rank,
-        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
         gradient_checkpointing=False,
     )
     return load_policy(cfg, seed=seed)

@@ -11,6 +11,7 @@ from actors.policies import load_policy
 from actors.policies.lora import export_diffusers_lora
 from actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
 from actors.samplers import sample, shifted_sigmas
+from actors.types import Condition
 
 SIZE = 32
 
@@ -23,7 +24,6 @@ def policy_config(path, family: str = "flux_kontext", **kw) -> PolicyConfig:
         device="cpu",
         lora_rank=4,
         lora_alpha=8,
-        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
         gradient_checkpointing=False,
     )
     base.update(kw)
@@ -220,5 +220,12 @@ def test_qwen_euler_matches_stock_pipeline(family, tiny_model_dir, monkeypatch):
     cond2 = policy.encode_condition(["a much longer instruction here", "remove the circle"], pair)
     both = sample(policy, cond2, torch.cat([noise, noise]), sigmas, "euler").x0
     assert (both[1] - ours[0]).abs().max().item() < 1e-4
+    # Text tokens are padded to a fixed length, so Conditions of different workers concatenate.
+    assert (
+        cond.tensors["prompt_embeds"].shape[1]
+        == cond2.tensors["prompt_embeds"].shape[1]
+        == policy.text_length
+    )
+    assert len(Condition.cat([cond, cond2]).tensors["prompt_embeds_mask"]) == 3
     images = policy.decode(ours, SIZE, SIZE)
     assert images.shape == (1, 3, SIZE, SIZE) and images.dtype == torch.uint8

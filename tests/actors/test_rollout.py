@@ -25,7 +25,6 @@ def policy_config(path, family: str = "flux_kontext") -> PolicyConfig:
         device="cpu",
         lora_rank=4,
         lora_alpha=8,
-        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
         gradient_checkpointing=False,
     )
 
