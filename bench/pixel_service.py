@@ -17,6 +17,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,13 +55,22 @@ def make_data(n: int, size: int, seed: int = 0) -> list[tuple[np.ndarray, np.nda
     return out
 
 
-def best_of(repeats: int, fn) -> float:  # type: ignore[no-untyped-def]
-    times = []
+def best_of(repeats: int, fn, server_pid: int | None = None) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(wall s, CPU s of this process + the server's) of the fastest of `repeats` runs of fn()."""
+    import psutil
+
+    server = psutil.Process(server_pid) if server_pid is not None else None
+
+    def cpu() -> float:
+        extra = sum(server.cpu_times()[:2]) if server is not None else 0.0
+        return time.process_time() + extra
+
+    runs = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu()
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        runs.append((time.perf_counter() - t0, cpu() - c0))
+    return min(runs)
 
 
 def main() -> int:
@@ -80,11 +90,10 @@ def main() -> int:
     print(f"{n} edits of {args.size}x{args.size}, {args.threads} scoring threads, {os.cpu_count()} CPUs")
 
     sk_n = max(4, n // 4)  # the reference is slow: time a quarter of the batch and scale
-    t_a = (
-        best_of(args.repeats, lambda: [masked_psnr_ssim_reference(e, s, m) for s, e, m in data[:sk_n]])
-        * n
-        / sk_n
+    t_a, cpu_a = best_of(
+        args.repeats, lambda: [masked_psnr_ssim_reference(e, s, m) for s, e, m in data[:sk_n]]
     )
+    t_a, cpu_a = t_a * n / sk_n, cpu_a * n / sk_n
 
     decoded = [
         DecodedEdit(f"e{i}", "g", 0, "x", s, e, m.astype(np.float32)) for i, (s, e, m) in enumerate(data)
@@ -92,7 +101,7 @@ def main() -> int:
     scorer = PixelScorer(PixelConfig(threads=args.threads))
     scorer.start_threads()  # as the service does on load(): torch single-threaded, chunks in parallel
     scorer.score_sync(decoded[:4])
-    t_b = best_of(args.repeats, lambda: scorer.score_sync(decoded))
+    t_b, cpu_b = best_of(args.repeats, lambda: scorer.score_sync(decoded))
 
     def torch_keep_only() -> None:
         for i in range(0, n, 8):
@@ -102,7 +111,7 @@ def main() -> int:
             m = torch.from_numpy(np.stack([p[2] for p in part])).float()[:, None]
             masked_psnr_ssim(e, s, m, "keep-only")
 
-    t_b_keep = best_of(args.repeats, torch_keep_only)
+    t_b_keep, cpu_b_keep = best_of(args.repeats, torch_keep_only)
 
     t0 = time.perf_counter()
     edits = [make_edit(f"e{i}", f"g{i // 8}", 0, "x", s, e, m) for i, (s, e, m) in enumerate(data)]
@@ -110,6 +119,7 @@ def main() -> int:
     mb = sum(e.ByteSize() for e in edits) / 2**20
 
     port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")
     server = subprocess.Popen(
         [
             sys.executable,
@@ -117,32 +127,44 @@ def main() -> int:
             "cluster.cli",
             "serve",
             "pixel",
+            f"rewards.pixel.threads={args.threads}",  # before --port: argparse takes no positionals after it
             "--port",
             str(port),
-            f"rewards.pixel.threads={args.threads}",
         ],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         client = RewardClient([f"127.0.0.1:{port}"], ClientConfig(timeout_s=600, batch_edits=16), "pixel")
-        client.wait_ready(120)
+        try:
+            client.wait_ready(120)
+        except TimeoutError:
+            log.seek(0)
+            print(f"server log:\n{log.read()}", file=sys.stderr)
+            raise
         client.score(edits[:2])
-        t_c = best_of(args.repeats, lambda: client.score(edits))
+        t_c, cpu_c = best_of(args.repeats, lambda: client.score(edits), server.pid)
         client.close()
     finally:
         server.terminate()
         server.wait(30)
 
     a, b, b_keep, c = n / t_a, n / t_b, n / t_b_keep, n / t_c
-    print(f"(a) scikit-image keep-only, in process : {a:8.1f} edits/s")
-    print(f"(b) torch S_pix, in process             : {b:8.1f} edits/s")
-    print(f"    torch keep-only, in process         : {b_keep:8.1f} edits/s")
-    print(f"(c) gRPC service on loopback            : {c:8.1f} edits/s  ({mb:.1f} MB of PNG per batch)")
-    print(f"    PNG encoding on the client          : {n / t_encode:8.1f} edits/s (not in c)")
-    print(f"b/a = {b / a:.2f}   (torch keep-only / a = {b_keep / a:.2f})")
-    print(f"c/b = {c / b:.2f}   (service time / in-process time = {b / c:.2f}x)")
+    ms = lambda cpu_s: 1000 * cpu_s / n  # noqa: E731
+    print("                                          edits/s   CPU ms/edit (all threads, + server for c)")
+    print(f"(a) scikit-image keep-only, in process : {a:8.1f}   {ms(cpu_a):8.1f}")
+    print(f"(b) torch S_pix, in process             : {b:8.1f}   {ms(cpu_b):8.1f}")
+    print(f"    torch keep-only, in process         : {b_keep:8.1f}   {ms(cpu_b_keep):8.1f}")
+    print(
+        f"(c) gRPC service on loopback            : {c:8.1f}   {ms(cpu_c):8.1f}   ({mb:.1f} MB of PNG per batch)"
+    )
+    print(f"    PNG encoding on the client          : {n / t_encode:8.1f}   (not in c)")
+    print(f"b/a = {b / a:.2f} wall, {cpu_a / cpu_b:.2f} CPU   (torch keep-only / a = {b_keep / a:.2f} wall)")
+    print(
+        f"c/b = {c / b:.2f} wall, {cpu_b / cpu_c:.2f} CPU   (service wall time / in-process = {b / c:.2f}x)"
+    )
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 
 

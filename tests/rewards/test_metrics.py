@@ -205,3 +205,17 @@ def test_bad_inputs_raise_with_the_fix() -> None:
         masked_psnr_ssim(edited[:, :, :8, :8], source[:, :, :8, :8], masks[:, :, :8, :8])
     with pytest.raises(ValueError, match="odd"):
         pixel_reward(edited, source, masks, window=10)
+
+
+@pytest.mark.parametrize("band_pixels", [1, 29 * 4 * 3, 10**9])
+def test_row_bands_do_not_change_the_result(monkeypatch, band_pixels: int) -> None:
+    import rewards.metrics
+
+    monkeypatch.setattr(rewards.metrics, "BAND_PIXELS", band_pixels)  # 1 row, 3 rows, one band
+    edited, source, masks = batch(np.random.default_rng(11), 4, 37, 29)
+    masks[0, :, :20] = 1  # bands with nothing kept are skipped
+    for compat in ("standard", "release"):
+        out = pixel_reward(edited, source, masks, compat=compat)
+        for i in range(4):
+            ref = reference_s_pix(edited[i].numpy(), source[i].numpy(), masks[i, 0].numpy(), compat)
+            assert out["ssim"][i].item() == pytest.approx(ref["ssim"], abs=1e-5)
