@@ -313,22 +313,34 @@ class MLLMJudge(Scorer):
         """The final RequestOutput of one engine request, within generate_timeout_s."""
         from vllm.exceptions import VLLMClientError
 
-        request_id = f"{edit_id}-{uuid.uuid4().hex[:12]}"
-
         async def run() -> Any:
             final = None
+            request_id = f"{edit_id}-{uuid.uuid4().hex[:12]}"
             async for out in self._engine.generate(request, params, request_id):
                 final = out
             return final
 
+        async def run_with_resend() -> Any:
+            # After an aborted request vLLM's frontend and engine multimodal caches can disagree; the
+            # engine then ends the next request for those images with finish_reason "error" and asks
+            # for a resend with the image data, which the second attempt does.
+            final = await run()
+            if final is not None and final.outputs and final.outputs[0].finish_reason == "error":
+                final = await run()
+            return final
+
+        timeout_s = self.cfg.generate_timeout_s
+        timed_out = (
+            f"vLLM request for edit {edit_id!r} got no answer within rewards.mllm.generate_timeout_s="
+            f"{timeout_s}; the engine is stuck or overloaded (fewer concurrent calls, more replicas, or "
+            "a larger timeout)"
+        )
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         try:
-            final = await asyncio.wait_for(run(), timeout=self.cfg.generate_timeout_s)
+            final = await asyncio.wait_for(run_with_resend(), timeout=timeout_s)
         except asyncio.TimeoutError as e:
-            raise JudgeEngineError(
-                f"vLLM request for edit {edit_id!r} got no answer within rewards.mllm.generate_timeout_s="
-                f"{self.cfg.generate_timeout_s}; the engine is stuck or overloaded (fewer concurrent "
-                "calls, more replicas, or a larger timeout)"
-            ) from e
+            raise JudgeEngineError(timed_out) from e
         except (VLLMClientError, ValueError) as e:
             # The request itself was rejected (e.g. longer than max_model_len): this edit only.
             raise JudgeError(f"the judge engine rejected edit {edit_id!r}: {e}") from e
@@ -336,4 +348,13 @@ class MLLMJudge(Scorer):
             raise JudgeEngineError(f"vLLM engine failed on edit {edit_id!r}: {type(e).__name__}: {e}") from e
         if final is None or not final.outputs:
             raise JudgeEngineError(f"vLLM finished the request for edit {edit_id!r} without an output")
+        reason = final.outputs[0].finish_reason
+        if reason in ("abort", "error"):
+            # The timeout's cancellation can race with vLLM's abort, which then ends the stream with
+            # an aborted/errored output instead of letting wait_for raise.
+            if loop.time() - start >= timeout_s:
+                raise JudgeEngineError(timed_out)
+            raise JudgeEngineError(
+                f"vLLM ended the request for edit {edit_id!r} with finish_reason={reason!r}"
+            )
         return final
