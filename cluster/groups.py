@@ -51,19 +51,22 @@ class RolloutGroup:
         self._version = 0
         self.resampled_shards = 0
 
-    def sample_async(self, items: list[GroupedItem], version: int) -> list[tuple[list[GroupedItem], Any]]:
-        """Start sampling; returns (shard, ObjectRef) pairs for `gather`."""
+    def sample_async(
+        self, items: list[GroupedItem], version: int
+    ) -> list[tuple[int, list[GroupedItem], Any]]:
+        """Start sampling; returns (worker index, shard, ObjectRef) for `gather`."""
         if version != self._version:
             raise ValueError(f"sampling version {version} but the workers hold version {self._version}")
         bounds = shard_bounds(len(items), len(self.workers))
         return [
-            (items[a:b], w.sample.remote(items[a:b], version))
-            for w, (a, b) in zip(self.workers, bounds, strict=True)
+            (i, items[a:b], self.workers[i].sample.remote(items[a:b], version))
+            for i, (a, b) in enumerate(bounds)
+            if b > a  # more workers than edits: the idle ones get no shard
         ]
 
-    def gather(self, pending: list[tuple[list[GroupedItem], Any]]) -> RolloutBatch:
+    def gather(self, pending: list[tuple[int, list[GroupedItem], Any]]) -> RolloutBatch:
         shards = []
-        for i, (items, ref) in enumerate(pending):
+        for i, items, ref in pending:
             for attempt in range(self.cfg.max_restarts + 1):
                 try:
                     shards.append(ray.get(ref))
@@ -78,7 +81,7 @@ class RolloutGroup:
                     self.resampled_shards += 1
                     self._reload(self.workers[i])
                     ref = self.workers[i].sample.remote(items, self._version)
-        return RolloutBatch.cat([s for s in shards if len(s)])
+        return RolloutBatch.cat(shards)
 
     def sample(self, items: list[GroupedItem], version: int) -> RolloutBatch:
         return self.gather(self.sample_async(items, version))

@@ -9,6 +9,8 @@ fi
 [ -x .venv/bin/python ] || uv venv --quiet --python 3.11 .venv
 # requirements/cpu.txt is `uv pip compile pyproject.toml --extra cpu --extra dev --override
 # requirements/overrides.txt`: every version pinned, no registry addresses.
-uv pip install --quiet --python .venv/bin/python --override requirements/overrides.txt -r requirements/cpu.txt
+# --compile-bytecode: without .pyc files (uv writes none by default) every new process, each Ray
+# worker and vLLM engine included, compiles torch/diffusers from source again: tens of seconds each.
+uv pip install --quiet --compile-bytecode --python .venv/bin/python --override requirements/overrides.txt -r requirements/cpu.txt
 uv pip install --quiet --python .venv/bin/python --no-deps -e .
 .venv/bin/python -m protos.build
