@@ -144,7 +144,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # `cocoedit eval --bench ...` is `cocoedit eval run --bench ...`
     if argv[:1] == ["eval"] and argv[1:2] not in (["run"], ["compare"], ["-h"], ["--help"]):
         argv = ["eval", "run", *argv[1:]]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse stops collecting positionals after an option: `serve pixel --port 1 key=value` leaves
+    # key=value unparsed. Such leftovers are overrides of the commands that take them.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        bad = [a for a in extra if a.startswith("-") or "=" not in a]
+        if bad or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.command == "config":
         return _show_config(args.config, args.overrides)
     message, func = _resolve(args)

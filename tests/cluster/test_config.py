@@ -77,3 +77,24 @@ def test_cli_config_show_and_train_help(capsys: pytest.CaptureFixture[str]) -> N
     assert "resolved config" in out and "sampler: dpm2" in out
     assert main(["config", "show", "learner.bogus=1"]) == 1
     assert "unknown key learner.bogus" in capsys.readouterr().err
+
+
+def test_cli_overrides_may_follow_options(capsys: pytest.CaptureFixture[str]) -> None:
+    # positionals after an option are left over by argparse; they are overrides all the same
+    assert (
+        main(
+            [
+                "config",
+                "show",
+                "learner.lr=0.25",
+                "--config",
+                str(CONFIG_DIR / "tiny_cpu.yaml"),
+                "run.epochs=7",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "lr: 0.25" in out and "epochs: 7" in out
+    with pytest.raises(SystemExit):
+        main(["config", "show", "--bogus-flag"])
