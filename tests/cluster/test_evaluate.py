@@ -453,3 +453,30 @@ def test_gedit_judge_on_tiny_vllm_counts_failures(
     assert res["overall"]["o"] is None and res["overall"]["psnr_keep"] == 80.0
     cached = [json.loads(ln) for ln in (out / "judge.jsonl").read_text().splitlines()]
     assert len(cached) == 2 and all(set(c["answers"]) == {"sc", "pq"} for c in cached)
+
+
+def test_qwen_true_cfg_keeps_the_conditional_norm_and_changes_edits(tmp_path: Path, synth_data: Path) -> None:
+    from actors.policies.tiny import build_tiny_model
+
+    model = build_tiny_model("qwen_image_edit", tmp_path / "qwen", seed=0)
+    base = ["policy.family=qwen_image_edit", f"policy.model_path={model}", f"eval.image_size={SIZE}"]
+    cfg = load_config(None, [*base, "eval.num_steps=2"])
+    items = load_bench("manifest", synth_data, cfg.eval, tmp_path)[:2]
+    gen = EditGenerator(cfg.policy, cfg.eval)
+    assert gen.settings["true_cfg_scale"] == 4.0 and gen.settings["negative_prompt"] == " "
+    policy = gen.policy
+    sources = torch.stack([i.source_image for i in items])
+    cond = policy.encode_condition([i.instruction for i in items], sources)
+    neg = policy.encode_condition([" "] * 2, sources)
+    length, dim = policy.latent_shape(SIZE, SIZE)
+    x = torch.randn((2, length, dim), generator=torch.Generator().manual_seed(0))
+    t = torch.full((2,), 0.7)
+    with torch.no_grad(), policy.adapter("ref"):
+        v = policy.velocity(x, t, cond)
+        v_cfg = gen._velocity(cond, neg)(x, t)
+    # QwenImageEditPipeline rescales the guided prediction to the conditional one's norm per token
+    torch.testing.assert_close(v_cfg.norm(dim=-1), v.norm(dim=-1), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(v_cfg, v)
+    plain = load_config(None, [*base, "eval.num_steps=2", "eval.true_cfg_scale=1.0"])
+    no_cfg = EditGenerator(plain.policy, plain.eval)
+    assert [b for _, b in gen.generate(items)] != [b for _, b in no_cfg.generate(items)]
