@@ -180,7 +180,7 @@ def _train_flow(policy: Any, items: list[EditItem], cfg: PretrainConfig, progres
             opt.step()
             sched.step()
             losses.append(loss.item())
-            if progress and step % 100 == 0:
+            if progress and step % 50 == 0:
                 log.info("flow step %d loss %.4f", step, sum(losses[-100:]) / len(losses[-100:]))
     transformer.eval()
     for p in base:
