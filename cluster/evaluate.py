@@ -456,6 +456,13 @@ def _generate_ray(
     """Yield each chunk's results as soon as a worker finishes it (chunks go to whichever worker is free)."""
     import ray
 
+    have = ray.cluster_resources()
+    for name, need in (("GPU", cfg.gpus_per_worker), ("CPU", cfg.cpus_per_worker)):
+        if need > have.get(name, 0.0):  # the actor could never be placed: fail instead of waiting forever
+            raise ValueError(
+                f"eval.{name.lower()}s_per_worker={need} but the Ray cluster has {have.get(name, 0.0)} {name}s; "
+                f"set eval.{name.lower()}s_per_worker (0 for CPU-only clusters)"
+            )
     actor = ray.remote(EditGenerator).options(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)
     workers = [actor.remote(policy_cfg, cfg, lora) for _ in range(min(cfg.num_workers, len(chunks)))]
     queue = list(chunks)

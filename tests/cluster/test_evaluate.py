@@ -65,6 +65,9 @@ def overrides(tiny_model: Path) -> list[str]:
         f"eval.image_size={SIZE}",
         "eval.num_steps=2",
         "eval.batch_size=4",
+        # when a Ray cluster is up (another test module's), eval shards over it: CPU-only workers
+        "eval.gpus_per_worker=0",
+        "eval.cpus_per_worker=0.5",
     ]
 
 
@@ -413,7 +416,7 @@ def test_stock_settings_per_family_and_lora_changes_edits(
 
 @pytest.mark.slow
 def test_ray_sharded_generation_matches_local(
-    ray_local, tmp_path: Path, synth_data: Path, overrides: list[str], policy_run: Path
+    ray_local, tmp_path: Path, synth_data: Path, overrides: list[str]
 ) -> None:
     cfg = load_config(
         None, [*overrides, "eval.num_workers=2", "eval.cpus_per_worker=0.5", "eval.gpus_per_worker=0"]
@@ -421,9 +424,10 @@ def test_ray_sharded_generation_matches_local(
     items = load_bench("manifest", synth_data, cfg.eval, tmp_path)
     counts = generate_edits(items, tmp_path / "ray", cfg.policy, cfg.eval, use_ray=True)
     assert counts == {"generated": NUM_ITEMS, "skipped": 0}
+    generate_edits(items, tmp_path / "local", cfg.policy, cfg.eval, use_ray=False)
     for item in items:
         ray_png = (tmp_path / "ray" / "edits" / f"{item.item_id}.png").read_bytes()
-        assert ray_png == (policy_run / "edits" / f"{item.item_id}.png").read_bytes()
+        assert ray_png == (tmp_path / "local" / "edits" / f"{item.item_id}.png").read_bytes()
 
 
 @pytest.mark.slow
