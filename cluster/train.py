@@ -50,6 +50,7 @@ class Pending:
 
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict[str, float]]:
     """Run cfg.run.epochs epochs (or the remaining ones with resume); returns each epoch's metrics."""
+    ckpt = _checkpoint_to_resume(cfg) if resume else None  # before anything starts
     cfg = resolve_models(cfg)
     items = {item.item_id: item for item in load_items(cfg.data)}
     sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
@@ -59,8 +60,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
     learner = LearnerGroup(cfg.policy, cfg.learner)
     services = RewardServices(cfg.rewards)
     version, start = 0, 0
-    if resume:
-        version, start = _resume(cfg, learner, sampler)
+    if ckpt is not None:
+        version, start = _resume(ckpt, learner, sampler)
     rollout.load(learner.sampling_weights(), version)
 
     queue: collections.deque[Pending] = collections.deque()
@@ -174,12 +175,17 @@ def _log_group(runlog: RunLog, epoch: int, batch: RolloutBatch, rewards: np.ndar
     )
 
 
-def _resume(cfg: Config, learner: LearnerGroup, sampler: EpochSampler) -> tuple[int, int]:
+def _checkpoint_to_resume(cfg: Config) -> Path:
     ckpt = latest_checkpoint(cfg.run.run_dir)
     if ckpt is None:
         raise FileNotFoundError(
             f"--resume: no complete checkpoint under {cfg.run.run_dir}/checkpoints; start without --resume"
         )
+    return ckpt
+
+
+def _resume(ckpt: Path, learner: LearnerGroup, sampler: EpochSampler) -> tuple[int, int]:
+    """Restore learner and sampler from `ckpt`; returns (policy version, first epoch to run)."""
     extra = learner.load(str(ckpt))
     sampler.load_state_dict(extra["sampler"])
     log.info(

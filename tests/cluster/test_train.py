@@ -68,3 +68,28 @@ def test_run_directory_has_metrics_images_and_checkpoint(run: tuple[Path, list[d
     assert state["step"] == sum(1 for row in history if not row.get("learner/skipped"))
     assert state["extra_state"]["policy_version"] == 2
     assert state["extra_state"]["sampler"]["epoch"] == 2
+
+
+def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Stop after epoch 1, `--resume` to epoch 3: the final LoRA equals an uninterrupted 3-epoch run's."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("COCOEDIT_CACHE", str(tmp_path / "cache"))
+    base = [*TINY, "run.image_every=0", "run.checkpoint_every=1"]
+    full = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'full'}"])
+    train(full, progress=False)
+    cut = load_config(None, [*base, "run.epochs=2", f"run.run_dir={tmp_path / 'cut'}"])
+    train(cut, progress=False)
+    resumed = train(
+        load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'cut'}"]),
+        resume=True,
+        progress=False,
+    )
+    assert len(resumed) == 1  # only epoch 2 was left
+    for adapter in ("default", "old"):
+        a = load_file(str(latest_checkpoint(tmp_path / "full") / f"lora_{adapter}.safetensors"))
+        b = load_file(str(latest_checkpoint(tmp_path / "cut") / f"lora_{adapter}.safetensors"))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), adapter
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        train(load_config(None, [*base, f"run.run_dir={tmp_path / 'empty'}"]), resume=True, progress=False)
