@@ -1,8 +1,9 @@
 """Start (or join) the Ray cluster and resolve the model directories a run needs.
 
 In the tiny mode (`run.tiny: true`) a missing `policy.model_path` means the tiny editor pre-trained on
-the synthetic task, and a missing `rewards.mllm.model_path` the tiny vLLM judge; both are built on
-first use and cached under $COCOEDIT_CACHE (default ~/.cache/cocoedit), keyed by their settings.
+the synthetic task (built on first use, cached under $COCOEDIT_CACHE, default ~/.cache/cocoedit, keyed
+by its settings), and a missing `rewards.mllm.model_path` the tiny vLLM judge (built once into
+`rewards.mllm.tiny_judge_dir`). Outside the tiny mode a missing model path is an error.
 Building on first use (rather than shipping weights in git) keeps the repository free of binary
 weights and lets the tiny editor follow the diffusers version installed.
 """
@@ -65,7 +66,9 @@ def resolve_models(cfg: Config) -> Config:
                 "rewards.mllm.model_path is not set: point it at a local Qwen2.5-VL-Instruct directory, give "
                 "rewards.addresses.mllm, or set run.tiny=true for the tiny judge"
             )
-        judge = dataclasses.replace(judge, model_path=str(tiny_judge(cfg)))
+        from rewards.mllm import resolve_model_path
+
+        judge = dataclasses.replace(judge, model_path=str(resolve_model_path(judge)))  # builds it once
     rewards = dataclasses.replace(cfg.rewards, mllm=judge)
     return dataclasses.replace(cfg, policy=policy, rewards=rewards)
 
@@ -100,9 +103,3 @@ def tiny_editor(cfg: Config) -> Path:
         )
     return _cached("tiny-editor", settings, lambda p: pretrain_tiny(cfg.pretrain, p, progress=True))
 
-
-def tiny_judge(cfg: Config) -> Path:
-    from rewards.tiny_judge import build_tiny_judge
-
-    settings = {"seed": cfg.rewards.mllm.seed}
-    return _cached("tiny-judge", settings, lambda p: build_tiny_judge(p, seed=cfg.rewards.mllm.seed))
