@@ -37,7 +37,12 @@ class RunConfig:
     image_every: int = 10
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
-    eval_every: int = 0  # 0 = never during training
+    # Every eval_every epochs (and at the last) the current sampling policy edits a FIXED set (the first
+    # eval_items items x eval_seeds noise seeds) and the reward services score it: a learning curve free
+    # of the noise of which items an epoch happened to draw. 0 = never.
+    eval_every: int = 0
+    eval_items: int = 8
+    eval_seeds: int = 2
     ray_address: Optional[str] = None  # None = start a local Ray cluster on 127.0.0.1
     ray_num_cpus: Optional[int] = None
     seed: int = 0

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from actors.data import EpochSampler, grouped_items, load_items
-from actors.types import RolloutBatch
+from actors.types import EditItem, GroupedItem, RolloutBatch
 from cluster.config import Config, ConfigError, dump_config, load_config
 from cluster.groups import LearnerGroup, RolloutGroup
 from cluster.launch import init_ray, resolve_models
@@ -75,6 +75,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
             queue.append(Pending(rollout.sample_async(batch_items, version), state, next_draw))
             next_draw += 1
 
+    fixed = fixed_eval_items(list(items.values()), cfg.run.eval_items, cfg.run.eval_seeds)
     history: list[dict[str, float]] = []
     bar = tqdm(
         range(start, cfg.run.epochs), disable=not progress, desc="train", initial=start, total=cfg.run.epochs
@@ -114,13 +115,16 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
             "time/sync_s": t_sync - t_update,
             "time/epoch_s": t_sync - t0,
             "samples/edits": float(len(batch)),
+            "epoch_index": float(epoch),
         }
+        last = epoch == cfg.run.epochs - 1
+        if cfg.run.eval_every and (epoch % cfg.run.eval_every == 0 or last):
+            row.update(evaluate_fixed(rollout, services, fixed, version, cfg))  # evaluate
         history.append(row)
         runlog.scalars(epoch, row)
         bar.set_postfix(reward=f"{row['reward/mean']:.3f}", psnr=f"{row.get('pixel/psnr', float('nan')):.1f}")
         if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == cfg.run.epochs - 1):
             _log_group(runlog, epoch, batch, rewards)
-        last = epoch == cfg.run.epochs - 1
         if (cfg.run.checkpoint_every and (epoch + 1) % cfg.run.checkpoint_every == 0) or last:
             next_state = queue[0].sampler_state if queue else sampler.state_dict()
             learner.save(
@@ -132,6 +136,29 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
     for group in (services, rollout, learner):
         group.close()
     return history
+
+
+def fixed_eval_items(items: list[EditItem], n_items: int, n_seeds: int) -> list[GroupedItem]:
+    """The first n_items items, each with n_seeds fixed noise seeds (outside the training seed range)."""
+    return [
+        GroupedItem(item, f"eval:{item.item_id}", f"eval:{item.item_id}:{k}", 2**30 + j * n_seeds + k)
+        for j, item in enumerate(items[:n_items])
+        for k in range(n_seeds)
+    ]
+
+
+def evaluate_fixed(
+    rollout: RolloutGroup, services: RewardServices, fixed: list[GroupedItem], version: int, cfg: Config
+) -> dict[str, float]:
+    """Edit the fixed set with the current sampling policy and score it: `eval/*` metrics."""
+    batch = rollout.sample(fixed, version)
+    outcomes = services.score(to_edits(batch))
+    rewards, parts = combine(outcomes, cfg.rewards.weights)
+    return {
+        "eval/reward": float(np.mean(rewards)),
+        **{f"eval/{k}": float(np.mean(v)) for k, v in parts.items() if "/" not in k},
+        **{f"eval/{k}": v for k, v in _component_means(outcomes).items() if k.endswith(("psnr", "ssim"))},
+    }
 
 
 def to_edits(batch: RolloutBatch) -> list[Any]:
@@ -218,6 +245,14 @@ def _print_summary(cfg: Config, history: list[dict[str, float]]) -> None:
         return float(np.mean(vals)) if vals else float("nan")
 
     print(f"run directory: {Path(cfg.run.run_dir).resolve()}")
+    evals = [r for r in history if "eval/reward" in r]
+    if len(evals) >= 2:
+        for key in ("eval/reward", "eval/synthetic", "eval/mllm", "eval/pixel", "eval/pixel/psnr"):
+            if key in evals[0]:
+                print(
+                    f"{key:>22}: fixed set at epoch {evals[0]['epoch_index']:.0f} {evals[0][key]:.4f} -> "
+                    f"epoch {evals[-1]['epoch_index']:.0f} {evals[-1][key]:.4f}"
+                )
     for key in ("reward/mean", "pixel/psnr", "pixel/ssim", "synthetic/edit_psnr", "mllm/expected_score"):
         if any(key in r for r in history):
             print(

@@ -24,6 +24,8 @@ TINY = [
     "pretrain.vae_steps=3",
     "pretrain.steps=3",
     "pretrain.batch_size=4",
+    "run.eval_every=5",
+    "run.eval_items=2",
 ]
 
 
@@ -48,6 +50,8 @@ def test_two_epochs_train_on_every_sample(run: tuple[Path, list[dict]]) -> None:
         assert 0.0 <= row["reward/mean"] <= 1.0
         for key in ("reward/synthetic", "reward/pixel", "pixel/psnr", "time/sample_s", "time/update_s"):
             assert key in row, key
+        # the fixed evaluation set (2 items x 2 seeds here) is scored at epoch 0 and at the last epoch
+        assert 0.0 <= row["eval/reward"] <= 1.0 and "eval/synthetic" in row
 
 
 def test_run_directory_has_metrics_images_and_checkpoint(run: tuple[Path, list[dict]]) -> None:
