@@ -102,4 +102,3 @@ def tiny_editor(cfg: Config) -> Path:
             f"the tiny editor at the size it will be trained at"
         )
     return _cached("tiny-editor", settings, lambda p: pretrain_tiny(cfg.pretrain, p, progress=True))
-
