@@ -1,4 +1,4 @@
-"""Tiny real components shared by the learner tests and bench/learner.py (also imported by spawned ranks)."""
+"""Tiny real components shared by the learner tests and bench/learner_update.py (also imported by spawned ranks)."""
 
 from __future__ import annotations
 

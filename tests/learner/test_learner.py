@@ -221,7 +221,7 @@ def test_grpo_on_policy_ratio_is_one(model_dir: Path) -> None:
 
 def test_regularizer_lowers_keep_region_error(model_dir: Path) -> None:
     """Fixed synthetic rewards, same data and seeds: with lam_pos > 0 the positive branch's keep-region
-    error d_pos (measured on fixed probes) ends lower than with lam_pos = 0 (bench/learner.py regularizer
+    error d_pos (measured on fixed probes) ends lower than with lam_pos = 0 (bench/learner_update.py regularizer
     runs the longer version)."""
     g = torch.Generator().manual_seed(7)
     adv, valid = torch.tensor([1.0, -1.0, 1.0, -1.0]), torch.ones(4, dtype=torch.bool)

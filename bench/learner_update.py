@@ -1,8 +1,8 @@
 """Learner benchmarks. Prints numbers and ratios; asserts nothing.
 
-    python bench/learner.py                  # s/update, DeepSpeed engine vs a plain torch AdamW loop (tiny, CPU)
-    python bench/learner.py regularizer      # keep-region error of the positive branch, lam_pos > 0 vs 0
-    python bench/learner.py gpu              # full-size FLUX.1-Kontext transformer, random bf16 weights,
+    python bench/learner_update.py                  # s/update, DeepSpeed engine vs a plain torch AdamW loop (tiny, CPU)
+    python bench/learner_update.py regularizer      # keep-region error of the positive branch, lam_pos > 0 vs 0
+    python bench/learner_update.py gpu              # full-size FLUX.1-Kontext transformer, random bf16 weights,
                                              # LoRA r=32: fwd+bwd s/sample at 512x512 and MFU (needs CUDA)
 
 `engine` mode: both learners run the SAME passes (the Learner's own forward/loss code); only the
