@@ -166,9 +166,7 @@ class LearnerGroup:
             r.update.remote(batch.select(list(range(a, b))), advantages[a:b], valid[a:b])
             for r, (a, b) in zip(self.ranks, bounds, strict=True)
         ]
-        per_rank = ray.get(refs)
-        # Every rank reports its shard's terms; the epoch's value is their mean (equal shards).
-        return {k: float(np.mean([m[k] for m in per_rank])) for k in per_rank[0]}
+        return ray.get(refs)[0]  # the Learner already reduces its metrics over ranks
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return ray.get(self.ranks[0].sampling_weights.remote())

@@ -76,7 +76,7 @@ def resolve_models(cfg: Config) -> Config:
 def _cached(kind: str, settings: dict, build) -> Path:  # noqa: ANN001 - build: Callable[[Path], None]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"{kind}-{key}"
-    if (path / "model_index.json").exists() or (path / "config.json").exists():
+    if (path / "model_index.json").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f".{kind}-{key}.lock", "w") as lock:  # one builder at a time

@@ -83,8 +83,6 @@ class RewardServices:
         section = service_config(self.cfg, name)
         options: dict[str, Any] = {"num_cpus": section.cpus_per_replica, "max_restarts": 3}
         gpus = getattr(section, "gpus_per_replica", 0.0)
-        if gpus and name == "mllm" and not section.model_path:
-            gpus = 0.0  # the tiny judge runs on CPU
         if gpus:
             options["num_gpus"] = gpus
         return ray.remote(RewardReplica).options(**options).remote(name, self.cfg)

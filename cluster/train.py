@@ -115,7 +115,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
             "time/sync_s": t_sync - t_update,
             "time/epoch_s": t_sync - t0,
             "samples/edits": float(len(batch)),
-            "epoch_index": float(epoch),
         }
         last = epoch == cfg.run.epochs - 1
         if cfg.run.eval_every and (epoch % cfg.run.eval_every == 0 or last):
@@ -245,14 +244,13 @@ def _print_summary(cfg: Config, history: list[dict[str, float]]) -> None:
         return float(np.mean(vals)) if vals else float("nan")
 
     print(f"run directory: {Path(cfg.run.run_dir).resolve()}")
-    evals = [r for r in history if "eval/reward" in r]
+    first_epoch = cfg.run.epochs - len(history)  # history holds the epochs this invocation ran
+    evals = [(first_epoch + i, r) for i, r in enumerate(history) if "eval/reward" in r]
     if len(evals) >= 2:
+        (e0, r0), (e1, r1) = evals[0], evals[-1]
         for key in ("eval/reward", "eval/synthetic", "eval/mllm", "eval/pixel", "eval/pixel/psnr"):
-            if key in evals[0]:
-                print(
-                    f"{key:>22}: fixed set at epoch {evals[0]['epoch_index']:.0f} {evals[0][key]:.4f} -> "
-                    f"epoch {evals[-1]['epoch_index']:.0f} {evals[-1][key]:.4f}"
-                )
+            if key in r0:
+                print(f"{key:>22}: fixed set at epoch {e0} {r0[key]:.4f} -> epoch {e1} {r1[key]:.4f}")
     for key in ("reward/mean", "pixel/psnr", "pixel/ssim", "synthetic/edit_psnr", "mllm/expected_score"):
         if any(key in r for r in history):
             print(
