@@ -22,6 +22,7 @@ from actors.config import PolicyConfig, RolloutConfig
 from actors.policies.base import EditPolicy
 from actors.samplers import SAMPLERS, sample, shifted_sigmas
 from actors.types import Condition, GroupedItem, RolloutBatch
+from cluster.metrics import record_sample
 
 
 class RolloutWorker:
@@ -135,6 +136,7 @@ class RolloutWorker:
         timings["sample_s"] = total - decode_s
         timings["decode_s"] = decode_s
         timings["edits_per_s"] = len(items) / (total + timings["encode_s"])
+        record_sample(len(items), total + timings["encode_s"])  # no-op outside Ray
 
         targets = [gi.item.target_image for gi in items]
         return RolloutBatch(

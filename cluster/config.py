@@ -43,7 +43,10 @@ class RunConfig:
     eval_every: int = 0
     eval_items: int = 8
     eval_seeds: int = 2
-    ray_address: Optional[str] = None  # None = start a local Ray cluster on 127.0.0.1
+    ray_address: Optional[str] = None  # None = the job's cluster under `ray job submit`, else a local one
+    # Port of the local cluster's Prometheus metrics export (cluster/metrics.py), on 127.0.0.1.
+    # None = Ray picks one (logged at start); ignored when joining a cluster (`ray start --metrics-export-port`).
+    metrics_export_port: Optional[int] = None
     ray_num_cpus: Optional[int] = None
     seed: int = 0
     tiny: bool = False  # build the tiny editor / tiny judge in code when no model_path is given

@@ -19,6 +19,7 @@ from ray.exceptions import RayActorError
 
 from actors.config import PolicyConfig, RolloutConfig
 from actors.types import GroupedItem, RolloutBatch
+from cluster.metrics import record_learner
 from learner.config import LearnerConfig
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,10 @@ class LearnerRank:
         self.learner = Learner(policy_cfg, cfg, rank=self.rank, world_size=self.world_size)
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
-        return self.learner.update(batch, advantages, valid)
+        metrics = self.learner.update(batch, advantages, valid)
+        if self.rank == 0:  # already reduced over ranks
+            record_learner(metrics)
+        return metrics
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return self.learner.sampling_weights()

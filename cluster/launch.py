@@ -33,20 +33,34 @@ def cache_dir() -> Path:
 
 
 def init_ray(cfg: RunConfig) -> None:
-    """Join cfg.ray_address, or start a local Ray cluster on 127.0.0.1 (no-op when already initialised)."""
+    """Join a Ray cluster or start a local one on 127.0.0.1 (no-op when already initialised).
+
+    Joins cfg.ray_address when set, else $RAY_ADDRESS (set by `ray job submit` for the job's driver);
+    otherwise starts a local cluster of cfg.ray_num_cpus CPUs. Logs where its metrics are scraped.
+    """
     if ray.is_initialized():
         return
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address, log_to_driver=True)
-        return
-    apply_loopback_env()
-    ray.init(
-        num_cpus=cfg.ray_num_cpus,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=True,
-        logging_level=logging.WARNING,
-    )
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        apply_loopback_env()
+        ray.init(
+            num_cpus=cfg.ray_num_cpus,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            _metrics_export_port=cfg.metrics_export_port,
+            log_to_driver=True,
+            logging_level=logging.WARNING,
+        )
+    log.info("Ray metrics (Prometheus, cluster/metrics.py): %s", metrics_url())
+
+
+def metrics_url() -> str:
+    """The Prometheus scrape URL of this Ray node's metrics export (Ray must be initialised)."""
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+    return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
 
 
 def resolve_models(cfg: Config) -> Config:

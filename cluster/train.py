@@ -29,6 +29,7 @@ from actors.types import EditItem, GroupedItem, RolloutBatch
 from cluster.config import Config, ConfigError, dump_config, load_config
 from cluster.groups import LearnerGroup, RolloutGroup
 from cluster.launch import init_ray, resolve_models
+from cluster.metrics import record_epoch
 from cluster.runlog import RunLog
 from cluster.services import RewardServices
 from learner.advantages import score_groups
@@ -121,6 +122,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
             row.update(evaluate_fixed(rollout, services, fixed, version, cfg))  # evaluate
         history.append(row)
         runlog.scalars(epoch, row)
+        record_epoch(
+            epoch, row, len(queue), {name: len(services.addresses(name)) for name in services.clients}
+        )
         bar.set_postfix(reward=f"{row['reward/mean']:.3f}", psnr=f"{row.get('pixel/psnr', float('nan')):.1f}")
         if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == cfg.run.epochs - 1):
             _log_group(runlog, epoch, batch, rewards)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cluster.metrics import record_reward_latency
 from protos import reward_pb2, reward_pb2_grpc
 from rewards.base import EditOutcome
 from rewards.config import ClientConfig
@@ -265,7 +266,9 @@ class RewardClient:
     def score_request(self, edits: Sequence[reward_pb2.Edit]) -> list[EditOutcome]:
         """One Score call (len(edits) <= server max_batch_edits), with retries; outcomes in input order."""
         request = reward_pb2.ScoreRequest(edits=list(edits))
+        t0 = time.perf_counter()
         reply = self._call("Score", lambda r: r.stub.Score(request, timeout=self.cfg.timeout_s))
+        record_reward_latency(self.service, time.perf_counter() - t0)
         by_id = {item.edit_id: item for item in reply.scores}
         missing = [e.edit_id for e in edits if e.edit_id not in by_id]
         if missing or len(by_id) != len(edits):

@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cluster.metrics import record_server_request
 from protos import reward_pb2, reward_pb2_grpc
 from rewards.base import DecodedEdit, EditOutcome, Scorer
 from rewards.config import ServerConfig
@@ -197,10 +198,12 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         self.active_calls += 1
         self.score_calls += 1
+        t0 = time.perf_counter()
         try:
             return await self._score(request, context)
         finally:
             self.active_calls -= 1
+            record_server_request(self.scorer.service, time.perf_counter() - t0)  # no-op outside Ray
 
     def _check_request(self, request: reward_pb2.ScoreRequest) -> Optional[str]:
         """Why the whole request is invalid (INVALID_ARGUMENT), or None."""
