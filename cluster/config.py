@@ -48,6 +48,14 @@ class RunConfig:
     # None = Ray picks one (logged at start); ignored when joining a cluster (`ray start --metrics-export-port`).
     metrics_export_port: Optional[int] = None
     ray_num_cpus: Optional[int] = None
+    # Placement (cluster/placement.py): every role's actors are reserved as placement groups before
+    # anything starts; a reservation the cluster cannot satisfy fails after this many seconds.
+    placement_timeout_s: float = 30.0
+    # Compare what the roles ask for with the cluster's resources first (fails at once, naming the role);
+    # false on autoscaling clusters where nodes join on demand.
+    check_resources: bool = True
+    # Rollout worker i and learner rank i share one bundle (one GPU: gpus_per_worker + gpus_per_rank <= 1).
+    colocate: bool = False
     seed: int = 0
     tiny: bool = False  # build the tiny editor / tiny judge in code when no model_path is given
 

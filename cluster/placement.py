@@ -1,0 +1,250 @@
+"""Placement of a run's actors from the config: what each role asks for, checked against the cluster
+before anything starts, then reserved as placement groups.
+
+Roles: rollout workers (`rollout.num_workers` x cpus/gpus_per_worker), learner ranks
+(`learner.world_size` x cpus/gpus_per_rank) and each reward service's replicas
+(`rewards.<name>.replicas` x cpus/gpus_per_replica). With `run.colocate`, rollout worker i and learner
+rank i share bundle i (one GPU between them, the time-sliced layout of verl/OpenRLHF's hybrid engine).
+
+Two checks keep a run from hanging on resources the cluster does not have:
+1. `check_cluster`, immediately: one actor larger than every node, or all roles together more than the
+   cluster has, fails with a PlacementError naming the role, what it asked for and what is left.
+2. `Placement`, within `run.placement_timeout_s`: placement groups that the cluster cannot satisfy
+   (fragmented nodes, resources held by another job) are removed and the role is named.
+On an autoscaling cluster, where nodes join on demand, set `run.check_resources=false` and raise
+`run.placement_timeout_s` to cover node start-up.
+
+Reward replicas are not in placement groups: they are added and removed while training runs
+(cluster/services.py), each checked against the resources available at that moment.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+log = logging.getLogger(__name__)
+
+
+class PlacementError(RuntimeError):
+    """The cluster cannot host what the config asks for."""
+
+
+@dataclass(frozen=True)
+class Demand:
+    """`count` actors of one role, each asking for `cpus` CPUs and `gpus` GPUs."""
+
+    role: str
+    count: int
+    cpus: float
+    gpus: float
+    knobs: str  # the config keys that size this role, for the error message
+
+    def total(self, resource: str) -> float:
+        return self.count * (self.cpus if resource == "CPU" else self.gpus)
+
+    def describe(self, resource: str) -> str:
+        each = self.cpus if resource == "CPU" else self.gpus
+        return f"{self.role} ask {self.count} x {each:g} {resource} = {self.total(resource):g}"
+
+
+def demands(cfg: Any) -> list[Demand]:
+    """What every role of run config `cfg` (cluster.config.Config) asks for, in start-up order."""
+    from cluster.services import service_config
+
+    rollout, learner = cfg.rollout, cfg.learner
+    out = [
+        Demand(
+            "learner ranks",
+            learner.world_size,
+            learner.cpus_per_rank,
+            learner.gpus_per_rank,
+            "learner.world_size / learner.cpus_per_rank / learner.gpus_per_rank",
+        ),
+        Demand(
+            "rollout workers",
+            rollout.num_workers,
+            rollout.cpus_per_worker,
+            rollout.gpus_per_worker,
+            "rollout.num_workers / rollout.cpus_per_worker / rollout.gpus_per_worker",
+        ),
+    ]
+    if cfg.run.colocate:  # the two roles share bundles: one demand of the pair
+        _check_colocate(cfg)
+        out = [
+            Demand(
+                "colocated rollout workers + learner ranks",
+                learner.world_size,
+                learner.cpus_per_rank + rollout.cpus_per_worker,
+                learner.gpus_per_rank + rollout.gpus_per_worker,
+                "learner.world_size / run.colocate",
+            )
+        ]
+    for name in cfg.rewards.weights:
+        if name in cfg.rewards.addresses:
+            continue  # an external service: not ours to place
+        section = service_config(cfg.rewards, name)
+        out.append(
+            Demand(
+                f"reward service {name} replicas",
+                section.replicas,
+                section.cpus_per_replica,
+                getattr(section, "gpus_per_replica", 0.0),
+                f"rewards.{name}.replicas / rewards.{name}.cpus_per_replica",
+            )
+        )
+    return out
+
+
+def _check_colocate(cfg: Any) -> None:
+    rollout, learner = cfg.rollout, cfg.learner
+    if rollout.num_workers != learner.world_size:
+        raise PlacementError(
+            f"run.colocate pairs rollout worker i with learner rank i: rollout.num_workers={rollout.num_workers} "
+            f"must equal learner.world_size={learner.world_size}"
+        )
+    if rollout.gpus_per_worker + learner.gpus_per_rank > 1.0:
+        raise PlacementError(
+            f"run.colocate shares one GPU between a rollout worker and a learner rank: "
+            f"rollout.gpus_per_worker ({rollout.gpus_per_worker:g}) + learner.gpus_per_rank "
+            f"({learner.gpus_per_rank:g}) must be <= 1, e.g. 0.5 each"
+        )
+
+
+def check_cluster(wanted: list[Demand], total: dict[str, float], nodes: list[dict[str, float]]) -> None:
+    """Raise PlacementError if `wanted` cannot fit a cluster of `total` resources made of `nodes`."""
+    for resource in ("CPU", "GPU"):
+        largest = max((n.get(resource, 0.0) for n in nodes), default=0.0)
+        for d in wanted:
+            each = d.cpus if resource == "CPU" else d.gpus
+            if d.count and each > largest:
+                raise PlacementError(
+                    f"{d.role}: each asks for {each:g} {resource} but the largest node of the cluster has "
+                    f"{largest:g} {resource}. Lower it ({d.knobs}) or add a larger node"
+                )
+        left = total.get(resource, 0.0)
+        placed: list[str] = []
+        for d in wanted:
+            need = d.total(resource)
+            if need > left + 1e-9:
+                before = f" after {', '.join(placed)}" if placed else ""
+                raise PlacementError(
+                    f"not enough {resource} for the {d.role}: {d.describe(resource)}, but only {left:g} of the "
+                    f"cluster's {total.get(resource, 0.0):g} {resource} remain{before} (short by "
+                    f"{need - left:g} {resource}). Lower {d.knobs}, or add nodes"
+                )
+            if need:
+                placed.append(d.describe(resource))
+            left -= need
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    bundle = {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
+    if not bundle:
+        raise PlacementError("an actor asking for 0 CPUs and 0 GPUs cannot be placed: give it cpus > 0")
+    return bundle
+
+
+class Placement:
+    """Placement groups of the rollout workers and learner ranks, reserved (or failed) up front.
+
+    placement = Placement(cfg)                       # checks, reserves, waits <= placement_timeout_s
+    actor.options(**placement.rollout(i)).remote()   # num_cpus, num_gpus, scheduling_strategy
+    placement.remove()
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        if cfg.run.check_resources:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            check_cluster(demands(cfg), ray.cluster_resources(), nodes)
+        rollout, learner = cfg.rollout, cfg.learner
+        self.groups: dict[str, PlacementGroup] = {}
+        if cfg.run.colocate:
+            _check_colocate(cfg)
+            shared = _bundle(
+                rollout.cpus_per_worker + learner.cpus_per_rank,
+                rollout.gpus_per_worker + learner.gpus_per_rank,
+            )
+            self.groups["colocated rollout workers + learner ranks"] = placement_group(
+                [shared] * learner.world_size, strategy="PACK", name="cocoedit-colocated"
+            )
+        else:
+            self.groups["learner ranks"] = placement_group(
+                [_bundle(learner.cpus_per_rank, learner.gpus_per_rank)] * learner.world_size,
+                strategy="PACK",
+                name="cocoedit-learner",
+            )
+            self.groups["rollout workers"] = placement_group(
+                [_bundle(rollout.cpus_per_worker, rollout.gpus_per_worker)] * rollout.num_workers,
+                strategy="PACK",
+                name="cocoedit-rollout",
+            )
+        self._wait(cfg.run.placement_timeout_s)
+
+    def _wait(self, timeout_s: float) -> None:
+        refs = {pg.ready(): role for role, pg in self.groups.items()}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        if pending:
+            roles = [refs[r] for r in pending]
+            asked = {role: self.groups[role].bundle_specs for role in roles}
+            available = ray.available_resources()
+            self.remove()
+            raise PlacementError(
+                f"placement of {', '.join(roles)} not satisfied within run.placement_timeout_s={timeout_s:g} s: "
+                f"asked for bundles {asked}; the cluster has {_fmt(ray.cluster_resources())} in all and "
+                f"{_fmt(available)} available (other jobs, or nodes too small for one bundle). Free resources, "
+                f"shrink the role, or raise run.placement_timeout_s if nodes are still joining"
+            )
+
+    def _options(self, role: str, index: int, cpus: float, gpus: float) -> dict[str, Any]:
+        key = "colocated rollout workers + learner ranks" if self.cfg.run.colocate else role
+        return {
+            "num_cpus": cpus,
+            "num_gpus": gpus,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                self.groups[key], placement_group_bundle_index=index
+            ),
+        }
+
+    def rollout(self, index: int) -> dict[str, Any]:
+        """Actor options of rollout worker `index`."""
+        r = self.cfg.rollout
+        return self._options("rollout workers", index, r.cpus_per_worker, r.gpus_per_worker)
+
+    def learner(self, index: int) -> dict[str, Any]:
+        """Actor options of learner rank `index`."""
+        lr = self.cfg.learner
+        return self._options("learner ranks", index, lr.cpus_per_rank, lr.gpus_per_rank)
+
+    def remove(self) -> None:
+        for pg in self.groups.values():
+            try:
+                remove_placement_group(pg)
+            except Exception as e:  # noqa: BLE001 - already gone with the cluster
+                log.debug("removing placement group: %s", e)
+        self.groups = {}
+
+
+def check_available(role: str, cpus: float, gpus: float, knobs: str) -> None:
+    """Fail now, naming `role`, if the cluster has not `cpus`/`gpus` free for one more actor."""
+    available = ray.available_resources()
+    for resource, need in (("CPU", cpus), ("GPU", gpus)):
+        have = available.get(resource, 0.0)
+        if need > have + 1e-9:
+            raise PlacementError(
+                f"{role}: one more asks for {need:g} {resource} but the cluster has {have:g} {resource} free "
+                f"(of {ray.cluster_resources().get(resource, 0.0):g}). Lower {knobs}, or add nodes"
+            )
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    keep = {k: round(v, 3) for k, v in resources.items() if k in ("CPU", "GPU", "memory")}
+    if "memory" in keep:
+        keep["memory"] = f"{keep['memory'] / 2**30:.1f} GiB"  # type: ignore[assignment]
+    return str(keep)

@@ -1,0 +1,132 @@
+"""Placement: what each role asks for is checked against the cluster, and reserved or refused fast."""
+
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+
+from cluster.config import load_config
+from cluster.placement import Demand, Placement, PlacementError, check_cluster, demands
+from cluster.train import train
+
+# the tiny config's roles: learner 0.5 CPU, rollout 0.5 CPU, pixel 0.25 CPU, synthetic 0.25 CPU
+TINY = ["run.epochs=1", "data.synth_num=8", "data.n_items=2", "data.group_size=4"]
+
+
+def test_demands_follow_the_config() -> None:
+    cfg = load_config(None, ["rollout.num_workers=3", "rewards.pixel.replicas=2"])
+    by_role = {d.role: d for d in demands(cfg)}
+    assert by_role["rollout workers"].total("CPU") == pytest.approx(1.5)
+    assert by_role["reward service pixel replicas"].count == 2
+    assert by_role["reward service synthetic replicas"].total("CPU") == pytest.approx(0.25)
+    assert by_role["learner ranks"].total("GPU") == 0
+    external = load_config(None, ["rewards.addresses={pixel: ['127.0.0.1:5']}"])
+    assert "reward service pixel replicas" not in {d.role for d in demands(external)}
+
+
+def test_colocated_roles_share_one_bundle_per_pair() -> None:
+    cfg = load_config(
+        None,
+        [
+            "run.colocate=true",
+            "rollout.num_workers=2",
+            "learner.world_size=2",
+            "rollout.gpus_per_worker=0.5",
+            "learner.gpus_per_rank=0.5",
+        ],
+    )
+    (pair, *_rewards) = demands(cfg)
+    assert (pair.count, pair.cpus, pair.gpus) == (2, 1.0, 1.0)
+    bad = load_config(None, ["run.colocate=true", "rollout.num_workers=2", "learner.world_size=1"])
+    with pytest.raises(PlacementError, match="rollout.num_workers=2 must equal learner.world_size=1"):
+        demands(bad)
+    greedy = load_config(None, ["run.colocate=true", "rollout.gpus_per_worker=1", "learner.gpus_per_rank=1"])
+    with pytest.raises(PlacementError, match="must be <= 1, e.g. 0.5 each"):
+        demands(greedy)
+
+
+def test_check_cluster_names_the_role_and_the_shortfall() -> None:
+    wanted = [
+        Demand("learner ranks", 8, 4, 1, "learner.world_size"),
+        Demand("rollout workers", 8, 4, 1, "rollout.num_workers"),
+        Demand("reward service mllm replicas", 1, 4, 1, "rewards.mllm.replicas"),
+    ]
+    nodes = [{"CPU": 64, "GPU": 8}, {"CPU": 64, "GPU": 8}]
+    check_cluster(wanted, {"CPU": 136, "GPU": 17}, [*nodes, {"CPU": 8, "GPU": 1}])  # 17 GPUs: fits
+    with pytest.raises(PlacementError) as e:
+        check_cluster(wanted, {"CPU": 128, "GPU": 16}, nodes)
+    msg = str(e.value)
+    assert "reward service mllm replicas" in msg and "short by 1 GPU" in msg
+    assert "learner ranks ask 8 x 1 GPU = 8" in msg and "rollout workers ask 8 x 1 GPU = 8" in msg
+    with pytest.raises(
+        PlacementError, match="each asks for 4 GPU but the largest node of the cluster has 2 GPU"
+    ):
+        check_cluster(
+            [Demand("learner ranks", 1, 1, 4, "x")], {"CPU": 8, "GPU": 4}, [{"CPU": 4, "GPU": 2}] * 2
+        )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "role", "shortfall"),
+    [
+        (
+            ["rollout.gpus_per_worker=1"],
+            "rollout workers",
+            "1 GPU but the largest node of the cluster has 0 GPU",
+        ),
+        (["learner.world_size=5", "learner.cpus_per_rank=0.5"], "learner ranks", "short by 0.5 CPU"),
+    ],
+)
+def test_train_asking_for_more_than_the_cluster_has_fails_fast(
+    ray_local, tmp_path: Path, overrides: list[str], role: str, shortfall: str
+) -> None:  # noqa: ANN001
+    cfg = load_config(None, [*TINY, f"run.run_dir={tmp_path}", *overrides])
+    t0 = time.monotonic()
+    with pytest.raises(PlacementError) as e:
+        train(cfg, progress=False)
+    assert time.monotonic() - t0 < 30
+    assert role in str(e.value) and shortfall in str(e.value)
+    assert not (tmp_path / "config.yaml").exists()  # nothing started
+
+
+def test_pending_placement_group_fails_within_the_timeout(ray_local) -> None:  # noqa: ANN001
+    """Another job holds 1.5 of the 2 CPUs: the totals fit, but the reservation cannot: no hang."""
+    hog = placement_group([{"CPU": 1.5}])
+    ray.get(hog.ready(), timeout=30)
+    try:
+        cfg = load_config(None, [*TINY, "run.placement_timeout_s=2"])
+        t0 = time.monotonic()
+        with pytest.raises(PlacementError) as e:
+            Placement(cfg)
+        assert time.monotonic() - t0 < 10
+        msg = str(e.value)
+        assert "rollout workers" in msg and "run.placement_timeout_s=2" in msg and "available" in msg
+        assert ray.util.placement_group_table()  # the failed groups were removed, the hog remains
+        states = {v["name"]: v["state"] for v in ray.util.placement_group_table().values()}
+        assert all(state == "REMOVED" for name, state in states.items() if name.startswith("cocoedit-"))
+    finally:
+        remove_placement_group(hog)
+
+
+def test_colocated_actors_land_in_the_same_bundle(ray_local) -> None:  # noqa: ANN001
+    cfg = load_config(None, ["run.colocate=true", "rollout.cpus_per_worker=0.5", "learner.cpus_per_rank=0.5"])
+    placement = Placement(cfg)
+    try:
+
+        @ray.remote
+        class Where:
+            def where(self) -> tuple[str, dict]:
+                ctx = ray.get_runtime_context()
+                return ctx.get_placement_group_id(), ctx.get_assigned_resources()
+
+        a = Where.options(**placement.rollout(0)).remote()
+        b = Where.options(**placement.learner(0)).remote()
+        (pg_a, res_a), (pg_b, res_b) = ray.get([a.where.remote(), b.where.remote()])
+        assert pg_a == pg_b == placement.groups["colocated rollout workers + learner ranks"].id.hex()
+        assert res_a == res_b == {"CPU": 0.5}
+        ray.kill(a)
+        ray.kill(b)
+    finally:
+        placement.remove()
