@@ -6,6 +6,7 @@ module makes them Ray actors, and calls their methods by name.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -20,9 +21,14 @@ from ray.exceptions import RayActorError
 from actors.config import PolicyConfig, RolloutConfig
 from actors.types import GroupedItem, RolloutBatch
 from cluster.metrics import record_learner
+from cluster.placement import Placement
 from learner.config import LearnerConfig
 
 log = logging.getLogger(__name__)
+
+
+def _resources(cpus: float, gpus: float) -> dict[str, float]:
+    return {"num_cpus": cpus, "num_gpus": gpus}
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
@@ -31,43 +37,77 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
+@functools.cache
+def _rollout_actor() -> type:
+    """RolloutWorker plus `sample_at`, which a worker restarted by Ray uses to reload the weights."""
+    from actors.rollout import RolloutWorker
+
+    class RolloutActor(RolloutWorker):
+        synced: Optional[int] = None  # the version the driver last loaded; None after a (re)start
+
+        def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
+            super().load_weights(state, version)
+            self.synced = version
+
+        def sample_at(self, items: list[GroupedItem], version: int, weights: list[Any]) -> RolloutBatch:
+            """sample(items, version); a worker that does not hold `version` from the driver (it was
+            restarted since) first loads weights[0] (an ObjectRef inside a list: fetched only then)."""
+            if self.synced != version and weights[0] is not None:
+                log.warning("rollout worker (re)started: loading policy version %d before sampling", version)
+                # may be older than the version loaded since (a shard re-sampled with its own version)
+                self.policy.load_lora_state_dict(ray.get(weights[0]), "old")
+                self._version = self.synced = version
+            return self.sample(items, version)
+
+    return RolloutActor
+
+
 class RolloutGroup:
     """`num_workers` RolloutWorker actors; an epoch's items are split into contiguous shards.
 
-    A worker that dies is restarted by Ray (max_restarts); its shard is sampled again after the
-    current sampling weights are reloaded into it, so every item of the epoch is sampled exactly once.
+    A worker that dies is restarted by Ray (max_restarts); its shard is sampled again, with the
+    weights of the version it was first sampled with (same seeds, so the same edits), and the batch
+    is used once: every item of the epoch is sampled and trained on exactly once.
     """
 
-    def __init__(self, policy_cfg: PolicyConfig, rollout_cfg: RolloutConfig) -> None:
-        from actors.rollout import RolloutWorker
-
+    def __init__(
+        self, policy_cfg: PolicyConfig, rollout_cfg: RolloutConfig, placement: Optional[Placement] = None
+    ) -> None:
         self.cfg = rollout_cfg
-        actor = ray.remote(RolloutWorker).options(
-            num_cpus=rollout_cfg.cpus_per_worker,
-            num_gpus=rollout_cfg.gpus_per_worker,
-            max_restarts=rollout_cfg.max_restarts,
-        )
-        self.workers = [actor.remote(policy_cfg, rollout_cfg) for _ in range(rollout_cfg.num_workers)]
+        actor = ray.remote(_rollout_actor())
+        self.workers = [
+            actor.options(
+                **(
+                    placement.rollout(i)
+                    if placement
+                    else _resources(rollout_cfg.cpus_per_worker, rollout_cfg.gpus_per_worker)
+                ),
+                max_restarts=rollout_cfg.max_restarts,
+            ).remote(policy_cfg, rollout_cfg)
+            for i in range(rollout_cfg.num_workers)
+        ]
         self._weights: Optional[ray.ObjectRef] = None
         self._version = 0
+        # weights of recent versions: a shard in flight is re-sampled with its own version
+        self._weights_of: dict[int, Optional[ray.ObjectRef]] = {0: None}
         self.resampled_shards = 0
 
     def sample_async(
         self, items: list[GroupedItem], version: int
-    ) -> list[tuple[int, list[GroupedItem], Any]]:
-        """Start sampling; returns (worker index, shard, ObjectRef) for `gather`."""
+    ) -> list[tuple[int, list[GroupedItem], int, Any]]:
+        """Start sampling; returns (worker index, shard, version, ObjectRef) for `gather`."""
         if version != self._version:
             raise ValueError(f"sampling version {version} but the workers hold version {self._version}")
         bounds = shard_bounds(len(items), len(self.workers))
         return [
-            (i, items[a:b], self.workers[i].sample.remote(items[a:b], version))
+            (i, items[a:b], version, self.workers[i].sample_at.remote(items[a:b], version, [self._weights]))
             for i, (a, b) in enumerate(bounds)
             if b > a  # more workers than edits: the idle ones get no shard
         ]
 
-    def gather(self, pending: list[tuple[int, list[GroupedItem], Any]]) -> RolloutBatch:
+    def gather(self, pending: list[tuple[int, list[GroupedItem], int, Any]]) -> RolloutBatch:
         shards = []
-        for i, items, ref in pending:
+        for i, items, version, ref in pending:
             for attempt in range(self.cfg.max_restarts + 1):
                 try:
                     shards.append(ray.get(ref))
@@ -80,8 +120,8 @@ class RolloutGroup:
                         ) from e
                     log.warning("rollout worker %d died (%s); re-sampling its shard after restart", i, e)
                     self.resampled_shards += 1
-                    self._reload(self.workers[i])
-                    ref = self.workers[i].sample.remote(items, self._version)
+                    self._wait_restarted(self.workers[i])
+                    ref = self.workers[i].sample_at.remote(items, version, [self._weights_of[version]])
         return RolloutBatch.cat(shards)
 
     def sample(self, items: list[GroupedItem], version: int) -> RolloutBatch:
@@ -91,20 +131,25 @@ class RolloutGroup:
         """Send the sampling LoRA to every worker: one ray.put, every worker gets the reference."""
         self._weights = ray.put(state)
         self._version = version
-        ray.get([w.load_weights.remote(self._weights, version) for w in self.workers])
+        self._weights_of[version] = self._weights
+        for old in [v for v in self._weights_of if v < version - self.cfg.max_staleness - 1]:
+            del self._weights_of[old]
+        refs = [w.load_weights.remote(self._weights, version) for w in self.workers]
+        for i, ref in enumerate(refs):
+            try:
+                ray.get(ref)
+            except RayActorError as e:  # restarting: sample_at loads these weights first
+                log.warning("rollout worker %d died while loading version %d (%s)", i, version, e)
 
     def close(self) -> None:
         for w in self.workers:
             ray.kill(w)
 
-    def _reload(self, worker: Any, timeout_s: float = 120.0) -> None:
+    def _wait_restarted(self, worker: Any, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         while True:  # the restarted actor answers once its constructor has run again
             try:
-                if self._weights is not None:
-                    ray.get(worker.load_weights.remote(self._weights, self._version))
-                else:
-                    ray.get(worker.__ray_ready__.remote())
+                ray.get(worker.__ray_ready__.remote())
                 return
             except RayActorError:
                 if time.monotonic() > deadline:
@@ -119,6 +164,7 @@ class LearnerRank:
         self.rank = rank
         self.world_size = world_size
         self.learner: Any = None
+        self.trained_ids: set[str] = set()  # every edit this rank has trained on (this process)
 
     def endpoint(self) -> tuple[str, int]:
         """This node's address and a free port (used by rank 0 as the rendezvous)."""
@@ -140,13 +186,20 @@ class LearnerRank:
         self.learner = Learner(policy_cfg, cfg, rank=self.rank, world_size=self.world_size)
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+        again = self.trained_ids.intersection(batch.edit_ids)
+        if again:
+            raise ValueError(f"learner rank {self.rank}: edits {sorted(again)[:4]} were already trained on")
         metrics = self.learner.update(batch, advantages, valid)
+        self.trained_ids.update(batch.edit_ids)
         if self.rank == 0:  # already reduced over ranks
             record_learner(metrics)
         return metrics
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return self.learner.sampling_weights()
+
+    def trained_edits(self) -> int:
+        return len(self.trained_ids)
 
     def save(self, run_dir: str, extra_state: dict, keep_last: int) -> str:
         return str(self.learner.save(run_dir, extra_state, keep_last))
@@ -158,9 +211,16 @@ class LearnerRank:
 class LearnerGroup:
     """`world_size` LearnerRank actors; each update splits the epoch's edits into per-rank shards."""
 
-    def __init__(self, policy_cfg: PolicyConfig, cfg: LearnerConfig) -> None:
-        actor = ray.remote(LearnerRank).options(num_cpus=cfg.cpus_per_rank, num_gpus=cfg.gpus_per_rank)
-        self.ranks = [actor.remote(r, cfg.world_size) for r in range(cfg.world_size)]
+    def __init__(
+        self, policy_cfg: PolicyConfig, cfg: LearnerConfig, placement: Optional[Placement] = None
+    ) -> None:
+        actor = ray.remote(LearnerRank)
+        self.ranks = [
+            actor.options(
+                **(placement.learner(r) if placement else _resources(cfg.cpus_per_rank, cfg.gpus_per_rank))
+            ).remote(r, cfg.world_size)
+            for r in range(cfg.world_size)
+        ]
         master_addr, master_port = ray.get(self.ranks[0].endpoint.remote())
         ray.get([r.setup.remote(policy_cfg, cfg, master_addr, master_port) for r in self.ranks])
 
@@ -174,6 +234,10 @@ class LearnerGroup:
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return ray.get(self.ranks[0].sampling_weights.remote())
+
+    def trained_edits(self) -> int:
+        """Distinct edits the ranks have trained on (each edit goes to exactly one rank)."""
+        return sum(ray.get([r.trained_edits.remote() for r in self.ranks]))
 
     def save(self, run_dir: str, extra_state: dict, keep_last: int) -> str:
         """Collective checkpoint under run_dir/checkpoints; returns its directory."""

@@ -3,6 +3,13 @@ server (rewards.server.BackgroundServer around the service's Scorer), plus a cli
 their addresses. Replicas can be added or removed while training runs (`scale`); an external service
 is used by address instead (`rewards.addresses`).
 
+Faults: a replica that dies is routed around by the client (UNAVAILABLE is retried on another
+replica) and restarted by Ray (max_restarts); a restarted replica serves on a new port, and `refresh`
+re-registers it with the client (after every scoring call, and at once when a call failed for good,
+which is then repeated: scores are pure functions of the edits, so nothing is counted twice).
+Autoscaling: with `rewards.<name>.target_score_s`, `autoscale` adds or removes one replica per epoch
+within [min_replicas, max_replicas] from the time the epoch's scoring took.
+
 Why Ray actors hosting our own gRPC servers rather than Ray Serve deployments: the reward contract is
 gRPC with health, reflection and per-edit errors, used by the same client whether the service runs on
 Ray, standalone (`cocoedit serve`) or elsewhere; actors keep that one code path and give placement,
@@ -13,13 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Optional
 
 import ray
 from ray.exceptions import RayActorError
 
+from cluster.placement import PlacementError, check_available
 from rewards.base import EditOutcome
+from rewards.client import RewardServiceError
 from rewards.config import RewardsConfig
 
 log = logging.getLogger(__name__)
@@ -49,6 +60,14 @@ class RewardReplica:
     def address(self) -> str:
         return self.server.address
 
+    def stats(self) -> dict[str, Any]:
+        """This replica's process id, address and the Score calls it has accepted."""
+        return {
+            "pid": os.getpid(),
+            "address": self.address(),
+            "score_calls": self.server.server.servicer.score_calls,
+        }
+
     def stop(self) -> None:
         self.server.stop()
 
@@ -62,6 +81,8 @@ class RewardServices:
         self.cfg = cfg
         self.replicas: dict[str, list[Any]] = {}
         self.clients: dict[str, RewardClient] = {}
+        self.last_score_s: dict[str, float] = {}  # wall time of each service in the last `score`
+        self.restarts_seen = 0  # replicas that came back on a new address, or were replaced
         for name in cfg.weights:
             if name in cfg.addresses:
                 addresses = list(cfg.addresses[name])
@@ -90,32 +111,141 @@ class RewardServices:
     def addresses(self, name: str) -> list[str]:
         return list(self.clients[name].addresses)
 
-    def scale(self, name: str, replicas: int) -> None:
-        """Grow or shrink service `name` to `replicas` replicas without interrupting scoring."""
+    def stats(self, name: str) -> list[dict[str, Any]]:
+        """RewardReplica.stats of every live replica of `name`."""
+        return ray.get([r.stats.remote() for r in self.replicas[name]])
+
+    def scale(self, name: str, replicas: int, wait: bool = True) -> None:
+        """Grow or shrink service `name` to `replicas` replicas without interrupting scoring.
+
+        Growing checks the free resources first and raises PlacementError (naming the service) when
+        the cluster cannot host the new replicas; nothing is started then. With wait=False new
+        replicas join the client once they serve (`refresh`, before every scoring call).
+        """
+        if name not in self.replicas:
+            raise ValueError(
+                f"reward service {name!r} is external (rewards.addresses) or unknown: cannot scale it"
+            )
         current = self.replicas[name]
         if replicas < 1:
             raise ValueError(f"{name}: replicas={replicas} must be >= 1")
         if replicas > len(current):
-            new = [self._start(name) for _ in range(replicas - len(current))]
-            ray.get([r.address.remote() for r in new])
+            section = service_config(self.cfg, name)
+            more = replicas - len(current)
+            check_available(
+                f"reward service {name} replicas",
+                more * section.cpus_per_replica,
+                more * getattr(section, "gpus_per_replica", 0.0),
+                f"rewards.{name}.max_replicas",
+            )
+            new = [self._start(name) for _ in range(more)]
             current.extend(new)
+            if not wait:
+                log.info("reward service %s: starting %d more replicas", name, more)
+                return
+            ray.get([r.address.remote() for r in new])
         else:
             for r in current[replicas:]:
                 try:
                     ray.get(r.stop.remote())
                 except RayActorError:
                     pass  # already gone
-                ray.kill(r)
+                ray.kill(r, no_restart=True)
             del current[replicas:]
         self.clients[name].set_addresses(ray.get([r.address.remote() for r in current]))
+        log.info("reward service %s now has %d replicas: %s", name, len(current), self.addresses(name))
+
+    def autoscale(self) -> dict[str, int]:
+        """One step of every service with `target_score_s`, from the last `score`; {service: replicas}."""
+        for name, reps in self.replicas.items():
+            section = service_config(self.cfg, name)
+            target = getattr(section, "target_score_s", None)
+            took = self.last_score_s.get(name)
+            if target is None or took is None:
+                continue
+            n = len(reps)
+            want = n
+            if took > target and n < section.max_replicas:
+                want = n + 1
+            elif n > section.min_replicas and took * n / (n - 1) < 0.5 * target:
+                want = n - 1
+            want = max(section.min_replicas, min(section.max_replicas, want))
+            if want != n:
+                try:
+                    self.scale(name, want, wait=False)
+                except PlacementError as e:
+                    log.warning("autoscaling %s to %d replicas skipped: %s", name, want, e)
+        return {name: len(reps) for name, reps in self.replicas.items()}
+
+    def refresh(self, name: str, wait_s: float = 1.0) -> list[str]:
+        """Re-register the replicas of `name` with its client: a replica Ray restarted serves on a new
+        port; one dead for good (restarts used up) is replaced. Replicas still starting join later."""
+        reps = self.replicas[name]
+        refs = [r.address.remote() for r in reps]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+        ready_set = set(ready)
+        addresses = []
+        for i, ref in enumerate(refs):
+            if ref not in ready_set:
+                continue  # (re)starting: registers on a later refresh
+            try:
+                addresses.append(ray.get(ref))
+            except RayActorError as e:
+                log.warning(
+                    "reward service %s: replica %d is gone for good (%s); starting a new one", name, i, e
+                )
+                reps[i] = self._start(name)
+                self.restarts_seen += 1
+        client = self.clients[name]
+        if addresses and sorted(addresses) != sorted(client.addresses):
+            new = set(addresses) - set(client.addresses)
+            if new:
+                log.warning("reward service %s: replicas re-registered at %s", name, sorted(new))
+                self.restarts_seen += len(new)
+            client.set_addresses(addresses)
+        return addresses
 
     def score(self, edits: list[Any]) -> dict[str, list[EditOutcome]]:
         """Score protobuf Edits with every service concurrently; {service: outcomes in edit order}."""
-        futures = {name: self._pool.submit(c.score, edits) for name, c in self.clients.items()}
+        futures = {name: self._pool.submit(self._score_service, name, edits) for name in self.clients}
         return {name: f.result() for name, f in futures.items()}
+
+    def _score_service(self, name: str, edits: list[Any]) -> list[EditOutcome]:
+        t0 = time.perf_counter()
+        client = self.clients[name]
+        if name in self.replicas:
+            self.refresh(name, wait_s=0.5)  # replicas restarted or added meanwhile (re-)register
+        try:
+            out = client.score(edits)
+        except RewardServiceError as e:
+            if name not in self.replicas:
+                raise  # an external service: nothing here can restart it
+            log.warning("reward service %s failed (%s); waiting for its replicas to come back", name, e)
+            self._wait_back(name, self.cfg.client.ready_timeout_s)
+            out = client.score(edits)  # the same edits again: scoring is a pure function of them
+        self.last_score_s[name] = time.perf_counter() - t0
+        return out
+
+    def _wait_back(self, name: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            addresses = self.refresh(name, wait_s=min(5.0, max(0.1, deadline - time.monotonic())))
+            live: Optional[list[str]] = None
+            if addresses:
+                try:
+                    live = self.clients[name].wait_ready(min(5.0, max(0.1, deadline - time.monotonic())))
+                except TimeoutError:
+                    live = None
+            if live:
+                return
+            if time.monotonic() > deadline:
+                raise RewardServiceError(
+                    f"reward service {name!r}: no replica came back within {timeout_s:g} s "
+                    f"(rewards.client.ready_timeout_s); see the replicas' logs in the Ray dashboard"
+                )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
         for reps in self.replicas.values():
             for r in reps:
-                ray.kill(r)
+                ray.kill(r, no_restart=True)

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import copy
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
+from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
 from actors.data import EpochSampler, grouped_items, load_items
@@ -30,6 +33,7 @@ from cluster.config import Config, ConfigError, dump_config, load_config
 from cluster.groups import LearnerGroup, RolloutGroup
 from cluster.launch import init_ray, resolve_models
 from cluster.metrics import record_epoch
+from cluster.placement import Placement
 from cluster.runlog import RunLog
 from cluster.services import RewardServices
 from learner.advantages import score_groups
@@ -49,24 +53,67 @@ class Pending:
     epoch: int
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict[str, float]]:
-    """Run cfg.run.epochs epochs (or the remaining ones with resume); returns each epoch's metrics."""
+class LearnerFailure(RuntimeError):
+    """The learner died or raised: the run stops; the message names the checkpoint to resume from."""
+
+
+Hook = Callable[[int, dict[str, Any]], None]
+
+
+def train(
+    cfg: Config, resume: bool = False, progress: bool = True, on_epoch_end: Optional[Hook] = None
+) -> list[dict[str, float]]:
+    """Run cfg.run.epochs epochs (or the remaining ones with resume); returns each epoch's metrics.
+
+    `on_epoch_end(epoch, handles)` is called after each epoch with handles = {"rollout", "learner",
+    "services"}, while the next batch is being sampled (fault and scaling tests use it).
+    """
     ckpt = _checkpoint_to_resume(cfg) if resume else None  # before anything starts
-    cfg = resolve_models(cfg)
-    items = {item.item_id: item for item in load_items(cfg.data)}
-    sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
     init_ray(cfg.run)
-    runlog = RunLog(cfg.run.run_dir, dump_config(cfg))
-    rollout = RolloutGroup(cfg.policy, cfg.rollout)
-    learner = LearnerGroup(cfg.policy, cfg.learner)
-    services = RewardServices(cfg.rewards)
+    placement = Placement(cfg)  # first: fails within run.placement_timeout_s, naming the role
+    closing: list[Any] = [placement]
+    try:
+        cfg = resolve_models(cfg)
+        items = {item.item_id: item for item in load_items(cfg.data)}
+        sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
+        runlog = RunLog(cfg.run.run_dir, dump_config(cfg))
+        closing.insert(0, runlog)
+        learner = LearnerGroup(cfg.policy, cfg.learner, placement)
+        closing.insert(0, learner)
+        rollout = RolloutGroup(cfg.policy, cfg.rollout, placement)
+        closing.insert(0, rollout)
+        services = RewardServices(cfg.rewards)
+        closing.insert(0, services)
+        handles = {"rollout": rollout, "learner": learner, "services": services}
+        return _loop(cfg, ckpt, items, sampler, runlog, handles, progress, on_epoch_end)
+    finally:
+        for part in closing:
+            _close(part)
+
+
+def _loop(
+    cfg: Config,
+    ckpt: Optional[Path],
+    items: dict[str, EditItem],
+    sampler: EpochSampler,
+    runlog: RunLog,
+    handles: dict[str, Any],
+    progress: bool,
+    on_epoch_end: Optional[Hook],
+) -> list[dict[str, float]]:
+    rollout: RolloutGroup = handles["rollout"]
+    learner: LearnerGroup = handles["learner"]
+    services: RewardServices = handles["services"]
     version, start = 0, 0
     if ckpt is not None:
         version, start = _resume(ckpt, learner, sampler)
-    rollout.load(learner.sampling_weights(), version)
+    guard = LearnerGuard(cfg, ckpt)
+    with guard.during("loading the sampling weights", start):
+        rollout.load(learner.sampling_weights(), version)
 
     queue: collections.deque[Pending] = collections.deque()
     next_draw = start
+    sampled = 0  # edits drawn for training by this invocation; the learner counts what it trained on
 
     def refill(limit: int) -> None:
         nonlocal next_draw
@@ -86,6 +133,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
         t0 = time.perf_counter()
         pending = queue.popleft()
         batch = rollout.gather(pending.refs)  # sample
+        sampled += len(batch)
         t_sample = time.perf_counter()
         refill(cfg.rollout.max_staleness)  # next batches sample while this one is scored and trained on
         outcomes = services.score(to_edits(batch))  # score
@@ -95,12 +143,16 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
             torch.as_tensor(rewards, dtype=torch.float32), batch.group_ids, batch.item_ids, cfg.learner
         )
         sampler.ban([i for i in groups.banned_items if i not in sampler.banned])  # advantages
-        metrics = learner.update(batch, groups.advantages, groups.valid)  # update
+        with guard.during("updating", epoch):
+            metrics = learner.update(batch, groups.advantages, groups.valid)  # update
+            weights = learner.sampling_weights()
+            trained = learner.trained_edits()
         t_update = time.perf_counter()
         version += 1
-        rollout.load(learner.sampling_weights(), version)  # sync
+        rollout.load(weights, version)  # sync
         refill(1)
         t_sync = time.perf_counter()
+        replicas = services.autoscale()
 
         row = {
             **metrics,
@@ -108,6 +160,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
             "reward/mean": float(np.mean(rewards)),
             **{f"reward/{k}": float(np.mean(v)) for k, v in parts.items()},
             **_component_means(outcomes),
+            **{f"reward/{k}_replicas": float(n) for k, n in replicas.items()},
             "policy/version": float(version),
             "policy/lag": float(version - 1 - batch.policy_version),
             "time/sample_s": t_sample - t0,
@@ -116,6 +169,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
             "time/sync_s": t_sync - t_update,
             "time/epoch_s": t_sync - t0,
             "samples/edits": float(len(batch)),
+            "samples/sampled_total": float(sampled),
+            "samples/trained_total": float(trained),
+            "samples/resampled_shards": float(rollout.resampled_shards),
+            "reward/replica_restarts": float(services.restarts_seen),
         }
         last = epoch == cfg.run.epochs - 1
         if cfg.run.eval_every and (epoch % cfg.run.eval_every == 0 or last):
@@ -130,15 +187,58 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict
             _log_group(runlog, epoch, batch, rewards)
         if (cfg.run.checkpoint_every and (epoch + 1) % cfg.run.checkpoint_every == 0) or last:
             next_state = queue[0].sampler_state if queue else sampler.state_dict()
-            learner.save(
-                cfg.run.run_dir,
-                {"epoch": epoch, "policy_version": version, "sampler": next_state},
-                cfg.run.keep_checkpoints,
-            )
-    runlog.close()
-    for group in (services, rollout, learner):
-        group.close()
+            with guard.during("saving a checkpoint", epoch):
+                saved = learner.save(
+                    cfg.run.run_dir,
+                    {"epoch": epoch, "policy_version": version, "sampler": next_state},
+                    cfg.run.keep_checkpoints,
+                )
+            guard.saved(Path(saved), epoch)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, handles)
     return history
+
+
+class LearnerGuard:
+    """Turns a learner failure into LearnerFailure naming the checkpoint to resume from."""
+
+    def __init__(self, cfg: Config, resumed_from: Optional[Path]) -> None:
+        self.cfg = cfg
+        self.latest = resumed_from
+        self.latest_epoch: Optional[int] = None
+
+    def saved(self, path: Path, epoch: int) -> None:
+        self.latest, self.latest_epoch = path, epoch
+
+    @contextlib.contextmanager
+    def during(self, what: str, epoch: int) -> Iterator[None]:
+        try:
+            yield
+        except (RayActorError, RayTaskError) as e:
+            latest = latest_checkpoint(self.cfg.run.run_dir) or self.latest
+            if latest is None:
+                how = "no checkpoint was written yet: start the run again (without --resume)"
+            else:
+                how = (
+                    f"resume from checkpoint {latest} with `cocoedit train --resume` and the same config and "
+                    f"overrides (run.run_dir={self.cfg.run.run_dir})"
+                )
+            raise LearnerFailure(
+                f"the learner failed while {what} at epoch {epoch}: {type(e).__name__}: {_first_line(e)}. "
+                f"The run stops; {how}"
+            ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[-1] if text else repr(e)
+
+
+def _close(part: Any) -> None:
+    try:
+        part.close() if hasattr(part, "close") else part.remove()
+    except Exception as e:  # noqa: BLE001 - tearing down after a failure must not hide it
+        log.warning("closing %s: %s", type(part).__name__, e)
 
 
 def fixed_eval_items(items: list[EditItem], n_items: int, n_seeds: int) -> list[GroupedItem]:

@@ -33,9 +33,12 @@ class PixelConfig:
     # CPU: chunks of a request are scored by this many threads, each running torch single-threaded
     # (0 = one per core); the service sets torch.set_num_threads(1) in its process when it loads.
     threads: int = 0
-    replicas: int = 1
-    min_replicas: int = 1
+    replicas: int = 1  # at start
+    min_replicas: int = 1  # autoscaling bounds
     max_replicas: int = 4
+    # Autoscaling (cluster/services.py): after each epoch one replica is added when scoring the epoch
+    # took longer than this, one removed when one fewer would still take under half of it. None = fixed.
+    target_score_s: Optional[float] = None
     cpus_per_replica: float = 1.0
     server: ServerConfig = field(default_factory=ServerConfig)
 
@@ -62,9 +65,10 @@ class JudgeConfig:
     generate_timeout_s: float = 120.0  # per engine request; past it the call fails (INTERNAL), never hangs
     enforce_eager: Optional[bool] = None  # None = True on CPU (no graphs/compile there), False on GPU
     tiny_judge_dir: str = "~/.cache/cocoedit/tiny_judge"  # where model_path=None builds the tiny judge
-    replicas: int = 1
-    min_replicas: int = 1
+    replicas: int = 1  # at start
+    min_replicas: int = 1  # autoscaling bounds
     max_replicas: int = 4
+    target_score_s: Optional[float] = None  # see PixelConfig
     gpus_per_replica: float = 1.0
     cpus_per_replica: float = 1.0
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -75,7 +79,10 @@ class SyntheticJudgeConfig:
     """Exact instruction-following score for the synthetic task (known target)."""
 
     enabled: bool = False
-    replicas: int = 1
+    replicas: int = 1  # at start
+    min_replicas: int = 1  # autoscaling bounds
+    max_replicas: int = 4
+    target_score_s: Optional[float] = None  # see PixelConfig
     cpus_per_replica: float = 0.5
     server: ServerConfig = field(default_factory=ServerConfig)
 

@@ -1,0 +1,101 @@
+"""Faults and scaling during a real tiny run: replicas and workers die, services grow; nothing is lost."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import ray
+
+from cluster.config import load_config
+from cluster.train import LearnerFailure, train
+from learner.checkpoint import latest_checkpoint
+from tests.cluster.test_train import TINY
+
+EDITS_PER_EPOCH = 2 * 4  # data.n_items x data.group_size of TINY
+
+
+@pytest.fixture()
+def cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path_factory.getbasetemp() / "faults-cache"  # one tiny editor for the module
+    monkeypatch.setenv("COCOEDIT_CACHE", str(path))
+    return path
+
+
+def test_scaling_and_faults_mid_run_lose_no_sample(ray_local, cache: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """Epoch 0: grow pixel 1 -> 2 replicas. Epoch 1: SIGKILL one pixel replica and kill the rollout
+    worker while it samples the next batch. The run finishes; every sampled edit is trained on once."""
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "run.epochs=4",
+            "run.eval_every=0",
+            "run.image_every=0",
+            "run.checkpoint_every=0",
+            "rewards.pixel.replicas=1",
+            "rewards.client.batch_edits=2",  # 4 requests per epoch: both replicas get work
+            f"run.run_dir={tmp_path / 'run'}",
+        ],
+    )
+    seen: dict[str, object] = {}
+
+    def on_epoch_end(epoch: int, handles: dict) -> None:
+        services, rollout = handles["services"], handles["rollout"]
+        if epoch == 0:
+            services.scale("pixel", 2)
+            seen["added"] = services.stats("pixel")[1]["pid"]
+        if epoch == 1:
+            seen["pixel_calls_before_kill"] = [s["score_calls"] for s in services.stats("pixel")]
+            victim = services.stats("pixel")[0]
+            seen["killed_address"] = victim["address"]
+            os.kill(victim["pid"], signal.SIGKILL)  # a crash, not a polite stop
+            ray.kill(
+                rollout.workers[0], no_restart=False
+            )  # Ray restarts it; its shard in flight is re-sampled
+        if epoch == 3:
+            seen["final_stats"] = services.stats("pixel")
+            seen["addresses"] = services.addresses("pixel")
+
+    history = train(cfg, progress=False, on_epoch_end=on_epoch_end)
+
+    assert len(history) == 4
+    last = history[-1]
+    assert last["samples/sampled_total"] == last["samples/trained_total"] == 4 * EDITS_PER_EPOCH
+    assert [row["samples/edits"] for row in history] == [EDITS_PER_EPOCH] * 4
+    assert last["samples/resampled_shards"] >= 1  # the killed worker's shard was sampled again
+    # the replica added at epoch 0 served requests from epoch 1 on
+    calls_before = seen["pixel_calls_before_kill"]
+    assert calls_before[1] > 0
+    # the killed replica was restarted by Ray on a new port and re-registered with the client
+    final = seen["final_stats"]
+    assert len(final) == 2 and seen["killed_address"] not in seen["addresses"]
+    assert sorted(s["address"] for s in final) == sorted(seen["addresses"])
+    assert last["reward/replica_restarts"] >= 1
+    assert last["reward/pixel_replicas"] == 2
+    assert all(0.0 <= row["reward/mean"] <= 1.0 for row in history)
+
+
+def test_learner_failure_names_the_checkpoint_to_resume_from(ray_local, cache: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "run.epochs=3",
+            "run.eval_every=0",
+            "run.image_every=0",
+            "run.checkpoint_every=1",
+            f"run.run_dir={tmp_path / 'run'}",
+        ],
+    )
+
+    def on_epoch_end(epoch: int, handles: dict) -> None:
+        if epoch == 0:
+            ray.kill(handles["learner"].ranks[0], no_restart=True)
+
+    with pytest.raises(LearnerFailure) as e:
+        train(cfg, progress=False, on_epoch_end=on_epoch_end)
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt is not None
+    msg = str(e.value)
+    assert "at epoch 1" in msg and str(ckpt) in msg and "cocoedit train --resume" in msg
