@@ -1,0 +1,88 @@
+"""Reward services on Ray: autoscaling within bounds, resource checks, a lone replica that crashes."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from cluster.config import load_config
+from cluster.placement import PlacementError
+from cluster.services import RewardServices
+from rewards.client import make_edit
+
+
+def _edits(n: int) -> list:
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:16, 8:16] = 255
+    out = []
+    for i in range(n):
+        edited = src.copy()
+        edited[8:16, 8:16] = i * 20
+        out.append(make_edit(f"e{i}", "g0", 0, "paint the square", src, edited, mask))
+    return out
+
+
+def _services(*overrides: str) -> RewardServices:
+    cfg = load_config(
+        None, ["rewards.weights={pixel: 1.0}", "rewards.pixel.cpus_per_replica=0.25", *overrides]
+    )
+    return RewardServices(cfg.rewards)
+
+
+def test_autoscaling_grows_and_shrinks_within_bounds(ray_local) -> None:  # noqa: ANN001
+    slow = _services("rewards.pixel.target_score_s=1e-6", "rewards.pixel.max_replicas=2")  # always too slow
+    try:
+        first = slow.score(_edits(4))["pixel"]
+        assert slow.autoscale() == {"pixel": 2}
+        slow.score(_edits(4))
+        assert slow.autoscale() == {"pixel": 2}  # max_replicas holds
+        # the replica started without waiting joins the client at the next scoring call, once it serves
+        for _ in range(40):
+            again = slow.score(_edits(4))["pixel"]
+            if len(slow.addresses("pixel")) == 2:
+                break
+        assert len(slow.addresses("pixel")) == 2
+        assert [o.score for o in again] == [o.score for o in first]  # same edits, same scores on any replica
+    finally:
+        slow.close()
+    fast = _services(
+        "rewards.pixel.replicas=2", "rewards.pixel.target_score_s=1e6", "rewards.pixel.min_replicas=1"
+    )
+    try:
+        fast.score(_edits(4))
+        assert fast.autoscale() == {"pixel": 1}
+        assert len(fast.addresses("pixel")) == 1
+        fast.score(_edits(4))
+        assert fast.autoscale() == {"pixel": 1}  # min_replicas holds
+    finally:
+        fast.close()
+
+
+def test_scaling_past_the_free_resources_fails_naming_the_service(ray_local) -> None:  # noqa: ANN001
+    services = _services()
+    try:
+        with pytest.raises(
+            PlacementError, match=r"reward service pixel replicas: one more asks for \d+(\.\d+)? CPU"
+        ):
+            services.scale("pixel", 40)
+        assert len(services.replicas["pixel"]) == 1  # nothing was started
+    finally:
+        services.close()
+
+
+def test_a_lone_replica_that_crashes_is_waited_for_and_the_call_repeated(ray_local) -> None:  # noqa: ANN001
+    services = _services("rewards.client.retries=1", "rewards.client.backoff_s=0.05")
+    try:
+        before = services.score(_edits(3))["pixel"]
+        (stats,) = services.stats("pixel")
+        os.kill(stats["pid"], signal.SIGKILL)
+        after = services.score(_edits(3))["pixel"]  # fails on the dead port, waits for the restart, repeats
+        assert [o.score for o in after] == [o.score for o in before]
+        (restarted,) = services.stats("pixel")
+        assert restarted["pid"] != stats["pid"] and services.addresses("pixel") == [restarted["address"]]
+        assert services.restarts_seen >= 1
+    finally:
+        services.close()
