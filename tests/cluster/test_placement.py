@@ -130,3 +130,19 @@ def test_colocated_actors_land_in_the_same_bundle(ray_local) -> None:  # noqa: A
         ray.kill(b)
     finally:
         placement.remove()
+
+
+@pytest.mark.parametrize(
+    ("name", "nodes"),
+    [("flux_kontext_8gpu.yaml", 1), ("qwen_image_edit_16gpu.yaml", 2)],
+)
+def test_shipped_cluster_configs_fit_the_clusters_they_name(name: str, nodes: int) -> None:
+    from cluster.config import CONFIG_DIR
+
+    cfg = load_config(CONFIG_DIR / name)
+    node = {"CPU": 96.0, "GPU": 8.0}
+    check_cluster(demands(cfg), {"CPU": 96.0 * nodes, "GPU": 8.0 * nodes}, [node] * nodes)
+    gpus = sum(d.total("GPU") for d in demands(cfg))
+    assert gpus == 8 * nodes  # every GPU has a role, none is asked twice
+    with pytest.raises(PlacementError, match="short by"):
+        check_cluster(demands(cfg), {"CPU": 96.0 * nodes, "GPU": 8.0 * nodes - 1}, [node] * nodes)
