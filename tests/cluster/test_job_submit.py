@@ -1,0 +1,185 @@
+"""`ray job submit` of the tiny run to a `ray start` cluster, and the run's metrics in its Prometheus export.
+
+The cluster is a second Ray cluster on this machine beside the suite's in-process one (conftest
+`ray_local`), so it must not touch that one or a colleague's run:
+  - its own free ports for every Ray service, all on 127.0.0.1 (LOOPBACK_ENV);
+  - its own short --temp-dir (unix socket paths must stay under 108 bytes): `ray start` writes the
+    address file that a later plain `ray.init()` would join there, not in /tmp/ray;
+  - `ray start --block` in a process group of its own: SIGTERM to it stops its processes, then that
+    group and any process left that names our temp dir are killed. Never `ray stop`: it kills every
+    Ray cluster of the user.
+The working directory is uploaded as the README says: `RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1` plus
+explicit excludes, because .gitignore lists the generated gRPC code the job needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cluster.loopback import LOOPBACK_ENV, free_port
+from learner.checkpoint import latest_checkpoint
+from tests.cluster.test_metrics import Seen
+from tests.cluster.test_train import TINY
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = Path(sys.executable).parent / "ray"
+# What the working-dir upload leaves out (README, "Running on a GPU cluster"); the rest is ~0.7 MB.
+EXCLUDES = [".git", ".venv", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", ".cache"]
+
+
+def _get_json(url: str) -> dict:
+    return json.loads(urllib.request.urlopen(url, timeout=10).read().decode())
+
+
+def _wait_http(url: str, head: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if head.poll() is not None:
+            raise RuntimeError(f"`ray start` exited with {head.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{url} did not answer in {timeout_s} s:\n{log.read_text()[-3000:]}"
+                ) from None
+            time.sleep(0.5)
+
+
+def _stop(head: subprocess.Popen, temp_dir: str) -> None:
+    """SIGTERM `ray start --block` (it stops its processes), then SIGKILL whatever of ours is left."""
+    head.terminate()
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        head.kill()
+        head.wait(timeout=10)
+    try:
+        os.killpg(head.pid, signal.SIGKILL)  # its process group
+    except ProcessLookupError:
+        pass
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if temp_dir.encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass  # gone meanwhile, or not ours to read
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):  # noqa: ANN201 - yields (dashboard url, metrics url, job env)
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ports = {
+        name: free_port()
+        for name in (
+            "port",
+            "dashboard-port",
+            "metrics-export-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
+    }
+    env = {
+        **os.environ,
+        **LOOPBACK_ENV,
+        "PATH": f"{RAY.parent}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this venv's
+        "OMP_NUM_THREADS": "1",
+        # Export every second (default 10 s): the test reads the driver's gauges while the job runs.
+        "RAY_metrics_report_interval_ms": "1000",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # SIGTERM stops at once (default: drains 30 s)
+    }
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "ray_start.log"
+    cmd = [str(RAY), "start", "--head", "--block", "--num-cpus=2", "--disable-usage-stats"]
+    cmd += ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+    cmd += [f"--temp-dir={temp_dir}", *(f"--{k}={v}" for k, v in ports.items())]
+    with open(log, "w") as out:
+        head = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
+        _wait_http(f"{dashboard}/api/version", head, log, timeout_s=90)
+        yield dashboard, f"http://127.0.0.1:{ports['metrics-export-port']}/metrics", env
+    finally:
+        _stop(head, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ray_job_submit_trains_and_exports_metrics(cluster, tmp_path: Path) -> None:  # noqa: ANN001
+    dashboard, metrics, env = cluster
+    run_dir = tmp_path / "run"
+    job_id = f"cocoedit-test-{uuid.uuid4().hex[:8]}"
+    runtime_env = {
+        "excludes": EXCLUDES,
+        "env_vars": {"COCOEDIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
+    }
+    entrypoint = ["python", "-m", "cluster.train", "--config", "cluster/configs/tiny_cpu.yaml"]
+    entrypoint += [*TINY, "run.epochs=2", f"run.run_dir={run_dir}"]
+    subprocess.run(
+        [str(RAY), "job", "submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id]
+        + ["--no-wait", "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint],
+        cwd=REPO,
+        env={**env, "RAY_RUNTIME_ENV_IGNORE_GITIGNORE": "1"},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+    seen = Seen(metrics)  # scraped while the job runs: Ray drops a finished process's gauges
+    deadline = time.monotonic() + 400
+    status = "PENDING"
+    while status in ("PENDING", "RUNNING") and time.monotonic() < deadline:
+        time.sleep(1)
+        seen.update()
+        status = _get_json(f"{dashboard}/api/jobs/{job_id}")["status"]
+    logs = _get_json(f"{dashboard}/api/jobs/{job_id}/logs")["logs"]
+    (tmp_path / "job.log").write_text(logs)
+    assert status == "SUCCEEDED", f"job {status}; last of its log:\n{logs[-4000:]}"
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert latest_checkpoint(run_dir) is not None
+
+    # 2 epochs x (2 items x 4 edits), plus the fixed eval set (2 items x 2 seeds) at epochs 0 and 1
+    edits = 2 * 2 * 4 + 2 * 2 * 2
+    # per service one Score request per scoring (<= rewards.client.batch_edits edits): 2 epochs x (train + eval)
+    requests = 2 * 2
+    # counters of finished processes stay in the export; wait for the last report of each
+    seen.wait(lambda: seen.total("cocoedit_edits_sampled_total") == edits, timeout_s=30)
+    assert seen.total("cocoedit_edits_sampled_total") == edits  # rollout worker
+    assert seen.total("cocoedit_sample_seconds_total") > 0
+    for service in ("pixel", "synthetic"):
+        assert seen.total("cocoedit_reward_latency_s_count", service=service) == requests  # driver's client
+        assert seen.total("cocoedit_reward_requests_total", service=service) == requests  # the replica
+        assert seen.total("cocoedit_replicas", service=service) == 1
+    trained = [r for r in rows if not r.get("learner/skipped")]
+    assert seen.total("cocoedit_learner_step") == len(trained)  # learner rank 0
+    if trained:
+        assert seen.total("cocoedit_learner_loss", term="total") == pytest.approx(trained[-1]["loss/total"])
+    # the driver's gauges as it left them after the last epoch
+    assert seen.total("cocoedit_epoch") == 1
+    assert seen.total("cocoedit_queue_depth") == 0
+    assert seen.total("cocoedit_policy_lag") == 0
+    assert seen.total("cocoedit_reward_mean", component="mean") == pytest.approx(rows[1]["reward/mean"])
+    assert seen.total("cocoedit_reward_mean", component="synthetic") == pytest.approx(
+        rows[1]["reward/synthetic"]
+    )
+    assert seen.total("cocoedit_epoch_stage_s", stage="epoch") == pytest.approx(rows[1]["time/epoch_s"])
