@@ -75,20 +75,25 @@ def test_run_directory_has_metrics_images_and_checkpoint(run: tuple[Path, list[d
 
 
 def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    """Stop after epoch 1, `--resume` to epoch 3: the final LoRA equals an uninterrupted 3-epoch run's."""
+    """Interrupt the driver after epoch 1, `--resume`: the final LoRA equals an uninterrupted run's."""
     from safetensors.torch import load_file
 
     monkeypatch.setenv("COCOEDIT_CACHE", str(tmp_path / "cache"))
     base = [*TINY, "run.image_every=0", "run.checkpoint_every=1"]
     full = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'full'}"])
     train(full, progress=False)
-    cut = load_config(None, [*base, "run.epochs=2", f"run.run_dir={tmp_path / 'cut'}"])
-    train(cut, progress=False)
-    resumed = train(
-        load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'cut'}"]),
-        resume=True,
-        progress=False,
-    )
+    cut = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'cut'}"])
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(epoch: int, handles: dict) -> None:
+        if epoch == 1:  # the driver dies after epoch 1 (its checkpoint is written), epoch 2 in flight
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(cut, progress=False, on_epoch_end=interrupt)
+    resumed = train(cut, resume=True, progress=False)
     assert len(resumed) == 1  # only epoch 2 was left
     for adapter in ("default", "old"):
         a = load_file(str(latest_checkpoint(tmp_path / "full") / f"lora_{adapter}.safetensors"))
