@@ -33,7 +33,7 @@ from cluster.config import Config, ConfigError, dump_config, load_config
 from cluster.groups import LearnerGroup, RolloutGroup
 from cluster.launch import init_ray, resolve_models
 from cluster.metrics import record_epoch
-from cluster.placement import Placement
+from cluster.placement import Placement, PlacementError
 from cluster.runlog import RunLog
 from cluster.services import RewardServices
 from learner.advantages import score_groups
@@ -331,7 +331,11 @@ def cli_train(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 1
-    history = train(cfg, resume=args.resume)
+    try:
+        history = train(cfg, resume=args.resume)
+    except (PlacementError, LearnerFailure, FileNotFoundError) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     _print_summary(cfg, history)
     return 0
 
