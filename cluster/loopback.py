@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 LOOPBACK_ENV = {
     # Makes every Ray port bind 127.0.0.1 (measured: --node-ip-address alone is not enough).
@@ -24,9 +25,20 @@ LOOPBACK_ENV = {
 
 
 def apply_loopback_env() -> None:
-    """Set LOOPBACK_ENV in this process (inherited by every child it starts); existing values win."""
+    """Set LOOPBACK_ENV in this process (inherited by every child it starts); existing values win.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is imported; when it already is (the
+    `cocoedit train` driver imports it before it knows it will start a local cluster), its constant
+    is updated too, or the raylet and agents would still bind the machine's external address.
+    """
     for key, value in LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in (
+            "1",
+            "true",
+        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
