@@ -160,7 +160,7 @@ def _loop(
             "reward/mean": float(np.mean(rewards)),
             **{f"reward/{k}": float(np.mean(v)) for k, v in parts.items()},
             **_component_means(outcomes),
-            **{f"reward/{k}_replicas": float(n) for k, n in replicas.items()},
+            **{f"services/{k}_replicas": float(n) for k, n in replicas.items()},
             "policy/version": float(version),
             "policy/lag": float(version - 1 - batch.policy_version),
             "time/sample_s": t_sample - t0,
@@ -172,7 +172,7 @@ def _loop(
             "samples/sampled_total": float(sampled),
             "samples/trained_total": float(trained),
             "samples/resampled_shards": float(rollout.resampled_shards),
-            "reward/replica_restarts": float(services.restarts_seen),
+            "services/replica_restarts": float(services.restarts_seen),
         }
         last = epoch == cfg.run.epochs - 1
         if cfg.run.eval_every and (epoch % cfg.run.eval_every == 0 or last):
