@@ -1,1 +1,6 @@
-"""The reward contract (`reward.proto`) and its generated Python code (built by `python -m protos.build`)."""
+"""The reward contract (`reward.proto`) and its generated Python code (built by `python -m protos.build`,
+or here on first import when missing or stale)."""
+
+from protos.build import build as _build
+
+_build()

@@ -8,8 +8,8 @@ The cluster is a second Ray cluster on this machine beside the suite's in-proces
   - `ray start --block` in a process group of its own: SIGTERM to it stops its processes, then that
     group and any process left that names our temp dir are killed. Never `ray stop`: it kills every
     Ray cluster of the user.
-The working directory is uploaded as the README says: `RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1` plus
-explicit excludes, because .gitignore lists the generated gRPC code the job needs.
+The working directory is uploaded exactly as the README says, `--working-dir .`: Ray leaves out what
+.gitignore lists, the generated gRPC code included, which `import protos` rebuilds in the job's copy.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from tests.cluster.test_train import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).parent / "ray"
-# What the working-dir upload leaves out (README, "Running on a GPU cluster"); the rest is ~0.7 MB.
-EXCLUDES = [".git", ".venv", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", ".cache"]
 
 
 def _get_json(url: str) -> dict:
@@ -129,7 +127,6 @@ def test_ray_job_submit_trains_and_exports_metrics(cluster, tmp_path: Path) -> N
     run_dir = tmp_path / "run"
     job_id = f"cocoedit-test-{uuid.uuid4().hex[:8]}"
     runtime_env = {
-        "excludes": EXCLUDES,
         "env_vars": {"COCOEDIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
     }
     entrypoint = ["python", "-m", "cluster.train", "--config", "cluster/configs/tiny_cpu.yaml"]
@@ -138,7 +135,7 @@ def test_ray_job_submit_trains_and_exports_metrics(cluster, tmp_path: Path) -> N
         [str(RAY), "job", "submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id]
         + ["--no-wait", "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint],
         cwd=REPO,
-        env={**env, "RAY_RUNTIME_ENV_IGNORE_GITIGNORE": "1"},
+        env=env,
         check=True,
         capture_output=True,
         timeout=120,
