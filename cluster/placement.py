@@ -232,13 +232,13 @@ class Placement:
 
 
 def check_available(role: str, cpus: float, gpus: float, knobs: str) -> None:
-    """Fail now, naming `role`, if the cluster has not `cpus`/`gpus` free for one more actor."""
+    """Fail now, naming `role`, if the cluster has not `cpus`/`gpus` free for the actors about to start."""
     available = ray.available_resources()
     for resource, need in (("CPU", cpus), ("GPU", gpus)):
         have = available.get(resource, 0.0)
         if need > have + 1e-9:
             raise PlacementError(
-                f"{role}: one more asks for {need:g} {resource} but the cluster has {have:g} {resource} free "
+                f"{role}: the new ones ask for {need:g} {resource} but the cluster has {have:g} {resource} free "
                 f"(of {ray.cluster_resources().get(resource, 0.0):g}). Lower {knobs}, or add nodes"
             )
 

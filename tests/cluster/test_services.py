@@ -65,7 +65,7 @@ def test_scaling_past_the_free_resources_fails_naming_the_service(ray_local) -> 
     services = _services()
     try:
         with pytest.raises(
-            PlacementError, match=r"reward service pixel replicas: one more asks for \d+(\.\d+)? CPU"
+            PlacementError, match=r"reward service pixel replicas: the new ones ask for \d+(\.\d+)? CPU"
         ):
             services.scale("pixel", 40)
         assert len(services.replicas["pixel"]) == 1  # nothing was started
