@@ -1,6 +1,6 @@
 """The reward contract (`reward.proto`) and its generated Python code (built by `python -m protos.build`,
 or here on first import when missing or stale)."""
 
-from protos.build import build as _build
+from protos.codegen import build as _build
 
 _build()

@@ -10,7 +10,7 @@ apply_loopback_env()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from protos.build import build
+    from protos.codegen import build
 
     build()
 
