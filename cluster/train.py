@@ -193,7 +193,7 @@ def _loop(
                     {"epoch": epoch, "policy_version": version, "sampler": next_state},
                     cfg.run.keep_checkpoints,
                 )
-            guard.saved(Path(saved), epoch)
+            guard.saved(Path(saved))
         if on_epoch_end is not None:
             on_epoch_end(epoch, handles)
     return history
@@ -205,10 +205,9 @@ class LearnerGuard:
     def __init__(self, cfg: Config, resumed_from: Optional[Path]) -> None:
         self.cfg = cfg
         self.latest = resumed_from
-        self.latest_epoch: Optional[int] = None
 
-    def saved(self, path: Path, epoch: int) -> None:
-        self.latest, self.latest_epoch = path, epoch
+    def saved(self, path: Path) -> None:
+        self.latest = path
 
     @contextlib.contextmanager
     def during(self, what: str, epoch: int) -> Iterator[None]:
