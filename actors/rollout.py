@@ -54,9 +54,12 @@ class RolloutWorker:
         """Policy version of the `old` adapter this worker samples with."""
         return self._version
 
-    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
-        """Swap the sampling (`old`) LoRA for `state` (keys as EditPolicy.lora_state_dict gives them)."""
-        if version < self._version:
+    def load_weights(self, state: dict[str, torch.Tensor], version: int, allow_older: bool = False) -> None:
+        """Swap the sampling (`old`) LoRA for `state` (keys as EditPolicy.lora_state_dict gives them).
+
+        Versions only go forward unless `allow_older` (re-sampling a shard with the version it was
+        first drawn with, after the worker was restarted)."""
+        if version < self._version and not allow_older:
             raise ValueError(
                 f"load_weights(version={version}) is older than the loaded version {self._version}"
             )

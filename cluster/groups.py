@@ -27,10 +27,6 @@ from learner.config import LearnerConfig
 log = logging.getLogger(__name__)
 
 
-def _resources(cpus: float, gpus: float) -> dict[str, float]:
-    return {"num_cpus": cpus, "num_gpus": gpus}
-
-
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     """Contiguous [start, end) ranges splitting n items into `shards` nearly equal parts."""
     edges = np.linspace(0, n, shards + 1).round().astype(int)
@@ -45,8 +41,10 @@ def _rollout_actor() -> type:
     class RolloutActor(RolloutWorker):
         synced: Optional[int] = None  # the version the driver last loaded; None after a (re)start
 
-        def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
-            super().load_weights(state, version)
+        def load_weights(
+            self, state: dict[str, torch.Tensor], version: int, allow_older: bool = False
+        ) -> None:
+            super().load_weights(state, version, allow_older)
             self.synced = version
 
         def sample_at(self, items: list[GroupedItem], version: int, weights: list[Any]) -> RolloutBatch:
@@ -54,9 +52,7 @@ def _rollout_actor() -> type:
             restarted since) first loads weights[0] (an ObjectRef inside a list: fetched only then)."""
             if self.synced != version and weights[0] is not None:
                 log.warning("rollout worker (re)started: loading policy version %d before sampling", version)
-                # may be older than the version loaded since (a shard re-sampled with its own version)
-                self.policy.load_lora_state_dict(ray.get(weights[0]), "old")
-                self._version = self.synced = version
+                self.load_weights(ray.get(weights[0]), version, allow_older=True)
             return self.sample(items, version)
 
     return RolloutActor
@@ -70,25 +66,18 @@ class RolloutGroup:
     is used once: every item of the epoch is sampled and trained on exactly once.
     """
 
-    def __init__(
-        self, policy_cfg: PolicyConfig, rollout_cfg: RolloutConfig, placement: Optional[Placement] = None
-    ) -> None:
+    def __init__(self, policy_cfg: PolicyConfig, rollout_cfg: RolloutConfig, placement: Placement) -> None:
         self.cfg = rollout_cfg
         actor = ray.remote(_rollout_actor())
         self.workers = [
-            actor.options(
-                **(
-                    placement.rollout(i)
-                    if placement
-                    else _resources(rollout_cfg.cpus_per_worker, rollout_cfg.gpus_per_worker)
-                ),
-                max_restarts=rollout_cfg.max_restarts,
-            ).remote(policy_cfg, rollout_cfg)
+            actor.options(**placement.rollout(i), max_restarts=rollout_cfg.max_restarts).remote(
+                policy_cfg, rollout_cfg
+            )
             for i in range(rollout_cfg.num_workers)
         ]
-        self._weights: Optional[ray.ObjectRef] = None
         self._version = 0
-        # weights of recent versions: a shard in flight is re-sampled with its own version
+        # weights of the recent versions (None before the first load): a shard in flight when its
+        # worker died is re-sampled with the version it was drawn with
         self._weights_of: dict[int, Optional[ray.ObjectRef]] = {0: None}
         self.resampled_shards = 0
 
@@ -100,7 +89,12 @@ class RolloutGroup:
             raise ValueError(f"sampling version {version} but the workers hold version {self._version}")
         bounds = shard_bounds(len(items), len(self.workers))
         return [
-            (i, items[a:b], version, self.workers[i].sample_at.remote(items[a:b], version, [self._weights]))
+            (
+                i,
+                items[a:b],
+                version,
+                self.workers[i].sample_at.remote(items[a:b], version, [self._weights_of[version]]),
+            )
             for i, (a, b) in enumerate(bounds)
             if b > a  # more workers than edits: the idle ones get no shard
         ]
@@ -129,12 +123,11 @@ class RolloutGroup:
 
     def load(self, state: dict[str, torch.Tensor], version: int) -> None:
         """Send the sampling LoRA to every worker: one ray.put, every worker gets the reference."""
-        self._weights = ray.put(state)
+        weights = self._weights_of[version] = ray.put(state)
         self._version = version
-        self._weights_of[version] = self._weights
         for old in [v for v in self._weights_of if v < version - self.cfg.max_staleness - 1]:
             del self._weights_of[old]
-        refs = [w.load_weights.remote(self._weights, version) for w in self.workers]
+        refs = [w.load_weights.remote(weights, version) for w in self.workers]
         for i, ref in enumerate(refs):
             try:
                 ray.get(ref)
@@ -211,15 +204,10 @@ class LearnerRank:
 class LearnerGroup:
     """`world_size` LearnerRank actors; each update splits the epoch's edits into per-rank shards."""
 
-    def __init__(
-        self, policy_cfg: PolicyConfig, cfg: LearnerConfig, placement: Optional[Placement] = None
-    ) -> None:
+    def __init__(self, policy_cfg: PolicyConfig, cfg: LearnerConfig, placement: Placement) -> None:
         actor = ray.remote(LearnerRank)
         self.ranks = [
-            actor.options(
-                **(placement.learner(r) if placement else _resources(cfg.cpus_per_rank, cfg.gpus_per_rank))
-            ).remote(r, cfg.world_size)
-            for r in range(cfg.world_size)
+            actor.options(**placement.learner(r)).remote(r, cfg.world_size) for r in range(cfg.world_size)
         ]
         master_addr, master_port = ray.get(self.ranks[0].endpoint.remote())
         ray.get([r.setup.remote(policy_cfg, cfg, master_addr, master_port) for r in self.ranks])

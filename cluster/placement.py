@@ -155,7 +155,7 @@ class Placement:
 
     placement = Placement(cfg)                       # checks, reserves, waits <= placement_timeout_s
     actor.options(**placement.rollout(i)).remote()   # num_cpus, num_gpus, scheduling_strategy
-    placement.remove()
+    placement.close()
     """
 
     def __init__(self, cfg: Any) -> None:
@@ -194,7 +194,7 @@ class Placement:
             roles = [refs[r] for r in pending]
             asked = {role: self.groups[role].bundle_specs for role in roles}
             available = ray.available_resources()
-            self.remove()
+            self.close()
             raise PlacementError(
                 f"placement of {', '.join(roles)} not satisfied within run.placement_timeout_s={timeout_s:g} s: "
                 f"asked for bundles {asked}; the cluster has {_fmt(ray.cluster_resources())} in all and "
@@ -222,7 +222,8 @@ class Placement:
         lr = self.cfg.learner
         return self._options("learner ranks", index, lr.cpus_per_rank, lr.gpus_per_rank)
 
-    def remove(self) -> None:
+    def close(self) -> None:
+        """Remove the placement groups (the actors in them must be gone first)."""
         for pg in self.groups.values():
             try:
                 remove_placement_group(pg)

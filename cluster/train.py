@@ -235,7 +235,7 @@ def _first_line(e: BaseException) -> str:
 
 def _close(part: Any) -> None:
     try:
-        part.close() if hasattr(part, "close") else part.remove()
+        part.close()
     except Exception as e:  # noqa: BLE001 - tearing down after a failure must not hide it
         log.warning("closing %s: %s", type(part).__name__, e)
 

@@ -186,6 +186,10 @@ def test_load_weights_swaps_the_sampling_adapter(tiny_model_dir):
     assert all(torch.equal(default_before[k], default_after[k]) for k in default_before)
     with pytest.raises(ValueError, match="older"):
         worker.load_weights(state, version=0)
+    old = {k: v.clone() for k, v in worker.policy.lora_state_dict("old").items()}
+    worker.load_weights({k: torch.zeros_like(v) for k, v in old.items()}, version=0, allow_older=True)
+    assert worker.version == 0  # re-sampling a shard with the version it was drawn with
+    worker.load_weights(old, version=1)
     with pytest.raises(ValueError, match="one image size"):
         small = dataclasses.replace(items[0].item, source_image=torch.zeros(3, 16, 16, dtype=torch.uint8))
         worker.sample([items[0], dataclasses.replace(items[1], item=small)], policy_version=1)
