@@ -83,6 +83,7 @@ class RewardServices:
         self.clients: dict[str, RewardClient] = {}
         self.last_score_s: dict[str, float] = {}  # wall time of each service in the last `score`
         self.restarts_seen = 0  # replicas that came back on a new address, or were replaced
+        self._served_at: dict[Any, str] = {}  # replica handle -> the address it last served on
         for name in cfg.weights:
             if name in cfg.addresses:
                 addresses = list(cfg.addresses[name])
@@ -94,7 +95,7 @@ class RewardServices:
                         f"rewards.addresses.{name}, or drop it from rewards.weights"
                     )
                 self.replicas[name] = [self._start(name) for _ in range(section.replicas)]
-                addresses = ray.get([r.address.remote() for r in self.replicas[name]])
+                addresses = self._addresses_of(self.replicas[name])
             self.clients[name] = RewardClient(addresses, cfg.client, service=name)
         for client in self.clients.values():
             client.wait_ready(cfg.client.ready_timeout_s)
@@ -107,6 +108,12 @@ class RewardServices:
         if gpus:
             options["num_gpus"] = gpus
         return ray.remote(RewardReplica).options(**options).remote(name, self.cfg)
+
+    def _addresses_of(self, replicas: list[Any]) -> list[str]:
+        """The addresses `replicas` serve on (waits for them), remembered to tell restarts later."""
+        addresses = ray.get([r.address.remote() for r in replicas])
+        self._served_at.update(zip(replicas, addresses, strict=True))
+        return addresses
 
     def addresses(self, name: str) -> list[str]:
         return list(self.clients[name].addresses)
@@ -151,8 +158,9 @@ class RewardServices:
                 except RayActorError:
                     pass  # already gone
                 ray.kill(r, no_restart=True)
+                self._served_at.pop(r, None)
             del current[replicas:]
-        self.clients[name].set_addresses(ray.get([r.address.remote() for r in current]))
+        self.clients[name].set_addresses(self._addresses_of(current))
         log.info("reward service %s now has %d replicas: %s", name, len(current), self.addresses(name))
 
     def autoscale(self) -> dict[str, int]:
@@ -189,19 +197,22 @@ class RewardServices:
             if ref not in ready_set:
                 continue  # (re)starting: registers on a later refresh
             try:
-                addresses.append(ray.get(ref))
+                address = ray.get(ref)
             except RayActorError as e:
                 log.warning(
                     "reward service %s: replica %d is gone for good (%s); starting a new one", name, i, e
                 )
                 reps[i] = self._start(name)
                 self.restarts_seen += 1
+                continue
+            before = self._served_at.get(reps[i])
+            if before is not None and before != address:  # restarted by Ray (a new replica has no before)
+                log.warning("reward service %s: replica %d restarted, re-registered at %s", name, i, address)
+                self.restarts_seen += 1
+            self._served_at[reps[i]] = address
+            addresses.append(address)
         client = self.clients[name]
         if addresses and sorted(addresses) != sorted(client.addresses):
-            new = set(addresses) - set(client.addresses)
-            if new:
-                log.warning("reward service %s: replicas re-registered at %s", name, sorted(new))
-                self.restarts_seen += len(new)
             client.set_addresses(addresses)
         return addresses
 

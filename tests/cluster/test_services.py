@@ -45,6 +45,7 @@ def test_autoscaling_grows_and_shrinks_within_bounds(ray_local) -> None:  # noqa
             if len(slow.addresses("pixel")) == 2:
                 break
         assert len(slow.addresses("pixel")) == 2
+        assert slow.restarts_seen == 0  # a replica that joins is not a restart
         assert [o.score for o in again] == [o.score for o in first]  # same edits, same scores on any replica
     finally:
         slow.close()
@@ -83,6 +84,6 @@ def test_a_lone_replica_that_crashes_is_waited_for_and_the_call_repeated(ray_loc
         assert [o.score for o in after] == [o.score for o in before]
         (restarted,) = services.stats("pixel")
         assert restarted["pid"] != stats["pid"] and services.addresses("pixel") == [restarted["address"]]
-        assert services.restarts_seen >= 1
+        assert services.restarts_seen == 1
     finally:
         services.close()
