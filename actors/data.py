@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from actors.config import DataConfig
-from actors.types import EditItem, GroupedItem
+from cocoedit.actors.config import DataConfig
+from cocoedit.actors.types import EditItem, GroupedItem
 
 Format = Literal["manifest", "cocoedit40k", "benchmask"]
 MaskPolarity = Literal["edit_white", "keep_white"]
@@ -453,7 +453,7 @@ def load_benchmask(
 def load_items(cfg: DataConfig) -> list[EditItem]:
     """The training loop's one entry point: the synthetic task when cfg.manifest is None, else the file."""
     if cfg.manifest is None:
-        from actors.synth import synthetic_items
+        from cocoedit.actors.synth import synthetic_items
 
         return synthetic_items(cfg.synth_num, cfg.image_size, cfg.synth_seed)
     return load_edit_data(cfg.manifest, cfg.format, cfg.image_size, cfg.mask_polarity)

@@ -36,14 +36,10 @@ def load_image(path: str | Path, size: Optional[int]) -> Image.Image:
 
 def build_pipeline(model: str | Path, lora: Optional[str | Path] = None) -> tuple[Any, str]:
     """(stock pipeline on the best device, family) for a diffusers model directory."""
-    from actors.policies import POLICIES
-    from actors.policies.tiny import read_family
+    from cocoedit.actors.policies import FAMILIES, read_family
 
     family = read_family(model)
-    module_name, class_name = POLICIES[family]
-    import importlib
-
-    policy_cls = getattr(importlib.import_module(module_name), class_name)
+    policy_cls = FAMILIES[family].policy_class()
     cuda = torch.cuda.is_available()
     pipe = policy_cls.pipeline_class().from_pretrained(
         str(model), dtype=torch.bfloat16 if cuda else torch.float32

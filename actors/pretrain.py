@@ -14,13 +14,11 @@ The result is a normal diffusers directory (loads with FluxKontextPipeline.from_
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,17 +26,17 @@ from typing import Any
 
 import torch
 
-from actors.config import PolicyConfig, PretrainConfig
-from actors.types import EditItem
+from cocoedit.actors.config import PolicyConfig, PretrainConfig
+from cocoedit.actors.types import EditItem
 
 log = logging.getLogger(__name__)
 
 
 def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, progress: bool = False) -> Path:
     """Build and pre-train a tiny editor into out_dir (written atomically); returns out_dir."""
-    from actors.policies import load_policy
-    from actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH, build_tiny_model
-    from actors.synth import synthetic_items
+    from cocoedit.actors.policies import load_policy
+    from cocoedit.actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH, build_tiny_model
+    from cocoedit.actors.synth import synthetic_items
 
     out = Path(out_dir)
     work = Path(tempfile.mkdtemp(prefix=".pretrain_", dir=out.parent if out.parent.exists() else None))
@@ -131,7 +129,7 @@ def _train_vae(vae: Any, items: list[EditItem], cfg: PretrainConfig, progress: b
 
 def _train_flow(policy: Any, items: list[EditItem], cfg: PretrainConfig, progress: bool) -> dict[str, float]:
     """Flow matching of the base transformer (adapters disabled) from noise to the target latents."""
-    from actors.types import Condition
+    from cocoedit.actors.types import Condition
 
     sources = torch.stack([i.source_image for i in items])
     targets = torch.stack([i.target_image for i in items])
@@ -194,8 +192,8 @@ def evaluate_editor(
     policy: Any, items: list[EditItem], num_steps: int = 10, seed: int = 0
 ) -> dict[str, float]:
     """dpm2-sample one edit per item (reference weights); mean instruction score and keep-region PSNR."""
-    from actors.samplers import sample, shifted_sigmas
-    from rewards.synthetic import instruction_scores
+    from cocoedit.actors.samplers import sample, shifted_sigmas
+    from cocoedit.rewards.synthetic import instruction_scores
 
     n = len(items)
     h, w = items[0].source_image.shape[-2:]
@@ -224,19 +222,14 @@ def _psnr(mse: float) -> float:
     return 10 * torch.log10(torch.tensor(1 / max(mse, 1e-10))).item()
 
 
-def cli_pretrain(args: argparse.Namespace) -> int:
-    from cluster.config import ConfigError, load_config
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 1
-    out = pretrain_tiny(cfg.pretrain, args.out, progress=True)
+def summary(out: Path) -> str:
+    """What `cocoedit pretrain-tiny` prints: where the editor went and its pretrain.json numbers."""
     report = json.loads((out / "pretrain.json").read_text())
-    print(f"tiny editor written to {out} in {report['seconds']:.0f} s")
-    print(f"  vae reconstruction PSNR {report['vae']['recon_psnr']:.2f} dB")
-    print(f"  flow loss {report['flow']['loss_first']:.4f} -> {report['flow']['loss_last']:.4f}")
-    print("  held-out: " + ", ".join(f"{k} {v:.3f}" for k, v in report["eval"].items()))
-    return 0
+    return "\n".join(
+        [
+            f"tiny editor written to {out} in {report['seconds']:.0f} s",
+            f"  vae reconstruction PSNR {report['vae']['recon_psnr']:.2f} dB",
+            f"  flow loss {report['flow']['loss_first']:.4f} -> {report['flow']['loss_last']:.4f}",
+            "  held-out: " + ", ".join(f"{k} {v:.3f}" for k, v in report["eval"].items()),
+        ]
+    )

@@ -18,11 +18,11 @@ from typing import Optional
 
 import torch
 
-from actors.config import PolicyConfig, RolloutConfig
-from actors.policies.base import EditPolicy
-from actors.samplers import SAMPLERS, sample, shifted_sigmas
-from actors.types import Condition, GroupedItem, RolloutBatch
-from cluster.metrics import record_sample
+from cocoedit.actors.config import PolicyConfig, RolloutConfig
+from cocoedit.actors.policies.base import EditPolicy
+from cocoedit.actors.samplers import SAMPLERS, sample, shifted_sigmas
+from cocoedit.actors.types import Condition, GroupedItem, RolloutBatch
+from cocoedit.telemetry import record_sample
 
 
 class RolloutWorker:
@@ -41,7 +41,7 @@ class RolloutWorker:
         if rollout_cfg.batch_size < 1:
             raise ValueError(f"rollout.batch_size={rollout_cfg.batch_size} must be >= 1")
         if policy is None:
-            from actors.policies import load_policy
+            from cocoedit.actors.policies import load_policy
 
             policy = load_policy(policy_cfg, seed=rollout_cfg.seed)
         self.policy = policy

@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from actors.types import EditItem
+from cocoedit.actors.types import EditItem
 
 TASKS = ("recolour", "remove", "add", "background")
 SHAPES = ("circle", "square", "triangle")

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.loopback import apply_loopback_env  # noqa: E402
-from learner.learner import Learner  # noqa: E402
+from cocoedit.learner.learner import Learner  # noqa: E402
+from cocoedit.loopback import apply_loopback_env  # noqa: E402
 from tests.learner import common  # noqa: E402
 
 
@@ -178,8 +178,8 @@ def bench_gpu(args: argparse.Namespace) -> None:
     from diffusers import FluxTransformer2DModel
     from peft import LoraConfig
 
-    from actors.config import LORA_TARGETS
-    from actors.policies.lora import lora_target_modules
+    from cocoedit.actors.config import LORA_TARGETS
+    from cocoedit.actors.policies.lora import lora_target_modules
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -78,15 +78,15 @@ def main() -> None:
     parser.add_argument("--judge-dir", default=None, help="tiny judge directory (default: a temp dir)")
     args = parser.parse_args()
 
-    from cluster.loopback import apply_loopback_env
+    from cocoedit.loopback import apply_loopback_env
 
     apply_loopback_env()
-    from rewards.base import DecodedEdit
-    from rewards.client import RewardClient, make_edit
-    from rewards.config import ClientConfig, JudgeConfig, ServerConfig
-    from rewards.mllm import MLLMJudge
-    from rewards.server import BackgroundServer
-    from rewards.tiny_judge import build_tiny_judge
+    from cocoedit.rewards.base import DecodedEdit
+    from cocoedit.rewards.client import RewardClient, make_edit
+    from cocoedit.rewards.config import ClientConfig, JudgeConfig, ServerConfig
+    from cocoedit.rewards.mllm import MLLMJudge
+    from cocoedit.rewards.server import BackgroundServer
+    from cocoedit.rewards.tiny_judge import build_tiny_judge
 
     tmp = tempfile.TemporaryDirectory()
     judge_dir = build_tiny_judge(Path(args.judge_dir or tmp.name) / "tiny_judge")

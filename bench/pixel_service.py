@@ -27,12 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.loopback import apply_loopback_env, free_port  # noqa: E402
-from rewards.base import DecodedEdit  # noqa: E402
-from rewards.client import RewardClient, make_edit  # noqa: E402
-from rewards.config import ClientConfig, PixelConfig  # noqa: E402
-from rewards.metrics import masked_psnr_ssim, masked_psnr_ssim_reference, uint8_to_unit  # noqa: E402
-from rewards.pixel import PixelScorer  # noqa: E402
+from cocoedit.loopback import apply_loopback_env, free_port  # noqa: E402
+from cocoedit.rewards.base import DecodedEdit  # noqa: E402
+from cocoedit.rewards.client import RewardClient, make_edit  # noqa: E402
+from cocoedit.rewards.config import ClientConfig, PixelConfig  # noqa: E402
+from cocoedit.rewards.metrics import masked_psnr_ssim, masked_psnr_ssim_reference, uint8_to_unit  # noqa: E402
+from cocoedit.rewards.pixel import PixelScorer  # noqa: E402
 
 
 def make_data(n: int, size: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.config import PolicyConfig, RolloutConfig  # noqa: E402
-from actors.types import EditItem, GroupedItem  # noqa: E402
+from cocoedit.actors.config import PolicyConfig, RolloutConfig  # noqa: E402
+from cocoedit.actors.types import EditItem, GroupedItem  # noqa: E402
 
 
 def group(size: int, n: int, channels: int = 3) -> list[GroupedItem]:
@@ -42,8 +42,8 @@ def group(size: int, n: int, channels: int = 3) -> list[GroupedItem]:
 def bench_tiny(repeats: int, size: int, group_size: int, steps: int) -> None:
     from PIL import Image
 
-    from actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH, build_tiny_model
-    from actors.rollout import RolloutWorker
+    from cocoedit.actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH, build_tiny_model
+    from cocoedit.actors.rollout import RolloutWorker
 
     path = build_tiny_model("flux_kontext", tempfile.mkdtemp(prefix="bench_rollout_"))
     pcfg = PolicyConfig(
@@ -60,7 +60,7 @@ def bench_tiny(repeats: int, size: int, group_size: int, steps: int) -> None:
     # The baseline carries the same LoRA (exported from the worker), so both run the same layers.
     from diffusers import FluxKontextPipeline
 
-    from actors.policies.lora import export_diffusers_lora
+    from cocoedit.actors.policies.lora import export_diffusers_lora
 
     lora_file = export_diffusers_lora(worker.policy, "old", Path(path) / "bench_lora.safetensors")
     pipe = FluxKontextPipeline.from_pretrained(str(path), dtype=torch.float32)
@@ -114,10 +114,10 @@ def bench_gpu(repeats: int, size: int, group_size: int, steps: int) -> None:
         raise SystemExit("--gpu needs a CUDA device")
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
 
-    from actors.policies.flux_kontext import BATCHED, FluxKontextPolicy
-    from actors.policies.tiny import FLUX_SCHEDULER
-    from actors.samplers import sample, shifted_sigmas
-    from actors.types import Condition
+    from cocoedit.actors.policies.flux_kontext import BATCHED, FluxKontextPolicy
+    from cocoedit.actors.policies.tiny import FLUX_SCHEDULER
+    from cocoedit.actors.samplers import sample, shifted_sigmas
+    from cocoedit.actors.types import Condition
 
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -199,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from cluster.loopback import apply_loopback_env
+    from cocoedit.loopback import apply_loopback_env
 
     apply_loopback_env()
     if args.gpu:

@@ -12,9 +12,9 @@ import tempfile
 
 import numpy as np
 
-from cluster.config import load_config
-from cluster.launch import init_ray
-from cluster.train import train
+from cocoedit.cluster.config import load_config
+from cocoedit.cluster.launch import init_ray
+from cocoedit.cluster.train import train
 
 STAGES = ("time/sample_s", "time/score_s", "time/update_s", "time/sync_s", "time/epoch_s")
 

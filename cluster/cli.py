@@ -16,21 +16,28 @@ Each subcommand lives next to the component it runs; this module only parses and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-# subcommand -> (module, function, issue that owns it)
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "data synth": ("actors.synth", "cli_synth", "#2"),
-    "data check": ("actors.data", "cli_check", "#2"),
-    "train": ("cluster.train", "cli_train", "#7"),
-    "pretrain-tiny": ("actors.pretrain", "cli_pretrain", "#7"),
-    "serve": ("rewards.serve", "cli_serve", "#3/#4"),
-    "edit": ("actors.edit", "cli_edit", "#5"),
-    "eval run": ("cluster.evaluate", "cli_eval", "#9"),
-    "eval compare": ("cluster.evaluate", "cli_compare", "#9"),
+if TYPE_CHECKING:
+    from cocoedit.cluster.config import Config
+
+# subcommand -> (module, function, takes the config). A command that takes the config gets it loaded
+# here, once, from --config and the overrides: `function(args, cfg)`; a bad config exits 1 with the message.
+COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "data synth": ("cocoedit.actors.synth", "cli_synth", False),
+    "data check": ("cocoedit.actors.data", "cli_check", False),
+    "config show": ("cocoedit.cluster.cli", "cli_show_config", True),
+    "train": ("cocoedit.cluster.train", "cli_train", True),
+    "pretrain-tiny": ("cocoedit.cluster.cli", "cli_pretrain", True),
+    "serve": ("cocoedit.cluster.cli", "cli_serve", True),
+    "edit": ("cocoedit.actors.edit", "cli_edit", False),
+    "eval run": ("cocoedit.cluster.evaluate", "cli_eval", True),
+    "eval compare": ("cocoedit.cluster.evaluate", "cli_compare", False),
 }
 
 
@@ -118,21 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(args: argparse.Namespace) -> tuple[str, Optional[Callable[[argparse.Namespace], int]]]:
-    if args.command == "data":
-        key = f"data {args.data_command}"
-    elif args.command == "eval":
-        key = f"eval {args.eval_command}"
-    else:
-        key = args.command
-    module_name, func_name, issue = COMMANDS[key]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        return f"`cocoedit {key}` is not built yet (issue {issue})", None
-    return "", getattr(module, func_name)
+def _command(args: argparse.Namespace) -> str:
+    sub = {"data": "data_command", "eval": "eval_command", "config": "config_command"}.get(args.command)
+    return f"{args.command} {getattr(args, sub)}" if sub else args.command
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -153,25 +148,53 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         args.overrides = [*args.overrides, *extra]
-    if args.command == "config":
-        return _show_config(args.config, args.overrides)
-    message, func = _resolve(args)
-    if func is None:
-        print(message, file=sys.stderr)
-        return 2
-    return int(func(args) or 0)
+    module_name, func_name, takes_config = COMMANDS[_command(args)]
+    func: Callable[..., int] = getattr(importlib.import_module(module_name), func_name)
+    if not takes_config:
+        return int(func(args) or 0)
+    cfg = _load_config(args.config, args.overrides)
+    return 1 if cfg is None else int(func(args, cfg) or 0)
 
 
-def _show_config(path: Optional[str], overrides: Sequence[str]) -> int:
-    from cluster.config import ConfigError, dump_config, load_config
+def _load_config(path: Optional[str], overrides: Sequence[str]) -> Optional[Config]:
+    """The resolved config, or None after printing why it cannot be loaded."""
+    from cocoedit.cluster.config import ConfigError, load_config
 
     try:
-        cfg = load_config(path, overrides)
+        return load_config(path, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        return 1
+        return None
+
+
+def cli_show_config(args: argparse.Namespace, cfg: Config) -> int:
+    """`cocoedit config show`: the resolved config as YAML."""
+    from cocoedit.cluster.config import dump_config
+
     print(dump_config(cfg), end="")
     return 0
+
+
+def cli_pretrain(args: argparse.Namespace, cfg: Config) -> int:
+    """`cocoedit pretrain-tiny --out DIR`: pre-train the tiny editor with cfg.pretrain."""
+    from cocoedit.actors.pretrain import pretrain_tiny, summary
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(summary(pretrain_tiny(cfg.pretrain, args.out, progress=True)))
+    return 0
+
+
+def cli_serve(args: argparse.Namespace, cfg: Config) -> int:
+    """`cocoedit serve pixel|mllm|synthetic`: one reward service as a standalone gRPC server."""
+    from cocoedit.rewards.serve import serve
+
+    if args.model is not None:
+        if args.service != "mllm":
+            print(f"--model applies to the mllm service only, not {args.service}", file=sys.stderr)
+            return 2
+        mllm = dataclasses.replace(cfg.rewards.mllm, model_path=args.model)
+        cfg = dataclasses.replace(cfg, rewards=dataclasses.replace(cfg.rewards, mllm=mllm))
+    return serve(args.service, cfg.rewards, args.host, args.port)
 
 
 def _print_train_help(rest: list[str]) -> None:
@@ -181,7 +204,9 @@ def _print_train_help(rest: list[str]) -> None:
     known = [a for a in rest if a not in ("--help", "-h")]
     ns, _ = train_parser.parse_known_args(known)
     print("\nresolved config:\n")
-    _show_config(ns.config, ns.overrides)
+    cfg = _load_config(ns.config, ns.overrides)
+    if cfg is not None:
+        cli_show_config(ns, cfg)
 
 
 if __name__ == "__main__":

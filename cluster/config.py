@@ -17,10 +17,10 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from actors.config import DataConfig, PolicyConfig, PretrainConfig, RolloutConfig
-from cluster.eval_config import EvalConfig
-from learner.config import LearnerConfig
-from rewards.config import RewardsConfig
+from cocoedit.actors.config import DataConfig, PolicyConfig, PretrainConfig, RolloutConfig
+from cocoedit.cluster.eval_config import EvalConfig
+from cocoedit.learner.config import LearnerConfig
+from cocoedit.rewards.config import RewardsConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "tiny_cpu.yaml"
@@ -44,7 +44,7 @@ class RunConfig:
     eval_items: int = 8
     eval_seeds: int = 2
     ray_address: Optional[str] = None  # None = the job's cluster under `ray job submit`, else a local one
-    # Port of the local cluster's Prometheus metrics export (cluster/metrics.py), on 127.0.0.1.
+    # Port of the local cluster's Prometheus metrics export (cocoedit/telemetry.py), on 127.0.0.1.
     # None = Ray picks one (logged at start); ignored when joining a cluster (`ray start --metrics-export-port`).
     metrics_export_port: Optional[int] = None
     ray_num_cpus: Optional[int] = None

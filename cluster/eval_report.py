@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from actors.types import EditItem
+from cocoedit.actors.types import EditItem
 
 PIXEL_METRICS = ("psnr_keep", "ssim_keep", "psnr_pie", "ssim_pie")
 JUDGE_METRICS: dict[str, tuple[str, ...]] = {

@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
-from actors.config import PolicyConfig
-from actors.types import EditItem
-from cluster.eval_config import FAMILY_DEFAULTS, EvalConfig
+from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.types import EditItem
+from cocoedit.cluster.eval_config import FAMILY_DEFAULTS, EvalConfig
 
 if TYPE_CHECKING:
-    from cluster.config import Config
+    from cocoedit.cluster.config import Config
 
 log = logging.getLogger("cocoedit.eval")
 
@@ -203,7 +203,7 @@ def imgedit_rows(data: Path) -> list[dict[str, Any]]:
 
 def load_bench(bench: str, data: str | Path, cfg: EvalConfig, work_dir: Path) -> list[EditItem]:
     """The benchmark's items as EditItems (task = group / edit type), via actors.data."""
-    from actors.data import load_edit_data
+    from cocoedit.actors.data import load_edit_data
 
     data = Path(data)
     if not data.exists():
@@ -280,7 +280,7 @@ class EditGenerator:
     `cluster` makes it a Ray actor for sharded evaluation."""
 
     def __init__(self, policy_cfg: PolicyConfig, cfg: EvalConfig, lora: Optional[str] = None) -> None:
-        from actors.policies import load_policy
+        from cocoedit.actors.policies import load_policy
 
         self.settings = generation_settings(policy_cfg, cfg)
         state = None
@@ -315,7 +315,7 @@ class EditGenerator:
     @torch.no_grad()
     def generate(self, items: list[EditItem]) -> list[tuple[str, bytes]]:
         """(item_id, PNG bytes of the edit) for each item, in order; items must share one size."""
-        from actors.samplers import integrate, shifted_sigmas
+        from cocoedit.actors.samplers import integrate, shifted_sigmas
 
         policy = self.policy
         h, w = items[0].source_image.shape[-2:]
@@ -488,8 +488,8 @@ def _sha256(path: Path) -> str:
 
 def pixel_scores(items: list[EditItem], edited: list[torch.Tensor]) -> list[dict[str, Optional[float]]]:
     """Masked PSNR/SSIM (keep-only and pie) and, with targets, the synthetic instruction score, per item."""
-    from rewards.metrics import masked_psnr_ssim, uint8_to_unit
-    from rewards.synthetic import instruction_scores
+    from cocoedit.rewards.metrics import masked_psnr_ssim, uint8_to_unit
+    from cocoedit.rewards.synthetic import instruction_scores
 
     out: list[dict[str, Optional[float]]] = []
     for start in range(0, len(items), 16):
@@ -537,7 +537,7 @@ def run_judge(
     cache_path: Path,
 ) -> tuple[list[Any], dict[str, str]]:
     """JudgedEdit per item (answers cached in cache_path by edit bytes + judge settings), and settings."""
-    from rewards.eval_judge import BenchJudge, JudgedEdit, JudgeInput
+    from cocoedit.rewards.eval_judge import BenchJudge, JudgedEdit, JudgeInput
 
     judge = BenchJudge(judge_cfg, cfg.judge_max_tokens, cfg.judge_temperature, cfg.judge_attempts)
     fingerprint = hashlib.sha256(
@@ -633,7 +633,7 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Generate (resumably), score and report one run; returns the results dict (also results.json)."""
-    from cluster.eval_report import aggregate, write_html
+    from cocoedit.cluster.eval_report import aggregate, write_html
 
     cfg = config.eval
     out = Path(out_dir)
@@ -641,7 +641,7 @@ def evaluate(
     items = load_bench(bench, data, cfg, out)
     policy_cfg = None
     if edits == "policy":
-        from cluster.launch import resolve_models
+        from cocoedit.cluster.launch import resolve_models
 
         config = resolve_models(
             dataclasses.replace(config, rewards=dataclasses.replace(config.rewards, weights={}))
@@ -726,24 +726,18 @@ def _ray_available(config: Config) -> bool:
     if ray.is_initialized():
         return True
     if config.run.ray_address or os.environ.get("RAY_ADDRESS"):
-        from cluster.launch import init_ray
+        from cocoedit.cluster.launch import init_ray
 
         init_ray(config.run)
         return True
     return False
 
 
-def cli_eval(args: argparse.Namespace) -> int:
+def cli_eval(args: argparse.Namespace, config: Config) -> int:
     """`cocoedit eval [run] --bench B --data DIR [--lora FILE ...] [--out DIR] [--edits E] [key=value ...]`."""
-    from cluster.config import ConfigError, load_config
-    from cluster.eval_report import summary_text
+    from cocoedit.cluster.eval_report import summary_text
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 1
     if not args.data:
         print("eval: --data DIR is required (the benchmark folder or manifest)", file=sys.stderr)
         return 2
@@ -762,7 +756,7 @@ def cli_eval(args: argparse.Namespace) -> int:
         print(f"results: {run_out / 'results.json'}\nreport:  {run_out / 'report.html'}")
         runs.append(run_out)
     if len(runs) > 1:
-        from cluster.eval_report import compare_runs
+        from cocoedit.cluster.eval_report import compare_runs
 
         for other in runs[1:]:
             text, _ = compare_runs(runs[0], other, out / f"compare_{runs[0].name}_vs_{other.name}.html")
@@ -772,7 +766,7 @@ def cli_eval(args: argparse.Namespace) -> int:
 
 def cli_compare(args: argparse.Namespace) -> int:
     """`cocoedit eval compare RUN_A RUN_B [--out FILE.html]`: per-group deltas (B - A), text + HTML."""
-    from cluster.eval_report import compare_runs
+    from cocoedit.cluster.eval_report import compare_runs
 
     a, b = Path(args.run_a), Path(args.run_b)
     out = Path(args.out) if args.out else b / f"compare_{a.name}_vs_{b.name}.html"
@@ -787,7 +781,7 @@ def cli_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from cluster.cli import main as cli_main
+    from cocoedit.cluster.cli import main as cli_main
 
     return cli_main(["eval", *(argv if argv is not None else sys.argv[1:])])
 

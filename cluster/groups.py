@@ -18,11 +18,11 @@ import ray
 import torch
 from ray.exceptions import RayActorError
 
-from actors.config import PolicyConfig, RolloutConfig
-from actors.types import GroupedItem, RolloutBatch
-from cluster.metrics import record_learner
-from cluster.placement import Placement
-from learner.config import LearnerConfig
+from cocoedit.actors.config import PolicyConfig, RolloutConfig
+from cocoedit.actors.types import GroupedItem, RolloutBatch
+from cocoedit.cluster.placement import Placement
+from cocoedit.learner.config import LearnerConfig
+from cocoedit.telemetry import record_learner
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
 @functools.cache
 def _rollout_actor() -> type:
     """RolloutWorker plus `sample_at`, which a worker restarted by Ray uses to reload the weights."""
-    from actors.rollout import RolloutWorker
+    from cocoedit.actors.rollout import RolloutWorker
 
     class RolloutActor(RolloutWorker):
         synced: Optional[int] = None  # the version the driver last loaded; None after a (re)start
@@ -167,7 +167,7 @@ class LearnerRank:
             return ip, s.getsockname()[1]
 
     def setup(self, policy_cfg: PolicyConfig, cfg: LearnerConfig, master_addr: str, master_port: int) -> None:
-        from learner.learner import Learner
+        from cocoedit.learner.learner import Learner
 
         os.environ.update(
             MASTER_ADDR=master_addr,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import ray
 
-from cluster.config import Config, RunConfig
-from cluster.loopback import apply_loopback_env
+from cocoedit.cluster.config import Config, RunConfig
+from cocoedit.loopback import apply_loopback_env
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def init_ray(cfg: RunConfig) -> None:
             log_to_driver=True,
             logging_level=logging.WARNING,
         )
-    log.info("Ray metrics (Prometheus, cluster/metrics.py): %s", metrics_url())
+    log.info("Ray metrics (Prometheus, cocoedit/telemetry.py): %s", metrics_url())
 
 
 def metrics_url() -> str:
@@ -80,7 +80,7 @@ def resolve_models(cfg: Config) -> Config:
                 "rewards.mllm.model_path is not set: point it at a local Qwen2.5-VL-Instruct directory, give "
                 "rewards.addresses.mllm, or set run.tiny=true for the tiny judge"
             )
-        from rewards.mllm import resolve_model_path
+        from cocoedit.rewards.mllm import resolve_model_path
 
         judge = dataclasses.replace(judge, model_path=str(resolve_model_path(judge)))  # builds it once
     rewards = dataclasses.replace(cfg.rewards, mllm=judge)
@@ -102,7 +102,7 @@ def _cached(kind: str, settings: dict, build) -> Path:  # noqa: ANN001 - build: 
 
 
 def tiny_editor(cfg: Config) -> Path:
-    from actors.pretrain import pretrain_tiny
+    from cocoedit.actors.pretrain import pretrain_tiny
 
     settings = {"version": TINY_EDITOR_VERSION, **dataclasses.asdict(cfg.pretrain)}
     if cfg.pretrain.family != cfg.policy.family:

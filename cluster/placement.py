@@ -55,8 +55,6 @@ class Demand:
 
 def demands(cfg: Any) -> list[Demand]:
     """What every role of run config `cfg` (cluster.config.Config) asks for, in start-up order."""
-    from cluster.services import service_config
-
     rollout, learner = cfg.rollout, cfg.learner
     out = [
         Demand(
@@ -88,7 +86,7 @@ def demands(cfg: Any) -> list[Demand]:
     for name in cfg.rewards.weights:
         if name in cfg.rewards.addresses:
             continue  # an external service: not ours to place
-        section = service_config(cfg.rewards, name)
+        section = cfg.rewards.service(name)
         out.append(
             Demand(
                 f"reward service {name} replicas",

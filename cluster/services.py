@@ -28,29 +28,20 @@ from typing import Any, Optional
 import ray
 from ray.exceptions import RayActorError
 
-from cluster.placement import PlacementError, check_available
-from rewards.base import EditOutcome
-from rewards.client import RewardServiceError
-from rewards.config import RewardsConfig
+from cocoedit.cluster.placement import PlacementError, check_available
+from cocoedit.rewards.base import EditOutcome
+from cocoedit.rewards.client import RewardServiceError
+from cocoedit.rewards.config import RewardsConfig
 
 log = logging.getLogger(__name__)
-
-SERVICES = ("pixel", "mllm", "synthetic")
-
-
-def service_config(cfg: RewardsConfig, service: str) -> Any:
-    """The config section of `service` (PixelConfig / JudgeConfig / SyntheticJudgeConfig)."""
-    if service not in SERVICES:
-        raise ValueError(f"unknown reward service {service!r}; known: {list(SERVICES)}")
-    return getattr(cfg, service)
 
 
 class RewardReplica:
     """One replica: builds the scorer, serves it on this node, reports its address."""
 
     def __init__(self, service: str, cfg: RewardsConfig) -> None:
-        from rewards.serve import SERVICES as BUILDERS
-        from rewards.server import BackgroundServer
+        from cocoedit.rewards.serve import SERVICES as BUILDERS
+        from cocoedit.rewards.server import BackgroundServer
 
         scorer, server_cfg = BUILDERS[service](cfg)
         if server_cfg.host == "node":  # reachable from other nodes of the Ray cluster
@@ -76,7 +67,7 @@ class RewardServices:
     """The reward services of a run, each with its replicas and client; `score` queries all at once."""
 
     def __init__(self, cfg: RewardsConfig) -> None:
-        from rewards.client import RewardClient
+        from cocoedit.rewards.client import RewardClient
 
         self.cfg = cfg
         self.replicas: dict[str, list[Any]] = {}
@@ -88,7 +79,7 @@ class RewardServices:
             if name in cfg.addresses:
                 addresses = list(cfg.addresses[name])
             else:
-                section = service_config(cfg, name)
+                section = cfg.service(name)
                 if not getattr(section, "enabled", True):
                     raise ValueError(
                         f"rewards.weights uses {name!r} but rewards.{name}.enabled is false; enable it, give "
@@ -102,7 +93,7 @@ class RewardServices:
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.clients)))
 
     def _start(self, name: str) -> Any:
-        section = service_config(self.cfg, name)
+        section = self.cfg.service(name)
         options: dict[str, Any] = {"num_cpus": section.cpus_per_replica, "max_restarts": 3}
         gpus = getattr(section, "gpus_per_replica", 0.0)
         if gpus:
@@ -137,7 +128,7 @@ class RewardServices:
         if replicas < 1:
             raise ValueError(f"{name}: replicas={replicas} must be >= 1")
         if replicas > len(current):
-            section = service_config(self.cfg, name)
+            section = self.cfg.service(name)
             more = replicas - len(current)
             check_available(
                 f"reward service {name} replicas",
@@ -166,7 +157,7 @@ class RewardServices:
     def autoscale(self) -> dict[str, int]:
         """One step of every service with `target_score_s`, from the last `score`; {service: replicas}."""
         for name, reps in self.replicas.items():
-            section = service_config(self.cfg, name)
+            section = self.cfg.service(name)
             target = getattr(section, "target_score_s", None)
             took = self.last_score_s.get(name)
             if target is None or took is None:

@@ -1,7 +1,7 @@
 """The training loop: sample, score, advantages, update, sync, log, checkpoint.
 
     cocoedit train [--config cluster/configs/tiny_cpu.yaml] [--resume] [key=value ...]
-    python -m cluster.train --config cluster/configs/flux_kontext_8gpu.yaml     # under `ray job submit`
+    python -m cocoedit.cluster.train --config cluster/configs/flux_kontext_8gpu.yaml     # under `ray job submit`
 
 Rollouts for the next epoch may be sampled while the current one is scored and trained on: up to
 `rollout.max_staleness` batches are in flight (0 = strictly on-policy); each batch carries the policy
@@ -27,19 +27,19 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
-from actors.data import EpochSampler, grouped_items, load_items
-from actors.types import EditItem, GroupedItem, RolloutBatch
-from cluster.config import Config, ConfigError, dump_config, load_config
-from cluster.groups import LearnerGroup, RolloutGroup
-from cluster.launch import init_ray, resolve_models
-from cluster.metrics import record_epoch
-from cluster.placement import Placement, PlacementError
-from cluster.runlog import RunLog
-from cluster.services import RewardServices
-from learner.advantages import score_groups
-from learner.checkpoint import latest_checkpoint
-from rewards.client import make_edit
-from rewards.weighting import combine
+from cocoedit.actors.data import EpochSampler, grouped_items, load_items
+from cocoedit.actors.types import EditItem, GroupedItem, RolloutBatch
+from cocoedit.cluster.config import Config, dump_config
+from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
+from cocoedit.cluster.launch import init_ray, resolve_models
+from cocoedit.cluster.placement import Placement, PlacementError
+from cocoedit.cluster.runlog import RunLog
+from cocoedit.cluster.services import RewardServices
+from cocoedit.learner.advantages import score_groups
+from cocoedit.learner.checkpoint import latest_checkpoint
+from cocoedit.rewards.client import make_edit
+from cocoedit.rewards.weighting import combine
+from cocoedit.telemetry import record_epoch
 
 log = logging.getLogger("cocoedit.train")
 
@@ -323,13 +323,9 @@ def _resume(ckpt: Path, learner: LearnerGroup, sampler: EpochSampler) -> tuple[i
     return int(extra["policy_version"]), int(extra["epoch"]) + 1
 
 
-def cli_train(args: argparse.Namespace) -> int:
+def cli_train(args: argparse.Namespace, cfg: Config) -> int:
+    """`cocoedit train [--config FILE] [--resume] [key=value ...]` (the CLI loads the config)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 1
     try:
         history = train(cfg, resume=args.resume)
     except (PlacementError, LearnerFailure, FileNotFoundError) as e:
@@ -366,11 +362,15 @@ def _print_summary(cfg: Config, history: list[dict[str, float]]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cocoedit.cluster.train", description=__doc__)
     parser.add_argument("--config", default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("overrides", nargs="*")
-    return cli_train(parser.parse_args(argv))
+    from cocoedit.cluster.cli import main as cli_main
+
+    args = parser.parse_args(argv)
+    config = ["--config", args.config] if args.config else []
+    return cli_main(["train", *config, *(["--resume"] if args.resume else []), *args.overrides])
 
 
 if __name__ == "__main__":

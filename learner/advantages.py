@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from learner.config import LearnerConfig
+from cocoedit.learner.config import LearnerConfig
 
 
 def group_index(group_ids: Sequence[str]) -> tuple[torch.Tensor, list[str]]:

@@ -20,17 +20,27 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from learner.learner import Learner
-
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class Learner(Protocol):
+    """What a checkpoint needs of a learner rank (learner.learner.Learner is one)."""
+
+    rank: int
+    world_size: int
+    engine: Any  # the DeepSpeed engine: save_checkpoint / load_checkpoint
+    policy: Any  # EditPolicy: lora_state_dict / load_lora_state_dict
+
+    def state_dict(self) -> dict[str, Any]: ...  # {"step", "world_size", "zero_stage"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -86,7 +96,8 @@ def save_checkpoint(
 
     if keep_last < 1:
         raise ValueError(f"keep_last={keep_last} must be >= 1 (the checkpoint just written is kept)")
-    final = checkpoint_dir(run_dir, learner.step)
+    own = learner.state_dict()
+    final = checkpoint_dir(run_dir, own["step"])
     tmp = final.with_name(".tmp_" + final.name)
     if learner.rank == 0:
         if tmp.exists():
@@ -104,19 +115,13 @@ def save_checkpoint(
                 str(tmp / f"lora_{adapter}.safetensors"),
             )
         torch.save(
-            {
-                "step": learner.step,
-                "world_size": learner.world_size,
-                "zero_stage": learner.cfg.zero_stage,
-                "rng": rng_state(),
-                "extra_state": extra_state,
-            },
+            {**own, "rng": rng_state(), "extra_state": extra_state},
             tmp / "learner_state.pt",
         )
     _barrier(learner)
     if learner.rank == 0:
         with open(tmp / COMPLETE, "w") as f:
-            json.dump({"step": learner.step}, f)
+            json.dump({"step": own["step"]}, f)
             f.flush()
             os.fsync(f.fileno())
         if final.exists():
@@ -141,7 +146,7 @@ def load_checkpoint(learner: Learner, path: str | Path) -> dict[str, Any]:
             "start without --resume or point at a checkpoint directory"
         )
     state = torch.load(ckpt / "learner_state.pt", map_location="cpu", weights_only=False)
-    if state["world_size"] != learner.world_size and learner.cfg.zero_stage > 0:
+    if state["world_size"] != learner.world_size and state["zero_stage"] > 0:
         raise ValueError(
             f"{ckpt} was written by {state['world_size']} ranks with ZeRO stage {state['zero_stage']}; "
             f"this learner has {learner.world_size}: resume with learner.world_size={state['world_size']}"
@@ -156,7 +161,7 @@ def load_checkpoint(learner: Learner, path: str | Path) -> dict[str, Any]:
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed found no engine state in {ckpt / 'deepspeed'}")
     learner.policy.load_lora_state_dict(load_file(str(ckpt / "lora_old.safetensors")), "old")
-    learner._step = int(state["step"])  # noqa: SLF001
+    learner.load_state_dict(state)
     rank_rng = ckpt / f"rng_rank{learner.rank}.pt"
     set_rng_state(torch.load(rank_rng, weights_only=False) if rank_rng.is_file() else state["rng"])
     _barrier(learner)

@@ -27,13 +27,13 @@ from typing import Any, Optional
 
 import torch
 
-from actors.config import PolicyConfig
-from actors.policies.base import EditPolicy
-from actors.samplers import sde_step
-from actors.types import Condition, RolloutBatch
-from learner.advantages import optimality_probability
-from learner.config import LearnerConfig
-from learner.losses import (
+from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.policies.base import EditPolicy
+from cocoedit.actors.samplers import sde_step
+from cocoedit.actors.types import Condition, RolloutBatch
+from cocoedit.learner.advantages import optimality_probability
+from cocoedit.learner.config import LearnerConfig
+from cocoedit.learner.losses import (
     RegionWeights,
     grpo_kl,
     grpo_loss,
@@ -89,7 +89,7 @@ class Learner:
         _init_distributed(device, rank, world_size)
         torch.manual_seed(cfg.seed)  # identical LoRA init on every rank (DeepSpeed also broadcasts rank 0)
         if policy is None:
-            from actors.policies import load_policy
+            from cocoedit.actors.policies import load_policy
 
             policy = load_policy(policy_cfg, seed=cfg.seed)
         self.policy = policy
@@ -161,6 +161,13 @@ class Learner:
     def step(self) -> int:
         """Optimizer steps taken so far (= updates applied)."""
         return self._step
+
+    def state_dict(self) -> dict[str, Any]:
+        """The learner's own state for a checkpoint (DeepSpeed saves the LoRA and optimizer itself)."""
+        return {"step": self._step, "world_size": self.world_size, "zero_stage": self.cfg.zero_stage}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._step = int(state["step"])
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         """LoRA state of `old` (theta_old, what rollout workers sample with), CPU tensors."""
@@ -420,14 +427,14 @@ class Learner:
     ) -> Path:
         """Write a complete checkpoint under run_dir/checkpoints (collective: every rank calls it).
         Returns its directory. See learner.checkpoint."""
-        from learner.checkpoint import save_checkpoint
+        from cocoedit.learner.checkpoint import save_checkpoint
 
         return save_checkpoint(self, run_dir, extra_state or {}, keep_last)
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Restore a checkpoint directory (or the latest complete one under a run directory). Returns
         the caller's extra_state."""
-        from learner.checkpoint import load_checkpoint
+        from cocoedit.learner.checkpoint import load_checkpoint
 
         return load_checkpoint(self, path)
 
@@ -459,10 +466,10 @@ def _init_distributed(device: torch.device, rank: int, world_size: int) -> None:
     if world_size > 1 and not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):
         raise RuntimeError(
             f"world_size={world_size} needs MASTER_ADDR and MASTER_PORT in the environment of every rank "
-            "(the launcher sets them; e.g. 127.0.0.1 and cluster.loopback.free_port())"
+            "(the launcher sets them; e.g. 127.0.0.1 and cocoedit.loopback.free_port())"
         )
     if world_size == 1:
-        from cluster.loopback import free_port
+        from cocoedit.loopback import free_port
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from learner.config import LearnerConfig
+from cocoedit.learner.config import LearnerConfig
 
 
 def mean_valid(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,15 @@
-"""`python -m protos.build [--force]`: generate the gRPC code of reward.proto (see protos/codegen.py)."""
+"""`python -m cocoedit.protos.build [--check]`: regenerate the gRPC code of reward.proto (see codegen.py)."""
 
 import sys
 
-from protos.codegen import build
+from cocoedit.protos.codegen import build, stale
 
 if __name__ == "__main__":
-    build(force="--force" in sys.argv)
+    if "--check" in sys.argv:
+        out_of_date = stale()
+        if out_of_date:
+            print(f"stale generated code: {out_of_date}; run python -m cocoedit.protos.build")
+            sys.exit(1)
+        print("generated code is up to date")
+    else:
+        print(f"rewrote {build() or 'nothing (up to date)'}")

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cluster.metrics import record_reward_latency
-from protos import reward_pb2, reward_pb2_grpc
-from rewards.base import EditOutcome
-from rewards.config import ClientConfig
-from rewards.images import encode_png
-from rewards.server import SERVICE_NAME, grpc_message_options
+from cocoedit.protos import reward_pb2, reward_pb2_grpc
+from cocoedit.rewards.base import EditOutcome
+from cocoedit.rewards.config import ClientConfig
+from cocoedit.rewards.images import encode_png
+from cocoedit.rewards.server import SERVICE_NAME, grpc_message_options
+from cocoedit.telemetry import record_reward_latency
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 ImageLike = Union[np.ndarray, torch.Tensor]

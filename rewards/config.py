@@ -106,3 +106,13 @@ class RewardsConfig:
     mllm: JudgeConfig = field(default_factory=JudgeConfig)
     synthetic: SyntheticJudgeConfig = field(default_factory=SyntheticJudgeConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
+
+    def service(self, name: str) -> PixelConfig | JudgeConfig | SyntheticJudgeConfig:
+        """The config section of reward service `name` (its scorer settings, replicas and resources)."""
+        if name not in SERVICES:
+            raise ValueError(f"unknown reward service {name!r}; known: {list(SERVICES)}")
+        return getattr(self, name)
+
+
+# The reward services this project runs itself (sections of RewardsConfig, scorers in rewards/serve.py).
+SERVICES = ("pixel", "mllm", "synthetic")

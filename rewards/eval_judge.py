@@ -22,8 +22,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from rewards.config import JudgeConfig
-from rewards.eval_prompts import (
+from cocoedit.rewards.config import JudgeConfig
+from cocoedit.rewards.eval_prompts import (
     PROMPT_VERSION,
     AnswerParseError,
     Question,
@@ -33,7 +33,7 @@ from rewards.eval_prompts import (
     parse_json_answer,
     questions,
 )
-from rewards.mllm import JudgeEngineError, MLLMJudge, resize_for_judge, resolve_model_path
+from cocoedit.rewards.mllm import JudgeEngineError, MLLMJudge, resize_for_judge, resolve_model_path
 
 
 class RequestRejected(ValueError):

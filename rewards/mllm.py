@@ -26,9 +26,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from rewards.base import DecodedEdit, EditOutcome, Scorer
-from rewards.config import JudgeConfig
-from rewards.judge import (
+from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
+from cocoedit.rewards.config import JudgeConfig
+from cocoedit.rewards.judge import (
     JudgeError,
     build_messages,
     digit_token_ids,
@@ -87,7 +87,7 @@ def resize_for_judge(image: np.ndarray, size: int) -> Any:
 def resolve_model_path(cfg: JudgeConfig) -> Path:
     """cfg.model_path, or the tiny judge built into cfg.tiny_judge_dir when it is None."""
     if cfg.model_path is None:
-        from rewards.tiny_judge import build_tiny_judge
+        from cocoedit.rewards.tiny_judge import build_tiny_judge
 
         return build_tiny_judge(Path(os.path.expanduser(cfg.tiny_judge_dir)))
     path = Path(os.path.expanduser(cfg.model_path))

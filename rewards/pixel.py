@@ -20,9 +20,9 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from rewards.base import DecodedEdit, EditOutcome, Scorer
-from rewards.config import PixelConfig
-from rewards.metrics import pixel_reward
+from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
+from cocoedit.rewards.config import PixelConfig
+from cocoedit.rewards.metrics import pixel_reward
 
 # Pixels (all edits together) per torch call: enough to amortise dispatch, small enough that the
 # float copies of a chunk stay in the allocator's reused heap (fresh large blocks page-fault).

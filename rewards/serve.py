@@ -9,28 +9,26 @@ Binds 127.0.0.1 unless --host says otherwise; SIGTERM/SIGINT shut it down gracef
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 
-from rewards.base import Scorer
-from rewards.config import RewardsConfig, ServerConfig
+from cocoedit.rewards.base import Scorer
+from cocoedit.rewards.config import RewardsConfig, ServerConfig
 
 
 def _pixel(cfg: RewardsConfig) -> tuple[Scorer, ServerConfig]:
-    from rewards.pixel import PixelScorer
+    from cocoedit.rewards.pixel import PixelScorer
 
     return PixelScorer(cfg.pixel), cfg.pixel.server
 
 
 def _mllm(cfg: RewardsConfig) -> tuple[Scorer, ServerConfig]:
-    from rewards.mllm import MLLMJudge
+    from cocoedit.rewards.mllm import MLLMJudge
 
     return MLLMJudge(cfg.mllm), cfg.mllm.server
 
 
 def _synthetic(cfg: RewardsConfig) -> tuple[Scorer, ServerConfig]:
-    from rewards.synthetic import SyntheticJudge
+    from cocoedit.rewards.synthetic import SyntheticJudge
 
     return SyntheticJudge(cfg.synthetic), cfg.synthetic.server
 
@@ -40,22 +38,9 @@ def _synthetic(cfg: RewardsConfig) -> tuple[Scorer, ServerConfig]:
 SERVICES = {"pixel": _pixel, "mllm": _mllm, "synthetic": _synthetic}
 
 
-def cli_serve(args: argparse.Namespace) -> int:
-    """Entry point of `cocoedit serve` (see cluster/cli.py for the arguments)."""
-    from cluster.config import ConfigError, load_config
-    from rewards.server import run_standalone
+def serve(service: str, cfg: RewardsConfig, host: str, port: int) -> int:
+    """Serve `service` on host:port until SIGTERM/SIGINT (graceful shutdown); returns the exit code."""
+    from cocoedit.rewards.server import run_standalone
 
-    overrides = list(args.overrides)
-    if args.model is not None:
-        if args.service != "mllm":
-            print(f"--model applies to the mllm service only, not {args.service}", file=sys.stderr)
-            return 2
-        overrides.append(f"rewards.mllm.model_path={args.model}")
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 1
-    scorer, server_cfg = SERVICES[args.service](cfg.rewards)
-    server_cfg = dataclasses.replace(server_cfg, host=args.host, port=args.port)
-    return run_standalone(scorer, server_cfg)
+    scorer, server_cfg = SERVICES[service](cfg)
+    return run_standalone(scorer, dataclasses.replace(server_cfg, host=host, port=port))

@@ -30,11 +30,11 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cluster.metrics import record_server_request
-from protos import reward_pb2, reward_pb2_grpc
-from rewards.base import DecodedEdit, EditOutcome, Scorer
-from rewards.config import ServerConfig
-from rewards.images import ImageDecodeError, decode_png
+from cocoedit.protos import reward_pb2, reward_pb2_grpc
+from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
+from cocoedit.rewards.config import ServerConfig
+from cocoedit.rewards.images import ImageDecodeError, decode_png
+from cocoedit.telemetry import record_server_request
 
 log = logging.getLogger(__name__)
 

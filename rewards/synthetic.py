@@ -18,8 +18,8 @@ import math
 import numpy as np
 import torch
 
-from rewards.base import DecodedEdit, EditOutcome, Scorer
-from rewards.config import SyntheticJudgeConfig
+from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
+from cocoedit.rewards.config import SyntheticJudgeConfig
 
 
 def instruction_scores(

@@ -1,6 +1,6 @@
 """A tiny Qwen2.5-VL judge built in code, saved as a local HF directory that vLLM loads (CPU tests).
 
-    from rewards.tiny_judge import build_tiny_judge
+    from cocoedit.rewards.tiny_judge import build_tiny_judge
     path = build_tiny_judge("/tmp/tiny_judge")   # ~5 MB, a few seconds; idempotent
 
 The weights are random, so its scores mean nothing; what is real is everything around them: the

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rewards.base import EditOutcome
+from cocoedit.rewards.base import EditOutcome
 
 
 class RewardError(ValueError):

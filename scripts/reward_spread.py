@@ -19,13 +19,13 @@ import itertools
 import numpy as np
 import torch
 
-from actors.data import load_items
-from actors.rollout import RolloutWorker
-from actors.types import GroupedItem, RolloutBatch
-from cluster.config import load_config
-from cluster.launch import resolve_models
-from rewards.base import DecodedEdit
-from rewards.serve import SERVICES
+from cocoedit.actors.data import load_items
+from cocoedit.actors.rollout import RolloutWorker
+from cocoedit.actors.types import GroupedItem, RolloutBatch
+from cocoedit.cluster.config import load_config
+from cocoedit.cluster.launch import resolve_models
+from cocoedit.rewards.base import DecodedEdit
+from cocoedit.rewards.serve import SERVICES
 
 
 def decoded(batch: RolloutBatch, i: int) -> DecodedEdit:

@@ -13,4 +13,4 @@ fi
 # worker and vLLM engine included, compiles torch/diffusers from source again: tens of seconds each.
 uv pip install --quiet --compile-bytecode --python .venv/bin/python --override requirements/overrides.txt -r requirements/cpu.txt
 uv pip install --quiet --python .venv/bin/python --no-deps -e .
-.venv/bin/python -m protos.build
+.venv/bin/python -m cocoedit.protos.build --check

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.loopback import apply_loopback_env
+from cocoedit.loopback import apply_loopback_env
 
 apply_loopback_env()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from protos.codegen import build
+    from cocoedit.protos.codegen import build
 
     build()
 

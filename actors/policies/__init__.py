@@ -1,40 +1,88 @@
 """Diffusion edit policies: FLUX.1-Kontext and Qwen-Image-Edit behind one interface (`base.EditPolicy`).
 
-policy = load_policy(PolicyConfig(family="flux_kontext", model_path="/models/FLUX.1-Kontext-dev"))
+    policy = load_policy(PolicyConfig(family="flux_kontext", model_path="/models/FLUX.1-Kontext-dev"))
+
+`FAMILIES` is the one registry of model families: a family's name, its EditPolicy class and the
+diffusers pipeline class its checkpoints name in `model_index.json`.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
-from actors.config import PolicyConfig
-from actors.policies.base import EditPolicy
+from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.policies.base import EditPolicy
 
-# family -> (module, class); the one place a family picks its implementation.
-POLICIES: dict[str, tuple[str, str]] = {
-    "flux_kontext": ("actors.policies.flux_kontext", "FluxKontextPolicy"),
-    "qwen_image_edit": ("actors.policies.qwen_image_edit", "QwenImageEditPolicy"),
-    "qwen_image_edit_plus": ("actors.policies.qwen_image_edit", "QwenImageEditPlusPolicy"),
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # policy.family
+    policy: str  # "module:Class" of its EditPolicy (imported only when used)
+    pipeline: str  # the diffusers pipeline class a checkpoint of this family names in model_index.json
+
+    def policy_class(self) -> type[EditPolicy]:
+        module, _, cls = self.policy.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "flux_kontext", "cocoedit.actors.policies.flux_kontext:FluxKontextPolicy", "FluxKontextPipeline"
+        ),
+        Family(
+            "qwen_image_edit",
+            "cocoedit.actors.policies.qwen_image_edit:QwenImageEditPolicy",
+            "QwenImageEditPipeline",
+        ),
+        Family(
+            "qwen_image_edit_plus",
+            "cocoedit.actors.policies.qwen_image_edit:QwenImageEditPlusPolicy",
+            "QwenImageEditPlusPipeline",
+        ),
+    )
 }
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"policy.family={name!r} is unknown; expected one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def read_family(model_path: str | Path) -> str:
+    """The family of a diffusers directory, from the pipeline class its model_index.json names."""
+    index = Path(model_path) / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(
+            f"{index} not found: model_path must be a diffusers directory (build one with "
+            "cocoedit.actors.policies.tiny.build_tiny_model or point at a downloaded checkpoint)"
+        )
+    name = json.loads(index.read_text())["_class_name"]
+    by_pipeline = {f.pipeline: f.name for f in FAMILIES.values()}
+    if name not in by_pipeline:
+        raise ValueError(
+            f"{index}: pipeline class {name!r} is not an edit family we support ({sorted(by_pipeline)})"
+        )
+    return by_pipeline[name]
 
 
 def load_policy(cfg: PolicyConfig, seed: int = 0) -> EditPolicy:
     """Build the EditPolicy of cfg.family from the local diffusers directory cfg.model_path, with LoRA
     adapters `default` and `old` (seed: the gaussian LoRA init)."""
-    if cfg.family not in POLICIES:
-        raise ValueError(f"policy.family={cfg.family!r} is unknown; expected one of {sorted(POLICIES)}")
+    fam = family(cfg.family)
     if not cfg.model_path:
         raise ValueError(
             "policy.model_path is not set: point it at a local diffusers directory "
-            "(for the tiny CPU mode build one with actors.policies.tiny.build_tiny_model)"
+            "(for the tiny CPU mode build one with cocoedit.actors.policies.tiny.build_tiny_model)"
         )
-    from actors.policies.tiny import read_family
-
     found = read_family(cfg.model_path)
     if found != cfg.family:
         raise ValueError(
-            f"policy.family={cfg.family!r} but {cfg.model_path} holds a {found!r} model; "
-            f"set policy.family: {found}"
+            f"policy.family={cfg.family!r} but {cfg.model_path} holds a {found!r} model; set policy.family: {found}"
         )
-    module_name, class_name = POLICIES[cfg.family]
-    return getattr(importlib.import_module(module_name), class_name)(cfg, seed=seed)
+    return fam.policy_class()(cfg, seed=seed)

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from actors.types import Condition
+from cocoedit.actors.types import Condition
 
 AdapterName = Literal["default", "old", "ref"]
 

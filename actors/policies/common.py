@@ -8,10 +8,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from actors.config import PolicyConfig
-from actors.policies import lora
-from actors.policies.base import AdapterName, EditPolicy
-from actors.types import Condition
+from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.policies import lora
+from cocoedit.actors.policies.base import AdapterName, EditPolicy
+from cocoedit.actors.types import Condition
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

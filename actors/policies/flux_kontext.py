@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 import torch
 
-from actors.config import PolicyConfig
-from actors.policies.common import (
+from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.policies.common import (
     DTYPES,
     DiffusersEditPolicy,
     require_model_path,
@@ -21,7 +21,7 @@ from actors.policies.common import (
     to_uint8,
     to_unit_float,
 )
-from actors.types import Condition
+from cocoedit.actors.types import Condition
 
 BATCHED = frozenset({"prompt_embeds", "pooled_prompt_embeds", "image_latents", "guidance"})
 

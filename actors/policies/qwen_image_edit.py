@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from actors.config import PolicyConfig
-from actors.policies.common import (
+from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.policies.common import (
     DTYPES,
     DiffusersEditPolicy,
     require_model_path,
@@ -27,7 +27,7 @@ from actors.policies.common import (
     to_uint8,
     to_unit_float,
 )
-from actors.types import Condition
+from cocoedit.actors.types import Condition
 
 BATCHED = frozenset({"prompt_embeds", "prompt_embeds_mask", "image_latents"})
 CONDITION_IMAGE_AREA = 384 * 384  # QwenImageEditPlusPipeline's text-encoder image area

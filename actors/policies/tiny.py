@@ -4,7 +4,6 @@ lead's synthetic pre-training.
 
     path = build_tiny_model("flux_kontext", "/tmp/tiny_flux")     # a normal diffusers directory
     pipe = FluxKontextPipeline.from_pretrained(path)               # loads like any checkpoint
-    policy = build_tiny_policy("flux_kontext", lora_rank=4)        # EditPolicy over a tmp copy
 
 Size knobs (keyword args of `build_tiny_model`) trade capacity for speed: `num_layers` (dual-stream
 blocks), `num_single_layers`, `num_attention_heads`, `attention_head_dim`, `text_dim` (text encoders and
@@ -14,18 +13,14 @@ the transformer's joint attention width), `vae_channels`, `vae_blocks` (VAE down
 
 from __future__ import annotations
 
-import json
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from actors.config import PolicyConfig
-from actors.policies.base import EditPolicy
+from cocoedit.actors.policies import FAMILIES
 
-FAMILIES = ("flux_kontext", "qwen_image_edit", "qwen_image_edit_plus")
 TINY_MAX_SEQUENCE_LENGTH = 32  # T5 / CLIP token budget of the tiny tokenizers (model_max_length)
 
 # FLUX.1-dev's scheduler (resolution-dependent exponential shift).
@@ -132,7 +127,7 @@ def _qwen_tokenizer():
 
 def _check_family(family: str) -> None:
     if family not in FAMILIES:
-        raise ValueError(f"unknown policy family {family!r}; expected one of {FAMILIES}")
+        raise ValueError(f"unknown policy family {family!r}; expected one of {sorted(FAMILIES)}")
 
 
 def build_tiny_model(
@@ -374,49 +369,3 @@ def _tiny_qwen(
         processor=processor,
         transformer=transformer,
     )
-
-
-def read_family(model_path: str | Path) -> str:
-    """The policy family of a diffusers directory, from its model_index.json `_class_name`."""
-    index = Path(model_path) / "model_index.json"
-    if not index.is_file():
-        raise FileNotFoundError(
-            f"{index} not found: model_path must be a diffusers directory (build one with "
-            "actors.policies.tiny.build_tiny_model or download a checkpoint)"
-        )
-    name = json.loads(index.read_text())["_class_name"]
-    by_class = {
-        "FluxKontextPipeline": "flux_kontext",
-        "QwenImageEditPipeline": "qwen_image_edit",
-        "QwenImageEditPlusPipeline": "qwen_image_edit_plus",
-    }
-    if name not in by_class:
-        raise ValueError(
-            f"{index}: pipeline class {name!r} is not an edit family we support ({list(by_class)})"
-        )
-    return by_class[name]
-
-
-def build_tiny_policy(
-    family: str,
-    seed: int = 0,
-    lora_rank: int = 4,
-    lora_alpha: Optional[int] = None,
-    out_dir: Optional[str | Path] = None,
-    **model_kwargs: Any,
-) -> EditPolicy:
-    """A float32 CPU EditPolicy over a freshly built tiny model (saved under out_dir or a temp dir)."""
-    from actors.policies import load_policy
-
-    path = out_dir or tempfile.mkdtemp(prefix=f"tiny_{family}_")
-    build_tiny_model(family, path, seed=seed, **model_kwargs)
-    cfg = PolicyConfig(
-        family=family,  # type: ignore[arg-type]
-        model_path=str(path),
-        dtype="float32",
-        device="cpu",
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_rank,
-        gradient_checkpointing=False,
-    )
-    return load_policy(cfg, seed=seed)

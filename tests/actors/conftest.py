@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     """family -> directory of a tiny diffusers model of that family (built on first use)."""
-    from actors.policies.tiny import build_tiny_model
+    from cocoedit.actors.policies.tiny import build_tiny_model
 
     built: dict[str, Path] = {}
 

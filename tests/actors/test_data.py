@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from actors.config import DataConfig
-from actors.data import (
+from cocoedit.actors.config import DataConfig
+from cocoedit.actors.data import (
     EpochSampler,
     LazyEditItems,
     Problem,
@@ -25,8 +25,8 @@ from actors.data import (
     load_manifest,
     validate_manifest,
 )
-from actors.synth import synthetic_items, write_synthetic_dataset
-from cluster.cli import main
+from cocoedit.actors.synth import synthetic_items, write_synthetic_dataset
+from cocoedit.cluster.cli import main
 
 
 def _png(path: Path, array: np.ndarray) -> str:

@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from actors.config import PolicyConfig
-from actors.policies import load_policy
-from actors.policies.lora import export_diffusers_lora
-from actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
-from actors.samplers import sample, shifted_sigmas
-from actors.types import Condition
+from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.policies import load_policy
+from cocoedit.actors.policies.lora import export_diffusers_lora
+from cocoedit.actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
+from cocoedit.actors.samplers import sample, shifted_sigmas
+from cocoedit.actors.types import Condition
 
 SIZE = 32
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.config import PolicyConfig, PretrainConfig
-from actors.pretrain import pretrain_tiny
+from cocoedit.actors.config import PolicyConfig, PretrainConfig
+from cocoedit.actors.pretrain import pretrain_tiny
 
 FAST = PretrainConfig(num_items=16, eval_items=4, vae_steps=3, steps=3, batch_size=4)
 
@@ -35,7 +35,7 @@ def test_directory_is_a_plain_diffusers_editor(editor: Path) -> None:
 
 
 def test_pretrained_weights_are_what_the_policy_runs(editor: Path) -> None:
-    from actors.policies import load_policy
+    from cocoedit.actors.policies import load_policy
 
     cfg = PolicyConfig(model_path=str(editor), dtype="float32", device="cpu", lora_rank=2, lora_alpha=2)
     policy = load_policy(cfg)

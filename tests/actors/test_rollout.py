@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from actors.config import PolicyConfig, RolloutConfig
-from actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
-from actors.rollout import RolloutWorker
-from actors.samplers import sde_step
-from actors.types import EditItem, GroupedItem
+from cocoedit.actors.config import PolicyConfig, RolloutConfig
+from cocoedit.actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
+from cocoedit.actors.rollout import RolloutWorker
+from cocoedit.actors.samplers import sde_step
+from cocoedit.actors.types import EditItem, GroupedItem
 
 SIZE = 32
 
@@ -219,8 +219,8 @@ def test_cli_edit_with_exported_lora_reproduces_the_worker(tiny_model_dir, tmp_p
     """`cocoedit edit` (stock pipeline + load_lora_weights) gives the worker's edit for the same seed."""
     import numpy as np
 
-    from actors.policies.lora import export_diffusers_lora
-    from cluster.cli import main
+    from cocoedit.actors.policies.lora import export_diffusers_lora
+    from cocoedit.cluster.cli import main
 
     path = tiny_model_dir("flux_kontext")
     worker = RolloutWorker(policy_config(path), RolloutConfig(sampler="euler", num_steps=3, batch_size=1))

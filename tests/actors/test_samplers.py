@@ -8,8 +8,15 @@ import math
 import pytest
 import torch
 
-from actors.policies.tiny import FLUX_SCHEDULER, QWEN_SCHEDULER
-from actors.samplers import calculate_shift, dpm2_step, euler_step, integrate, sde_step, shifted_sigmas
+from cocoedit.actors.policies.tiny import FLUX_SCHEDULER, QWEN_SCHEDULER
+from cocoedit.actors.samplers import (
+    calculate_shift,
+    dpm2_step,
+    euler_step,
+    integrate,
+    sde_step,
+    shifted_sigmas,
+)
 
 
 @pytest.mark.parametrize("config", [FLUX_SCHEDULER, QWEN_SCHEDULER], ids=["flux", "qwen"])

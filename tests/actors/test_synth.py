@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.synth import (
+from cocoedit.actors.synth import (
     BACKGROUNDS,
     COLOURS,
     MAX_INSTRUCTION_CHARS,
@@ -25,7 +25,7 @@ from actors.synth import (
     vocabulary,
     write_synthetic_dataset,
 )
-from cluster.cli import main
+from cocoedit.cluster.cli import main
 
 
 def _files(root: Path) -> dict[str, bytes]:

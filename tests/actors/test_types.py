@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from actors.types import Condition, RolloutBatch
+from cocoedit.actors.types import Condition, RolloutBatch
 
 
 def _batch(version: int, n: int, offset: int = 0) -> RolloutBatch:

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli import main
-from cluster.config import CONFIG_DIR, Config, ConfigError, load_config
+from cocoedit.cluster.cli import main
+from cocoedit.cluster.config import CONFIG_DIR, Config, ConfigError, load_config
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)

@@ -21,17 +21,17 @@ import pytest
 import torch
 from PIL import Image
 
-from cluster.cli import main as cli_main
-from cluster.config import load_config
-from cluster.eval_report import aggregate, compare_runs
-from cluster.evaluate import (
+from cocoedit.cluster.cli import main as cli_main
+from cocoedit.cluster.config import load_config
+from cocoedit.cluster.eval_report import aggregate, compare_runs
+from cocoedit.cluster.evaluate import (
     EditGenerator,
     generate_edits,
     generation_settings,
     load_bench,
     read_png,
 )
-from rewards.eval_prompts import (
+from cocoedit.rewards.eval_prompts import (
     AnswerParseError,
     gedit_item_scores,
     gedit_questions,
@@ -46,7 +46,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from actors.policies.tiny import build_tiny_model
+    from cocoedit.actors.policies.tiny import build_tiny_model
 
     return build_tiny_model("flux_kontext", tmp_path_factory.mktemp("eval_model") / "flux", seed=0)
 
@@ -460,7 +460,7 @@ def test_gedit_judge_on_tiny_vllm_counts_failures(
 
 
 def test_qwen_true_cfg_keeps_the_conditional_norm_and_changes_edits(tmp_path: Path, synth_data: Path) -> None:
-    from actors.policies.tiny import build_tiny_model
+    from cocoedit.actors.policies.tiny import build_tiny_model
 
     model = build_tiny_model("qwen_image_edit", tmp_path / "qwen", seed=0)
     base = ["policy.family=qwen_image_edit", f"policy.model_path={model}", f"eval.image_size={SIZE}"]

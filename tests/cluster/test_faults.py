@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import ray
 
-from cluster.config import load_config
-from cluster.train import LearnerFailure, train
-from learner.checkpoint import latest_checkpoint
+from cocoedit.cluster.config import load_config
+from cocoedit.cluster.train import LearnerFailure, train
+from cocoedit.learner.checkpoint import latest_checkpoint
 from tests.cluster.test_train import TINY
 
 EDITS_PER_EPOCH = 2 * 4  # data.n_items x data.group_size of TINY

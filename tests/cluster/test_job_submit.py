@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.loopback import LOOPBACK_ENV, free_port
-from learner.checkpoint import latest_checkpoint
+from cocoedit.learner.checkpoint import latest_checkpoint
+from cocoedit.loopback import LOOPBACK_ENV, free_port
 from tests.cluster.test_metrics import Seen
 from tests.cluster.test_train import TINY
 
@@ -129,7 +129,7 @@ def test_ray_job_submit_trains_and_exports_metrics(cluster, tmp_path: Path) -> N
     runtime_env = {
         "env_vars": {"COCOEDIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
     }
-    entrypoint = ["python", "-m", "cluster.train", "--config", "cluster/configs/tiny_cpu.yaml"]
+    entrypoint = ["python", "-m", "cocoedit.cluster.train", "--config", "cluster/configs/tiny_cpu.yaml"]
     entrypoint += [*TINY, "run.epochs=2", f"run.run_dir={run_dir}"]
     subprocess.run(
         [str(RAY), "job", "submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id]

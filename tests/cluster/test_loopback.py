@@ -6,13 +6,13 @@ import os
 import subprocess
 import sys
 
-from cluster.loopback import LOOPBACK_ENV
+from cocoedit.loopback import LOOPBACK_ENV
 
 SCRIPT = """
 import json, time
 import psutil, ray                                   # imported first, as the train driver does
-from cluster.config import RunConfig
-from cluster.launch import init_ray
+from cocoedit.cluster.config import RunConfig
+from cocoedit.cluster.launch import init_ray
 
 init_ray(RunConfig(ray_num_cpus=1))
 ray.get(ray.remote(lambda: 1).remote())              # a worker process too

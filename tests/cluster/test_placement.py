@@ -7,9 +7,9 @@ import pytest
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
-from cluster.config import load_config
-from cluster.placement import Demand, Placement, PlacementError, check_cluster, demands
-from cluster.train import train
+from cocoedit.cluster.config import load_config
+from cocoedit.cluster.placement import Demand, Placement, PlacementError, check_cluster, demands
+from cocoedit.cluster.train import train
 
 # the tiny config's roles: learner 0.5 CPU, rollout 0.5 CPU, pixel 0.25 CPU, synthetic 0.25 CPU
 TINY = ["run.epochs=1", "data.synth_num=8", "data.n_items=2", "data.group_size=4"]
@@ -139,7 +139,7 @@ def test_colocated_actors_land_in_the_same_bundle(ray_local) -> None:  # noqa: A
     [("flux_kontext_8gpu.yaml", 1), ("qwen_image_edit_16gpu.yaml", 2)],
 )
 def test_shipped_cluster_configs_fit_the_clusters_they_name(name: str, nodes: int) -> None:
-    from cluster.config import CONFIG_DIR
+    from cocoedit.cluster.config import CONFIG_DIR
 
     cfg = load_config(CONFIG_DIR / name)
     node = {"CPU": 96.0, "GPU": 8.0}

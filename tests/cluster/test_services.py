@@ -6,10 +6,10 @@ import signal
 import numpy as np
 import pytest
 
-from cluster.config import load_config
-from cluster.placement import PlacementError
-from cluster.services import RewardServices
-from rewards.client import make_edit
+from cocoedit.cluster.config import load_config
+from cocoedit.cluster.placement import PlacementError
+from cocoedit.cluster.services import RewardServices
+from cocoedit.rewards.client import make_edit
 
 
 def _edits(n: int) -> list:

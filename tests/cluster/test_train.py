@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.config import load_config
-from cluster.train import train
-from learner.checkpoint import latest_checkpoint
+from cocoedit.cluster.config import load_config
+from cocoedit.cluster.train import train
+from cocoedit.learner.checkpoint import latest_checkpoint
 
 TINY = [
     "run.epochs=2",

@@ -8,23 +8,23 @@ from pathlib import Path
 
 import torch
 
-from actors.config import PolicyConfig
-from actors.policies.base import EditPolicy
-from actors.types import RolloutBatch
-from learner.config import LearnerConfig
+from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.policies.base import EditPolicy
+from cocoedit.actors.types import RolloutBatch
+from cocoedit.learner.config import LearnerConfig
 
 SIZE = 32  # pixels; tiny VAE factor 2 x 2x2 packing -> 8x8 = 64 tokens of 64 channels
 MODEL_KWARGS = dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=16)
 
 
 def build_model(out_dir: str | Path) -> Path:
-    from actors.policies.tiny import build_tiny_model
+    from cocoedit.actors.policies.tiny import build_tiny_model
 
     return build_tiny_model("flux_kontext", out_dir, seed=0, **MODEL_KWARGS)
 
 
 def policy_config(model_dir: str | Path, lora_rank: int = 4) -> PolicyConfig:
-    from actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
+    from cocoedit.actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
 
     return PolicyConfig(
         family="flux_kontext",
@@ -39,7 +39,7 @@ def policy_config(model_dir: str | Path, lora_rank: int = 4) -> PolicyConfig:
 
 
 def load(model_dir: str | Path, seed: int = 0) -> EditPolicy:
-    from actors.policies import load_policy
+    from cocoedit.actors.policies import load_policy
 
     return load_policy(policy_config(model_dir), seed=seed)
 
@@ -86,7 +86,7 @@ def make_batch(policy: EditPolicy, n: int = 4, num_steps: int = 4, seed: int = 0
 @torch.no_grad()
 def keep_error(policy: EditPolicy, batch: RolloutBatch, probes: list[tuple[float, torch.Tensor]]) -> float:
     """Mean over probes (t, eps) of d_pos = <(x0_pos - x0)^2>_{W_pos} for the current theta."""
-    from learner.losses import region_weights, weighted_sq_dist
+    from cocoedit.learner.losses import region_weights, weighted_sq_dist
 
     grid = policy.unpack(batch.x0[:1], batch.height, batch.width).shape[-2:]
     w = region_weights(batch.edit_masks, (int(grid[0]), int(grid[1])))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learner.advantages import (
+from cocoedit.learner.advantages import (
     banned_items,
     group_advantages,
     group_stats,
@@ -13,7 +13,7 @@ from learner.advantages import (
     score_groups,
     valid_edits,
 )
-from learner.config import LearnerConfig
+from cocoedit.learner.config import LearnerConfig
 
 # three groups of two edits; group c is solved (std 0, mean 0.95), group b is low-variance
 REWARDS = torch.tensor([0.2, 0.6, 0.5, 0.51, 0.95, 0.95], dtype=torch.float64)

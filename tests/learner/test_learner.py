@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.samplers import sde_step
-from cluster.loopback import free_port
-from learner.checkpoint import COMPLETE, checkpoint_dir, latest_checkpoint
-from learner.learner import Learner
+from cocoedit.actors.samplers import sde_step
+from cocoedit.learner.checkpoint import COMPLETE, checkpoint_dir, latest_checkpoint
+from cocoedit.learner.learner import Learner
+from cocoedit.loopback import free_port
 from tests.learner import common
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from learner.config import LearnerConfig
-from learner.losses import (
+from cocoedit.learner.config import LearnerConfig
+from cocoedit.learner.losses import (
     RegionWeights,
     erode,
     grpo_loss,

@@ -1,43 +1,44 @@
-"""`import protos` builds the gRPC code where it is missing (a `ray job submit` upload leaves it out),
-once, even when several processes import at the same moment."""
+"""The committed gRPC code is what reward.proto generates, and importing it writes nothing."""
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import protos
-
-IMPORT = (
-    "from protos import reward_pb2, reward_pb2_grpc; "
-    "print(reward_pb2.__file__, reward_pb2_grpc.reward__pb2.ScoreRequest.DESCRIPTOR.full_name)"
-)
+import cocoedit.protos
+from cocoedit.protos import codegen
 
 
-def test_concurrent_first_imports_build_the_code_once(tmp_path: Path) -> None:
-    package = tmp_path / "protos"
+def test_committed_code_matches_the_proto() -> None:
+    assert codegen.stale() == [], "run python -m cocoedit.protos.build after editing reward.proto"
+
+
+def test_importing_the_protos_writes_nothing(tmp_path: Path) -> None:
+    """A read-only copy of the package (as in site-packages) imports; protoc is never run at import."""
+    root = tmp_path / "site"
+    package = root / "cocoedit" / "protos"
     shutil.copytree(
-        Path(protos.__file__).parent, package, ignore=shutil.ignore_patterns("reward_pb2*", ".build*")
+        Path(cocoedit.protos.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
     )
-    assert not list(package.glob("reward_pb2*"))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", IMPORT],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    (root / "cocoedit" / "__init__.py").write_text("")
+    for path in [*package.iterdir(), package, root / "cocoedit"]:
+        os.chmod(path, 0o555 if path.is_dir() else 0o444)
+    before = sorted(p.name for p in package.iterdir())
+    code = (
+        "import sys; sys.dont_write_bytecode = True; "
+        "from cocoedit.protos import reward_pb2, reward_pb2_grpc; "
+        "print(reward_pb2.__file__, reward_pb2_grpc.reward__pb2.ScoreRequest.DESCRIPTOR.full_name)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
         )
-        for _ in range(4)
-    ]
-    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
-    for out, err, code in results:
-        assert code == 0, err
-        path, name = out.split()
-        assert Path(path).parent == package and name == "cocoedit.reward.v1.ScoreRequest"
-    assert sorted(p.name for p in package.glob("reward_pb2*")) == [
-        "reward_pb2.py",
-        "reward_pb2.pyi",
-        "reward_pb2_grpc.py",
-    ]
-    assert not list(package.glob(".build-*"))  # no temp dir left behind
+    finally:
+        for path in [root / "cocoedit", package, *package.iterdir()]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    assert out.returncode == 0, out.stderr
+    path, name = out.stdout.split()
+    assert Path(path).parent == package and name == "cocoedit.reward.v1.ScoreRequest"
+    assert sorted(p.name for p in package.iterdir()) == before

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from rewards.base import DecodedEdit, EditOutcome, Scorer
-from rewards.config import ClientConfig, PixelConfig, ServerConfig
+from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
+from cocoedit.rewards.config import ClientConfig, PixelConfig, ServerConfig
 
 
 def synthetic_edit_arrays(
@@ -30,7 +30,7 @@ def synthetic_edit_arrays(
 
 
 def make_edits(n: int, h: int = 32, w: int = 32, seed: int = 0, prefix: str = "e") -> list:
-    from rewards.client import make_edit
+    from cocoedit.rewards.client import make_edit
 
     rng = np.random.default_rng(seed)
     edits = []
@@ -94,7 +94,7 @@ class TargetScorer(Scorer):
 @pytest.fixture
 def serve() -> Iterator[Callable]:
     """serve(scorer, **server_cfg) -> a started BackgroundServer on a free port, stopped after the test."""
-    from rewards.server import BackgroundServer
+    from cocoedit.rewards.server import BackgroundServer
 
     servers = []
 
@@ -111,8 +111,8 @@ def serve() -> Iterator[Callable]:
 @pytest.fixture(scope="module")
 def pixel_server() -> Iterator:
     """One standard-mode pixel server per test module."""
-    from rewards.pixel import PixelScorer
-    from rewards.server import BackgroundServer
+    from cocoedit.rewards.pixel import PixelScorer
+    from cocoedit.rewards.server import BackgroundServer
 
     with BackgroundServer(PixelScorer(PixelConfig(threads=1)), ServerConfig(grace_s=0.5)) as srv:
         yield srv

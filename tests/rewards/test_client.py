@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from rewards.base import EditOutcome
-from rewards.client import RewardClient, RewardServiceError, make_edit
-from rewards.config import ClientConfig, PixelConfig
-from rewards.images import decode_png
-from rewards.pixel import PixelScorer
-from rewards.weighting import RewardError, combine
+from cocoedit.rewards.base import EditOutcome
+from cocoedit.rewards.client import RewardClient, RewardServiceError, make_edit
+from cocoedit.rewards.config import ClientConfig, PixelConfig
+from cocoedit.rewards.images import decode_png
+from cocoedit.rewards.pixel import PixelScorer
+from cocoedit.rewards.weighting import RewardError, combine
 from tests.rewards.conftest import GateScorer, make_edits
 
 
@@ -56,7 +56,7 @@ def test_balances_across_replicas_and_survives_a_killed_one(serve) -> None:
 
 
 def test_retries_run_out_with_a_loud_error() -> None:
-    from cluster.loopback import free_port
+    from cocoedit.loopback import free_port
 
     dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     client = RewardClient(dead, ClientConfig(retries=2, backoff_s=0.01, timeout_s=5), "pixel")

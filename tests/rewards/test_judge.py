@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from rewards.config import JudgeConfig
-from rewards.judge import (
+from cocoedit.rewards.config import JudgeConfig
+from cocoedit.rewards.judge import (
     PROMPTS,
     JudgeError,
     build_messages,
@@ -17,7 +17,7 @@ from rewards.judge import (
     prompt_template,
     score_from_logprobs,
 )
-from rewards.mllm import MLLMJudge, resize_for_judge
+from cocoedit.rewards.mllm import MLLMJudge, resize_for_judge
 
 DIGIT_IDS = [100, 101, 102, 103, 104, 105]  # token ids of "0".."5" in these tests
 

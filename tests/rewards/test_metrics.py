@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from rewards.metrics import (
+from cocoedit.rewards.metrics import (
     CONVENTIONS,
     masked_psnr_ssim,
     masked_psnr_ssim_reference,
@@ -209,9 +209,9 @@ def test_bad_inputs_raise_with_the_fix() -> None:
 
 @pytest.mark.parametrize("band_pixels", [1, 29 * 4 * 3, 10**9])
 def test_row_bands_do_not_change_the_result(monkeypatch, band_pixels: int) -> None:
-    import rewards.metrics
+    import cocoedit.rewards.metrics
 
-    monkeypatch.setattr(rewards.metrics, "BAND_PIXELS", band_pixels)  # 1 row, 3 rows, one band
+    monkeypatch.setattr(cocoedit.rewards.metrics, "BAND_PIXELS", band_pixels)  # 1 row, 3 rows, one band
     edited, source, masks = batch(np.random.default_rng(11), 4, 37, 29)
     masks[0, :, :20] = 1  # bands with nothing kept are skipped
     for compat in ("standard", "release"):

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rewards.base import DecodedEdit
-from rewards.config import ClientConfig, JudgeConfig, ServerConfig
+from cocoedit.rewards.base import DecodedEdit
+from cocoedit.rewards.config import ClientConfig, JudgeConfig, ServerConfig
 from tests.rewards.conftest import make_edits
 
 
 @pytest.fixture(scope="module")
 def judge_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rewards.tiny_judge import build_tiny_judge
+    from cocoedit.rewards.tiny_judge import build_tiny_judge
 
     return build_tiny_judge(tmp_path_factory.mktemp("tiny_judge"))
 
@@ -42,8 +42,8 @@ def judge_cfg(judge_dir: Path) -> JudgeConfig:
 
 @pytest.fixture(scope="module")
 def judge_server(judge_cfg: JudgeConfig) -> Iterator:
-    from rewards.mllm import MLLMJudge
-    from rewards.server import BackgroundServer
+    from cocoedit.rewards.mllm import MLLMJudge
+    from cocoedit.rewards.server import BackgroundServer
 
     with BackgroundServer(MLLMJudge(judge_cfg), ServerConfig(grace_s=1.0)) as srv:
         yield srv
@@ -51,7 +51,7 @@ def judge_server(judge_cfg: JudgeConfig) -> Iterator:
 
 @pytest.fixture(scope="module")
 def client(judge_server) -> Iterator:  # type: ignore[no-untyped-def]
-    from rewards.client import RewardClient
+    from cocoedit.rewards.client import RewardClient
 
     cfg = ClientConfig(timeout_s=180.0, retries=1, backoff_s=0.05, ready_timeout_s=5.0, batch_edits=16)
     with RewardClient([judge_server.address], cfg, "mllm") as c:
@@ -78,8 +78,8 @@ def _decoded(n: int, seed: int) -> list[DecodedEdit]:
 def test_tiny_judge_directory_is_small_complete_and_cached(judge_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from rewards.judge import build_messages, digit_token_ids
-    from rewards.tiny_judge import build_tiny_judge
+    from cocoedit.rewards.judge import build_messages, digit_token_ids
+    from cocoedit.rewards.tiny_judge import build_tiny_judge
 
     files = {p.name for p in judge_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= files
@@ -156,7 +156,7 @@ def test_text_mode_gives_scores_or_parse_failures_never_defaults(judge_server, j
 
 
 def test_generate_timeout_fails_the_call_instead_of_hanging(judge_server, judge_cfg) -> None:  # type: ignore[no-untyped-def]
-    from rewards.mllm import JudgeEngineError
+    from cocoedit.rewards.mllm import JudgeEngineError
 
     judge = judge_server.scorer.share_engine(dataclasses.replace(judge_cfg, generate_timeout_s=1e-4))
     with pytest.raises(JudgeEngineError, match="generate_timeout_s"):

@@ -16,13 +16,13 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos import reward_pb2, reward_pb2_grpc
-from rewards.client import RewardClient, make_edit
-from rewards.config import ClientConfig, PixelConfig
-from rewards.images import ImageDecodeError, decode_png, encode_png
-from rewards.metrics import pixel_reward
-from rewards.pixel import PixelScorer
-from rewards.server import SERVICE_NAME, grpc_message_options
+from cocoedit.protos import reward_pb2, reward_pb2_grpc
+from cocoedit.rewards.client import RewardClient, make_edit
+from cocoedit.rewards.config import ClientConfig, PixelConfig
+from cocoedit.rewards.images import ImageDecodeError, decode_png, encode_png
+from cocoedit.rewards.metrics import pixel_reward
+from cocoedit.rewards.pixel import PixelScorer
+from cocoedit.rewards.server import SERVICE_NAME, grpc_message_options
 from tests.rewards.conftest import GateScorer, TargetScorer, make_edits, synthetic_edit_arrays
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -289,12 +289,12 @@ def test_health_not_serving_until_loaded_and_reflection(serve) -> None:
 
 
 def test_sigterm_shuts_down_cocoedit_serve_gracefully(fast_client_cfg) -> None:
-    from cluster.loopback import free_port
+    from cocoedit.loopback import free_port
 
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "serve", "pixel", "--port", str(port)],
+        [sys.executable, "-m", "cocoedit.cluster.cli", "serve", "pixel", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -322,10 +322,10 @@ def test_sigterm_shuts_down_cocoedit_serve_gracefully(fast_client_cfg) -> None:
 
 
 def test_parallel_chunks_equal_sequential_scoring(monkeypatch) -> None:
-    import rewards.pixel
-    from rewards.server import decode_edit
+    import cocoedit.rewards.pixel
+    from cocoedit.rewards.server import decode_edit
 
-    monkeypatch.setattr(rewards.pixel, "CHUNK_PIXELS", 2 * 24 * 24)
+    monkeypatch.setattr(cocoedit.rewards.pixel, "CHUNK_PIXELS", 2 * 24 * 24)
     scorer = PixelScorer(PixelConfig(threads=2))
     decoded = [decode_edit(e, scorer) for e in make_edits(7, 24, 24, seed=9)]
     sequential = scorer.score_sync(decoded)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from rewards.base import DecodedEdit
-from rewards.synthetic import SyntheticJudge, instruction_scores
+from cocoedit.rewards.base import DecodedEdit
+from cocoedit.rewards.synthetic import SyntheticJudge, instruction_scores
 
 
 def _pair(size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

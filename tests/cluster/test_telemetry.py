@@ -1,4 +1,4 @@
-"""cluster.metrics: what the driver and an actor record comes out of Ray's Prometheus export."""
+"""cocoedit.telemetry: what the driver and an actor record comes out of Ray's Prometheus export."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Optional
 
 import pytest
 
-from cluster.launch import metrics_url
-from cluster.metrics import (
+from cocoedit.cluster.launch import metrics_url
+from cocoedit.telemetry import (
     record_epoch,
     record_learner,
     record_reward_latency,
@@ -84,7 +84,7 @@ class Seen:
 
 def test_importing_and_recording_need_no_ray() -> None:
     code = (
-        "import sys, cluster.metrics as m\n"
+        "import sys, cocoedit.telemetry as m\n"
         "m.record_sample(3, 1.0); m.record_reward_latency('pixel', 0.1); m.record_server_request('pixel', 0.1)\n"
         "m.record_learner({'loss/total': 1.0}); m.record_epoch(0, {'reward/mean': 0.5}, 1, {'pixel': 1})\n"
         "assert 'ray' not in sys.modules, 'importing or recording imported ray'\n"

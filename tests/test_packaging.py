@@ -1,0 +1,64 @@
+"""The installed distribution is one `cocoedit` package that works outside the checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("actors", "rewards", "learner", "protos", "cluster")
+
+
+def test_the_wheel_holds_only_cocoedit_and_runs_outside_the_checkout(tmp_path: Path) -> None:
+    build = subprocess.run(
+        [
+            "uv",
+            "build",
+            "--wheel",
+            "--no-build-isolation",
+            "--python",
+            sys.executable,
+            "-o",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("cocoedit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"cocoedit", wheel.name.split("-py3")[0] + ".dist-info"}
+    # every package folder of the checkout is in the wheel (a new subpackage must be listed in pyproject)
+    folders = {
+        p.parent.relative_to(ROOT).as_posix() for part in PARTS for p in (ROOT / part).rglob("__init__.py")
+    }
+    assert {f"cocoedit/{f}/__init__.py" for f in folders} <= set(names)
+    assert {"cocoedit/cluster/configs/tiny_cpu.yaml", "cocoedit/protos/reward_pb2.py"} <= set(names)
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    code = "import cocoedit.actors.data, cocoedit.protos.reward_pb2 as p; print(cocoedit.actors.data.__file__, p.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert all(Path(f).is_relative_to(site / "cocoedit") for f in out.stdout.split())
+    shown = subprocess.run(
+        [sys.executable, "-m", "cocoedit.cluster.cli", "config", "show", "learner.lr=0.5"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "lr: 0.5" in shown.stdout and "name: tiny_cpu" in shown.stdout
+    # no generic top-level names leak: `import actors` fails outside the checkout
+    leak = subprocess.run(
+        [sys.executable, "-c", "import actors"], cwd=elsewhere, env=env, capture_output=True
+    )
+    assert leak.returncode != 0
