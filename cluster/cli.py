@@ -149,11 +149,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         args.overrides = [*args.overrides, *extra]
     module_name, func_name, takes_config = COMMANDS[_command(args)]
+    # The config first: a bad value fails in well under a second, before torch or Ray is imported.
+    cfg = _load_config(args.config, args.overrides) if takes_config else None
+    if takes_config and cfg is None:
+        return 1
     func: Callable[..., int] = getattr(importlib.import_module(module_name), func_name)
-    if not takes_config:
-        return int(func(args) or 0)
-    cfg = _load_config(args.config, args.overrides)
-    return 1 if cfg is None else int(func(args, cfg) or 0)
+    return int(func(args) if cfg is None else func(args, cfg) or 0)
 
 
 def _load_config(path: Optional[str], overrides: Sequence[str]) -> Optional[Config]:
