@@ -24,6 +24,7 @@ under half the image across the dataset is probably inverted: loading warns.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import warnings
 from collections import Counter
@@ -457,6 +458,30 @@ def load_items(cfg: DataConfig) -> list[EditItem]:
 
         return synthetic_items(cfg.synth_num, cfg.image_size, cfg.synth_seed)
     return load_edit_data(cfg.manifest, cfg.format, cfg.image_size, cfg.mask_polarity)
+
+
+def split_held_out(cfg: DataConfig, n: int) -> tuple[list[EditItem], list[EditItem]]:
+    """(training items, `n` held-out items never trained on): the fixed evaluation set's source.
+
+    The synthetic task generates `n` more items after its `synth_num` training items (item i is the same
+    whatever the count); a data file gives up the `n` items whose ids hash lowest (sha256), so the split
+    does not depend on the order of the file."""
+    if n < 0:
+        raise ValueError(f"held-out item count must be >= 0, got {n}")
+    if cfg.manifest is None:
+        from cocoedit.actors.synth import synthetic_items
+
+        items = synthetic_items(cfg.synth_num + n, cfg.image_size, cfg.synth_seed)
+        return items[: cfg.synth_num], items[cfg.synth_num :]
+    items = list(load_items(cfg))
+    if n >= len(items):
+        raise ValueError(
+            f"{cfg.manifest} has {len(items)} items; holding out {n} for evaluation (run.eval_items) leaves "
+            f"none to train on: lower run.eval_items or add data"
+        )
+    by_hash = sorted(range(len(items)), key=lambda i: hashlib.sha256(items[i].item_id.encode()).digest())
+    held = set(by_hash[:n])
+    return [it for i, it in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
-from cocoedit.actors.data import EpochSampler, load_items
+from cocoedit.actors.data import EpochSampler, split_held_out
 from cocoedit.actors.types import EditItem, GroupedItem, RolloutBatch
 from cocoedit.cluster.config import Config, dump_config
 from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
@@ -212,7 +212,9 @@ def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
             parts, Placement(cfg)
         )  # first: fails within run.placement_timeout_s, naming the role
         cfg = resolve_models(cfg)
-        items = {item.item_id: item for item in load_items(cfg.data)}
+        # the fixed evaluation set is held out of training (items the policy never trains on)
+        train_items, held_out = split_held_out(cfg.data, cfg.run.eval_items if cfg.run.eval_every else 0)
+        items = {item.item_id: item for item in train_items}
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
         runlog = _closing(parts, RunLog(cfg.run.run_dir, dump_config(cfg)))
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
@@ -232,7 +234,7 @@ def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
             services=services,
             rollouts=RolloutQueue(rollout, sampler, items, start, cfg.run.epochs),
             guard=guard,
-            fixed=fixed_eval_items(list(items.values()), cfg.run.eval_items, cfg.run.eval_seeds),
+            fixed=fixed_eval_items(held_out, cfg.run.eval_items, cfg.run.eval_seeds),
             start=start,
             version=version,
         )
