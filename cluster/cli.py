@@ -4,6 +4,7 @@
     cocoedit data check MANIFEST
     cocoedit config show [--config FILE] [key=value ...]
     cocoedit train [--config FILE] [--resume] [key=value ...]
+    cocoedit sweep [--config FILE] --grid KEY=V1,V2 [--grid ...] [--seeds N] [--out DIR] [key=value ...]
     cocoedit pretrain-tiny --out DIR
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
     cocoedit edit --model DIR [--lora FILE] --image IN --instruction TEXT --out OUT
@@ -33,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "data check": ("cocoedit.actors.data", "cli_check", False),
     "config show": ("cocoedit.cluster.cli", "cli_show_config", True),
     "train": ("cocoedit.cluster.train", "cli_train", True),
+    "sweep": ("cocoedit.cluster.sweep", "cli_sweep", True),
     "pretrain-tiny": ("cocoedit.cluster.cli", "cli_pretrain", True),
     "serve": ("cocoedit.cluster.cli", "cli_serve", True),
     "edit": ("cocoedit.actors.edit", "cli_edit", False),
@@ -78,6 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="a grid of training runs on Ray Tune (settings x seeds) and its report",
+        description="Each trial is a full training run with the config, its overrides and one point of the "
+        "grid; the same command resumes an interrupted sweep. Writes OUT/report.{md,png,html}.",
+    )
+    _add_config_args(sweep)
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="one axis of the grid (repeatable); tie keys with '+': learner.lam_pos+learner.lam_neg=0+0,0.8+0.5",
+    )
+    sweep.add_argument(
+        "--seeds", type=int, default=1, help="runs per setting (data/rollout/learner seed 0..N-1)"
+    )
+    sweep.add_argument("--out", default="runs/sweep", help="sweep folder: Tune state, trial runs, report")
+    sweep.add_argument(
+        "--max-concurrent", type=int, default=0, help="trials at once (0 = as many as the cluster holds)"
+    )
 
     pre = sub.add_parser(
         "pretrain-tiny", help="pre-train the tiny editor on the synthetic task (CPU, minutes)"
