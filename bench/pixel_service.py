@@ -38,7 +38,7 @@ from cocoedit.loopback import apply_loopback_env, free_port  # noqa: E402
 from cocoedit.rewards.base import DecodedEdit  # noqa: E402
 from cocoedit.rewards.client import RewardClient, make_edit  # noqa: E402
 from cocoedit.rewards.config import ClientConfig, PixelConfig  # noqa: E402
-from cocoedit.rewards.metrics import gaussian_kernel1d, masked_psnr_ssim_reference  # noqa: E402
+from cocoedit.rewards.metrics import masked_psnr_ssim_reference  # noqa: E402
 from cocoedit.rewards.pixel import PixelScorer  # noqa: E402
 
 ELEMENTWISE_FLOPS_PER_PIXEL = 80  # ~25 array ops per channel on the filtered moments, + the mask
@@ -74,12 +74,12 @@ def filter_gflops(width: int, window: int = 11, sigma: float = 1.5) -> float:
     """Single-core GFLOP/s of cv2.sepFilter2D on the float32 row bands the scorer filters (best of 5)."""
     import cv2
 
-    from cocoedit.rewards.metrics import CV_BAND_PIXELS, CV_MIN_BAND_ROWS
+    from cocoedit.rewards.metrics_cv import CV_BAND_PIXELS, CV_MIN_BAND_ROWS, gaussian_taps
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     rows = max(CV_MIN_BAND_ROWS, CV_BAND_PIXELS // width) + window - 1
-    g = gaussian_kernel1d(window, sigma).numpy().reshape(window, 1)
+    g = gaussian_taps(window, sigma).reshape(window, 1)
     src = np.random.default_rng(0).random((rows, width), dtype=np.float32)
     dst = np.empty_like(src)
     reps = max(10, 2**24 // src.size)

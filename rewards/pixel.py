@@ -4,10 +4,11 @@
 
 One request at a time. On CPU (`PixelConfig.device=cpu`, the default) `PixelConfig.threads` threads
 score edits in parallel, one edit each, with OpenCV's separable filters on float32 row bands
-(`metrics.pixel_reward_cv`): single-threaded OpenCV and numpy release the GIL, so threads scale, and
-the work per edit was ~4x below torch's (conv2d plus a dozen full-size temporaries; see
-bench/pixel_service.py). On a GPU (`device=cuda`) edits are grouped by size, stacked and scored in
-batched torch chunks (`metrics.pixel_reward`). Both give the same numbers to float32 rounding.
+(`metrics_cv.pixel_reward_cv`; torch is not imported at all): single-threaded OpenCV and numpy
+release the GIL, so threads scale, and the work per edit was ~4x below torch's (conv2d plus a dozen
+full-size temporaries; see bench/pixel_service.py). On a GPU (`device=cuda`) edits are grouped by
+size, stacked and scored in batched torch chunks (`metrics.pixel_reward`). Both give the same numbers
+to float32 rounding.
 A call that is cancelled, or a scorer that is closed, stops its work within one row band.
 """
 
@@ -22,11 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
-import torch
 
 from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import PixelConfig
-from cocoedit.rewards.metrics import ScoringStopped, pixel_reward, pixel_reward_cv
+from cocoedit.rewards.metrics_cv import ScoringStopped, pixel_reward_cv
 
 # Pixels (all edits together) per batched torch call on a GPU: enough to amortise the launches.
 CHUNK_PIXELS = 2 * 512 * 512
@@ -43,12 +43,19 @@ class PixelScorer(Scorer):
         if cfg.psnr_cap_db <= 0:
             raise ValueError(f"rewards.pixel.psnr_cap_db={cfg.psnr_cap_db} must be > 0 (default 40)")
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"rewards.pixel.device={cfg.device!r} but CUDA is not available; use device=cpu")
+        self.device_type = cfg.device.split(":")[0]
+        if self.device_type not in ("cpu", "cuda"):
+            raise ValueError(f"rewards.pixel.device={cfg.device!r} must be 'cpu' or 'cuda[:N]'")
+        if self.device_type == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"rewards.pixel.device={cfg.device!r} but CUDA is not available; use device=cpu"
+                )
         if cfg.threads < 0:
             raise ValueError(f"rewards.pixel.threads={cfg.threads} must be >= 0 (0 = one per core)")
-        self.threads = 1 if self.device.type != "cpu" else (cfg.threads or os.cpu_count() or 1)
+        self.threads = 1 if self.device_type != "cpu" else (cfg.threads or os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None  # one request at a time
         self._chunk_pool: ThreadPoolExecutor | None = None  # edits of a request in parallel (CPU)
         self._stops: set[threading.Event] = set()  # one per call in flight; close() sets them all
@@ -63,7 +70,7 @@ class PixelScorer(Scorer):
         if self._pool is not None:
             return
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixel-score")
-        if self.device.type == "cpu":
+        if self.device_type == "cpu":
             import cv2
 
             cv2.setNumThreads(1)
@@ -99,7 +106,7 @@ class PixelScorer(Scorer):
             if self.cfg.compat == "standard"
             else "release: channel-summed MSE, SSIM window sums over the box count of kept pixels"
         )
-        s["backend"] = "opencv, one edit per thread" if self.device.type == "cpu" else "torch, batched"
+        s["backend"] = "opencv, one edit per thread" if self.device_type == "cpu" else "torch, batched"
         return s
 
     async def score(self, edits: list[DecodedEdit]) -> list[EditOutcome]:
@@ -122,7 +129,7 @@ class PixelScorer(Scorer):
         for e in edits:
             if e.edit_mask is None:
                 raise ValueError(f"edit {e.edit_id!r} has no edit_mask; the pixel reward needs one")
-        if self.device.type != "cpu":
+        if self.device_type != "cpu":
             return self._score_batched(edits, stop)
         run = self._chunk_pool.map if self._chunk_pool is not None and len(edits) > 1 else map
         return list(run(lambda e: self._outcome(e, self._score_one(e, stop)), edits))
@@ -159,9 +166,14 @@ class PixelScorer(Scorer):
         return outcomes  # type: ignore[return-value]
 
     def _score_stack(self, edits: list[DecodedEdit]) -> dict[str, np.ndarray]:
-        edited = torch.from_numpy(np.stack([e.edited_image for e in edits])).to(self.device)
-        source = torch.from_numpy(np.stack([e.source_image for e in edits])).to(self.device)
-        mask = torch.from_numpy(np.stack([e.edit_mask for e in edits])).to(self.device)
+        import torch
+
+        from cocoedit.rewards.metrics import pixel_reward
+
+        device = torch.device(self.cfg.device)
+        edited = torch.from_numpy(np.stack([e.edited_image for e in edits])).to(device)
+        source = torch.from_numpy(np.stack([e.source_image for e in edits])).to(device)
+        mask = torch.from_numpy(np.stack([e.edit_mask for e in edits])).to(device)
         with torch.inference_mode():
             values = pixel_reward(
                 edited.permute(0, 3, 1, 2).float().div_(255.0),

@@ -25,6 +25,7 @@ What every service gets from here, so they behave the same:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import signal
@@ -371,7 +372,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 for i in range(0, len(edits), size)
             )
         )
-        return [d for part in parts for d in part]
+        decoded = []
+        for part in parts:
+            decoded += part
+            part.clear()  # the executor's futures keep their results in reference cycles until a collection
+        return decoded
 
     async def _score(
         self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
@@ -404,7 +409,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                         strict=True,
                     ):
                         results[i] = outcome
-                del decoded, valid  # this chunk's pixels are freed before the next one is decoded
+                # this chunk's pixels go now, not when the collector breaks the futures' reference cycles
+                decoded.clear()
+                valid.clear()
         finally:
             if pending is not None:
                 pending.cancel()
@@ -653,6 +660,9 @@ def run_standalone(scorer: Scorer, cfg: ServerConfig) -> int:
     """
 
     async def main() -> int:
+        # The objects of the imports live as long as the process: frozen, the collector skips them,
+        # also in its passes at exit (measured: ~0.4 s of the time from SIGTERM to exit on 2 busy cores).
+        gc.freeze()
         srv = await start_server(scorer, cfg, wait_loaded=False)
         print(f"{scorer.service} reward service listening on {srv.address}", flush=True)
         stop = asyncio.Event()
