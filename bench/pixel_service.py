@@ -8,13 +8,16 @@ Each of --runs rounds measures, back to back on the same photo-like edits:
   (c) RewardClient.score through a `cocoedit serve pixel` subprocess on 127.0.0.1: the request's
       bytes, protobuf parsing, PNG header checks, decoding, validation, scoring and the reply
       (encoding the PNGs on the client is timed separately);
-and prints per round the ratios b/a and c/a of edits/s (wall) and c/b of CPU time per edit (this
-process + the server), then min/median/max of each ratio over the rounds.
+  (d) decoding and validating the same edits in process (server.decode_edit), one thread: the part
+      of (c) that is not scoring and not the wire;
+and prints per round edits/s and CPU ms per edit, then min/median/max over the rounds of the ratios
+b/a and c/a (edits/s, wall clock) and of c/b in CPU time per edit, for the server process alone (the
+service's cost: decode + validate + score + reply) and with the client's CPU added.
 
 Roofline: the FLOPs of one edit (16 separable Gaussian filter planes of `window` taps, two passes,
 a multiply and an add per tap, plus ~80 element-wise FLOPs per pixel), against the machine's
-single-core GFLOP/s on that same filter (cv2.sepFilter2D on float32 row bands, measured here in the
-same run); the fraction of threads x that rate that (b) and (c) reach.
+single-core GFLOP/s on that same filter (cv2.sepFilter2D on float32 row bands, CPU time, measured in
+the same run): the fraction of that rate reached per CPU second by (b) and by the server in (c).
 Wall-clock ratios on a shared machine are upper bounds of the slowdown; CPU ratios are steadier.
 """
 
@@ -40,6 +43,7 @@ from cocoedit.rewards.client import RewardClient, make_edit  # noqa: E402
 from cocoedit.rewards.config import ClientConfig, PixelConfig  # noqa: E402
 from cocoedit.rewards.metrics import masked_psnr_ssim_reference  # noqa: E402
 from cocoedit.rewards.pixel import PixelScorer  # noqa: E402
+from cocoedit.rewards.server import decode_edit  # noqa: E402
 
 ELEMENTWISE_FLOPS_PER_PIXEL = 80  # ~25 array ops per channel on the filtered moments, + the mask
 
@@ -71,7 +75,8 @@ def flops_per_edit(h: int, w: int, channels: int = 3, window: int = 11) -> tuple
 
 
 def filter_gflops(width: int, window: int = 11, sigma: float = 1.5) -> float:
-    """Single-core GFLOP/s of cv2.sepFilter2D on the float32 row bands the scorer filters (best of 5)."""
+    """Single-core GFLOP/s (per CPU second) of cv2.sepFilter2D on the float32 row bands the scorer
+    filters, best of 5."""
     import cv2
 
     from cocoedit.rewards.metrics_cv import CV_BAND_PIXELS, CV_MIN_BAND_ROWS, gaussian_taps
@@ -85,26 +90,26 @@ def filter_gflops(width: int, window: int = 11, sigma: float = 1.5) -> float:
     reps = max(10, 2**24 // src.size)
     best = float("inf")
     for _ in range(5):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for _ in range(reps):
             cv2.sepFilter2D(src, -1, g, g, dst=dst, borderType=cv2.BORDER_CONSTANT)
-        best = min(best, (time.perf_counter() - t0) / reps)
+        best = min(best, (time.thread_time() - t0) / reps)
     cv2.setNumThreads(threads)
     return 2 * window * 2 * src.size / best / 1e9
 
 
-def timed(fn, server_pid: int | None = None) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """(wall s, CPU s of this process + the server's) of one fn() call."""
+def timed(fn, server_pid: int | None = None) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """(wall s, CPU s of this process, CPU s of the server process) of one fn() call."""
     import psutil
 
     server = psutil.Process(server_pid) if server_pid is not None else None
 
-    def cpu() -> float:
-        return time.process_time() + (sum(server.cpu_times()[:2]) if server is not None else 0.0)
+    def server_cpu() -> float:
+        return sum(server.cpu_times()[:2]) if server is not None else 0.0
 
-    t0, c0 = time.perf_counter(), cpu()
+    t0, c0, s0 = time.perf_counter(), time.process_time(), server_cpu()
     fn()
-    return time.perf_counter() - t0, cpu() - c0
+    return time.perf_counter() - t0, time.process_time() - c0, server_cpu() - s0
 
 
 def start_server(threads: int) -> tuple[subprocess.Popen, int, object]:
@@ -126,7 +131,7 @@ def summary(name: str, values: list[float], target: float | None = None, below: 
     if target is not None:
         ok = hi <= target if below else lo >= target
         met = f"   target {'<=' if below else '>='} {target}: {'met in every round' if ok else 'NOT met'}"
-    return f"{name:<38} min {lo:6.2f}  median {mid:6.2f}  max {hi:6.2f}{met}"
+    return f"{name:<42} min {lo:6.2f}  median {mid:6.2f}  max {hi:6.2f}{met}"
 
 
 def main() -> int:
@@ -171,14 +176,17 @@ def main() -> int:
             raise
         client.score(edits[:4])
         for r in range(args.runs):
-            t_a, cpu_a = timed(lambda: [masked_psnr_ssim_reference(e, s, m) for s, e, m in data[:sk_n]])
+            t_a, cpu_a, _ = timed(lambda: [masked_psnr_ssim_reference(e, s, m) for s, e, m in data[:sk_n]])
             t_a, cpu_a = t_a * n / sk_n, cpu_a * n / sk_n
-            t_b, cpu_b = timed(lambda: scorer.score_sync(decoded))
-            t_c, cpu_c = timed(lambda: client.score(edits), server.pid)
-            rounds.append((t_a, cpu_a, t_b, cpu_b, t_c, cpu_c))
+            t_b, cpu_b, _ = timed(lambda: scorer.score_sync(decoded))
+            t_c, client_c, server_c = timed(lambda: client.score(edits), server.pid)
+            _, cpu_d, _ = timed(lambda: [decode_edit(e, scorer) for e in edits])
+            rounds.append((t_a, cpu_a, t_b, cpu_b, t_c, client_c, server_c, cpu_d))
+            ms = lambda cpu_s: 1000 * cpu_s / n  # noqa: E731
             print(
-                f"round {r + 1}: edits/s (a) {n / t_a:6.1f}  (b) {n / t_b:6.1f}  (c) {n / t_c:6.1f}   "
-                f"CPU ms/edit (a) {1000 * cpu_a / n:6.1f}  (b) {1000 * cpu_b / n:6.1f}  (c) {1000 * cpu_c / n:6.1f}"
+                f"round {r + 1}: edits/s (a) {n / t_a:6.1f}  (b) {n / t_b:6.1f}  (c) {n / t_c:6.1f}   CPU ms/edit "
+                f"(a) {ms(cpu_a):5.1f}  (b) {ms(cpu_b):5.1f}  (c) server {ms(server_c):5.1f} + client "
+                f"{ms(client_c):4.1f}  (d) {ms(cpu_d):4.1f}"
             )
         client.close()
     finally:
@@ -189,27 +197,26 @@ def main() -> int:
     print(
         f"(c) sends {mb:.1f} MB of PNG per {n} edits; encoding them on the client: {n / t_encode:.1f} edits/s"
     )
-    print("\nratios over the rounds (edits/s unless CPU):")
-    print(summary("b/a  in process vs scikit-image", [a / b for a, _, b, _, _, _ in rounds], 5.0))
-    print(summary("c/a  gRPC vs scikit-image", [a / c for a, _, _, _, c, _ in rounds], 4.0))
-    print(summary("b/a  CPU time per edit", [ca / cb for _, ca, _, cb, _, _ in rounds]))
-    print(
-        summary(
-            "c/b  CPU per edit, gRPC / in process",
-            [cc / cb for _, _, _, cb, _, cc in rounds],
-            1.2,
-            below=True,
-        )
-    )
+    print("\nratios over the rounds:")
+    a_, b_, c_ = (lambda r: r[0]), (lambda r: r[2]), (lambda r: r[4])
+    print(summary("b/a  edits/s, in process / scikit-image", [a_(r) / b_(r) for r in rounds], 5.0))
+    print(summary("c/a  edits/s, gRPC / scikit-image", [a_(r) / c_(r) for r in rounds], 4.0))
+    print(summary("a/b  CPU per edit, scikit-image / ours", [r[1] / r[3] for r in rounds]))
+    print(summary("c/b  CPU per edit, server / in process", [r[6] / r[3] for r in rounds], 1.2, below=True))
+    print(summary("     the same + the client's CPU", [(r[5] + r[6]) / r[3] for r in rounds]))
+    print(summary("     (b + d) / b: decoding alone", [(r[3] + r[7]) / r[3] for r in rounds]))
     filt, elementwise = flops_per_edit(size, size)
-    roofline = cores * gflops * 1e9 / (filt + elementwise)
-    best_b = max(n / r[2] for r in rounds)
-    best_c = max(n / r[4] for r in rounds)
+    roof_ms = 1000 * (filt + elementwise) / (gflops * 1e9)
+    best_b = min(1000 * r[3] / n for r in rounds)
+    best_c = min(1000 * r[6] / n for r in rounds)
     print(
         f"\nroofline: {filt / 1e6:.0f} MFLOP filter + {elementwise / 1e6:.0f} MFLOP element-wise per edit; "
-        f"sepFilter2D {gflops:.1f} GFLOP/s on one core -> {roofline:.0f} edits/s on {cores} cores"
+        f"sepFilter2D {gflops:.1f} GFLOP/s per core -> {roof_ms:.1f} CPU ms per edit "
+        f"({cores * 1000 / roof_ms:.0f} edits/s on {cores} cores)"
     )
-    print(f"reached: (b) {best_b / roofline:.0%}, (c) {best_c / roofline:.0%} (best round)")
+    print(
+        f"reached (best round): (b) {roof_ms / best_b:.0%} at {best_b:.1f} ms, (c) server {roof_ms / best_c:.0%}"
+    )
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 

@@ -359,7 +359,7 @@ def png_header_only(width: int, height: int, color_type: int = 2, bit_depth: int
 def test_16_bit_pngs_are_refused_grey_and_rgb_alike() -> None:
     import cv2
 
-    for image in (np.full((4, 5), 1000, np.uint16), np.full((4, 5, 3), 1000, np.uint16)):
+    for image in (np.full((4, 5, 3), 1000, np.uint16), np.full((4, 5), 1000, np.uint16)):  # RGB was cut
         data = cv2.imencode(".png", image)[1].tobytes()
         with pytest.raises(ImageDecodeError, match="16-bit samples are not accepted; send 8-bit grey or RGB"):
             decode_png(data)
