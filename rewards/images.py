@@ -157,5 +157,7 @@ def decode_png(data: bytes, max_pixels: int | None = None) -> np.ndarray:
         return image
     if header.color_type in (0, 4):  # grey(+alpha) that OpenCV expanded to BGR(A): B = G = R
         return image[:, :, 0].copy() if image.shape[2] == 3 else np.ascontiguousarray(image[:, :, [0, 3]])
+    if header.color_type == 2 and image.shape[2] == 4:  # a tRNS chunk made OpenCV add alpha: RGB stays RGB
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     code = cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
     return cv2.cvtColor(image, code, dst=image)

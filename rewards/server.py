@@ -170,6 +170,10 @@ def decode_edit(edit: reward_pb2.Edit, scorer: Scorer, max_image_pixels: Optiona
             raw = decode_png(images.mask)
         except ImageDecodeError as e:
             raise ValueError(f"edit_mask: {e}") from None
+        if raw.ndim != 2:
+            raise ValueError(
+                f"edit_mask: has {raw.shape[2]} channels; send a single-channel (grey) PNG, 255 = edit"
+            )
         # raw + 1 wraps 255 to 0: only 0 and 255 stay <= 1 (one pass, unlike np.isin)
         if np.any(raw + np.uint8(1) > 1):
             warnings.append("edit_mask was not binary (values other than 0 and 255); binarised at 0.5")
@@ -388,27 +392,26 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         results: dict[int, EditOutcome | str] = dict(errors)
 
         def decode(k: int) -> Optional[asyncio.Task]:
-            if k >= len(chunks):
-                return None
-            return asyncio.ensure_future(self._decode_chunk([edits[i] for i in chunks[k]]))
+            return (
+                asyncio.ensure_future(self._decode_chunk([edits[i] for i in chunks[k]]))
+                if k < len(chunks)
+                else None
+            )
 
         pending = decode(0)
         try:
             for k, chunk in enumerate(chunks):
-                assert pending is not None
                 decoded = await pending
                 pending = decode(k + 1)  # decodes while this chunk is scored
+                valid, indices = [], []
                 for i, d in zip(chunk, decoded, strict=True):
                     if isinstance(d, str):
                         results[i] = d
-                valid = [d for d in decoded if isinstance(d, DecodedEdit)]
+                    else:
+                        valid.append(d)
+                        indices.append(i)
                 if valid:
-                    for i, outcome in zip(
-                        [i for i, d in zip(chunk, decoded, strict=True) if isinstance(d, DecodedEdit)],
-                        await self._score_valid(valid, context),
-                        strict=True,
-                    ):
-                        results[i] = outcome
+                    results.update(zip(indices, await self._score_valid(valid, context), strict=True))
                 # this chunk's pixels go now, not when the collector breaks the futures' reference cycles
                 decoded.clear()
                 valid.clear()

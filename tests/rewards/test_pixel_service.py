@@ -52,6 +52,35 @@ def test_png_roundtrip_is_exact_and_deterministic() -> None:
     assert decode_png(encode_png(rgb[:, :, :1])).shape == (17, 23)
 
 
+def test_decode_png_reads_every_8_bit_mode_as_pillow_does() -> None:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    grey = rgb[:, :, 0]
+    palette = Image.fromarray(rgb).convert("P")
+    cases = {  # PNG written by Pillow -> the array Pillow reads back (palettes expanded)
+        "L": (Image.fromarray(grey), {}, grey),
+        "1": (Image.fromarray(grey > 127), {}, (grey > 127).astype(np.uint8) * 255),
+        "RGB": (Image.fromarray(rgb), {}, rgb),
+        "RGB+tRNS": (Image.fromarray(rgb), {"transparency": (1, 2, 3)}, rgb),
+        "LA": (Image.fromarray(np.dstack([grey, grey]), "LA"), {}, np.dstack([grey, grey])),
+        "RGBA": (Image.fromarray(np.dstack([rgb, grey])), {}, np.dstack([rgb, grey])),
+        "P": (palette, {}, np.array(palette.convert("RGB"))),
+        "P+tRNS": (palette, {"transparency": 0}, None),
+    }
+    for name, (image, options, expected) in cases.items():
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", **options)
+        decoded = decode_png(buf.getvalue())
+        if expected is None:
+            with Image.open(io.BytesIO(buf.getvalue())) as reread:
+                expected = np.array(reread.convert("RGBA"))
+        assert decoded.dtype == np.uint8 and np.array_equal(decoded, expected), name
+
+
 def test_png_errors_say_what_is_wrong() -> None:
     with pytest.raises(ImageDecodeError, match="empty"):
         decode_png(b"")
