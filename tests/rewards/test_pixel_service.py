@@ -591,3 +591,15 @@ def test_sigterm_with_a_long_request_in_flight_exits_within_grace() -> None:
     with pytest.raises(grpc.RpcError) as err:
         call.result()
     assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+@pytest.mark.gpu
+def test_cuda_pixel_service_scores_like_the_cpu_one(serve, fast_client_cfg) -> None:
+    edits = make_edits(9, 64, 48, seed=25) + make_edits(3, 32, 32, seed=26, prefix="s")
+    cpu = RewardClient([serve(PixelScorer(PixelConfig(threads=2))).address], fast_client_cfg, "pixel")
+    gpu = RewardClient([serve(PixelScorer(PixelConfig(device="cuda"))).address], fast_client_cfg, "pixel")
+    for a, b in zip(cpu.score(edits), gpu.score(edits), strict=True):
+        assert a.error is None and b.error is None
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+        assert a.components == pytest.approx(b.components, rel=1e-5, abs=1e-5)
+    assert gpu.info().settings["backend"] == "torch, batched"
