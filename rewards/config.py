@@ -39,8 +39,8 @@ class PixelConfig:
     window: int = 11
     sigma: float = 1.5
     device: str = "cpu"
-    # CPU: chunks of a request are scored by this many threads, each running torch single-threaded
-    # (0 = one per core); the service sets torch.set_num_threads(1) in its process when it loads.
+    # CPU: the edits of a request are scored by this many threads, one edit each, OpenCV single-threaded
+    # (0 = one per core); the service sets cv2.setNumThreads(1) in its process when it loads.
     threads: int = 0
     replicas: int = 1  # at start
     min_replicas: int = 1  # autoscaling bounds

@@ -57,7 +57,7 @@ class PixelScorer(Scorer):
             raise ValueError(f"rewards.pixel.threads={cfg.threads} must be >= 0 (0 = one per core)")
         self.threads = 1 if self.device_type != "cpu" else (cfg.threads or os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None  # one request at a time
-        self._chunk_pool: ThreadPoolExecutor | None = None  # edits of a request in parallel (CPU)
+        self._edit_pool: ThreadPoolExecutor | None = None  # edits of a request in parallel (CPU)
         self._stops: set[threading.Event] = set()  # one per call in flight; close() sets them all
         self._stops_lock = threading.Lock()
 
@@ -75,7 +75,7 @@ class PixelScorer(Scorer):
 
             cv2.setNumThreads(1)
             if self.threads > 1:
-                self._chunk_pool = ThreadPoolExecutor(
+                self._edit_pool = ThreadPoolExecutor(
                     max_workers=self.threads, thread_name_prefix="pixel-edit"
                 )
 
@@ -84,10 +84,10 @@ class PixelScorer(Scorer):
         with self._stops_lock:
             for stop in self._stops:
                 stop.set()
-        for pool in (self._pool, self._chunk_pool):
+        for pool in (self._pool, self._edit_pool):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = self._chunk_pool = None
+        self._pool = self._edit_pool = None
 
     def settings(self) -> dict[str, str]:
         scoring = (
@@ -131,7 +131,7 @@ class PixelScorer(Scorer):
                 raise ValueError(f"edit {e.edit_id!r} has no edit_mask; the pixel reward needs one")
         if self.device_type != "cpu":
             return self._score_batched(edits, stop)
-        run = self._chunk_pool.map if self._chunk_pool is not None and len(edits) > 1 else map
+        run = self._edit_pool.map if self._edit_pool is not None and len(edits) > 1 else map
         return list(run(lambda e: self._outcome(e, self._score_one(e, stop)), edits))
 
     def _score_one(self, edit: DecodedEdit, stop: threading.Event | None) -> dict[str, float]:
