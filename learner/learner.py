@@ -1,6 +1,7 @@
 """The learner: a DeepSpeed engine over the LoRA (`default` adapter) of an EditPolicy, one optimizer step
 per epoch on a registered objective (learner.objectives: DiffusionNFT with CoCoEdit's region
-regularizer, ALGORITHM.md s5, or Flow-GRPO, s7), then the soft update of `old` (the sampling policy).
+regularizer or Flow-GRPO, docs/algorithm.md sections 5 and 7), then the soft update of `old` (the
+sampling policy).
 
     learner = Learner(policy_cfg, learner_cfg)                      # rank 0 of 1 on this machine
     scores = score_groups(rewards, batch.group_ids, batch.item_ids, learner_cfg)

@@ -10,8 +10,8 @@ micro-batch at one of those timesteps; the Learner owns the rest (gradient accum
 over ranks, the optimizer step, the soft update of theta_old). Velocities come from `Views`: the three
 LoRA views of the policy under the learner's autocast.
 
-- `nft`: DiffusionNFT with CoCoEdit's region regularizer (ALGORITHM.md s5).
-- `grpo`: Flow-GRPO's clipped objective on the stored SDE transitions (s7).
+- `nft`: DiffusionNFT with CoCoEdit's region regularizer (docs/algorithm.md section 5).
+- `grpo`: Flow-GRPO's clipped objective on the stored SDE transitions (docs/algorithm.md section 7).
 """
 
 from __future__ import annotations
