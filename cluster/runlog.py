@@ -57,17 +57,28 @@ class RunLog:
 
         source: [3, H, W] uint8; edits: [G, 3, H, W] uint8; edit_mask: [1, H, W] in [0, 1].
         """
-        grid = make_grid_image(source, edits, edit_mask, scores, title)
+        from cocoedit.rewards.images import encode_png
+
+        grid = np.asarray(make_grid_image(source, edits, edit_mask, scores, title))
         path = self.dir / "images" / f"epoch_{epoch:05d}.png"
-        grid.save(path)
+        path.write_bytes(encode_png(grid))
         if self._tb is not None:
-            self._tb.add_image("edits", np.asarray(grid), epoch, dataformats="HWC")
+            self._tb.add_image("edits", grid, epoch, dataformats="HWC")
         return path
 
     def close(self) -> None:
         self._metrics.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def mask_overlay(source: torch.Tensor, edit_mask: torch.Tensor) -> np.ndarray:
+    """[3, H, W] uint8 + [1, H, W] mask -> [H, W, 3] uint8: the edit region tinted red, the rest dimmed."""
+    img = source.permute(1, 2, 0).numpy().astype(np.float32)
+    m = edit_mask[0].numpy()[..., None]
+    red = np.array([255.0, 0.0, 0.0])
+    out = m * (0.5 * img + 0.5 * red) + (1 - m) * 0.6 * img
+    return out.clip(0, 255).astype(np.uint8)
 
 
 def make_grid_image(
@@ -83,9 +94,7 @@ def make_grid_image(
     scale = max(1, math.ceil((cell or 96) / max(h, w)))
     ch, cw = h * scale, w * scale
     text_h = 14
-    overlay = source.float().clone()
-    red = torch.tensor([255.0, 0.0, 0.0])[:, None, None]
-    overlay = (overlay * (1 - 0.5 * edit_mask) + red * 0.5 * edit_mask).clamp(0, 255).to(torch.uint8)
+    overlay = torch.from_numpy(mask_overlay(source, edit_mask)).permute(2, 0, 1)
     cells = [source, *edits, overlay]
     labels = ["source", *[f"{s:.3f}" for s in scores], "edit mask"]
     canvas = Image.new("RGB", (cw * len(cells), ch + 2 * text_h), "white")
