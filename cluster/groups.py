@@ -20,7 +20,7 @@ from ray.exceptions import RayActorError
 
 from cocoedit.actors.config import PolicyConfig, RolloutConfig
 from cocoedit.actors.types import GroupedItem, RolloutBatch
-from cocoedit.cluster.placement import Placement
+from cocoedit.cluster.placement import Placement, use_cpus
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.telemetry import record_learner
 
@@ -40,6 +40,12 @@ def _rollout_actor() -> type:
 
     class RolloutActor(RolloutWorker):
         synced: Optional[int] = None  # the version the driver last loaded; None after a (re)start
+
+        def __init__(
+            self, policy_cfg: PolicyConfig, rollout_cfg: RolloutConfig, cores: Optional[list[int]] = None
+        ) -> None:
+            use_cpus(rollout_cfg.cpus_per_worker, cores)  # before the policy loads: its threads follow
+            super().__init__(policy_cfg, rollout_cfg)
 
         def load_weights(
             self, state: dict[str, torch.Tensor], version: int, allow_older: bool = False
@@ -71,7 +77,7 @@ class RolloutGroup:
         actor = ray.remote(_rollout_actor())
         self.workers = [
             actor.options(**placement.rollout(i), max_restarts=rollout_cfg.max_restarts).remote(
-                policy_cfg, rollout_cfg
+                policy_cfg, rollout_cfg, placement.cores_of("rollout workers", i)
             )
             for i in range(rollout_cfg.num_workers)
         ]
@@ -153,7 +159,10 @@ class RolloutGroup:
 class LearnerRank:
     """One data-parallel rank: sets the torch.distributed environment, then builds the Learner."""
 
-    def __init__(self, rank: int, world_size: int) -> None:
+    def __init__(
+        self, rank: int, world_size: int, cpus: float = 1.0, cores: Optional[list[int]] = None
+    ) -> None:
+        use_cpus(cpus, cores)
         self.rank = rank
         self.world_size = world_size
         self.learner: Any = None
@@ -207,7 +216,10 @@ class LearnerGroup:
     def __init__(self, policy_cfg: PolicyConfig, cfg: LearnerConfig, placement: Placement) -> None:
         actor = ray.remote(LearnerRank)
         self.ranks = [
-            actor.options(**placement.learner(r)).remote(r, cfg.world_size) for r in range(cfg.world_size)
+            actor.options(**placement.learner(r)).remote(
+                r, cfg.world_size, cfg.cpus_per_rank, placement.cores_of("learner ranks", r)
+            )
+            for r in range(cfg.world_size)
         ]
         master_addr, master_port = ray.get(self.ranks[0].endpoint.remote())
         ray.get([r.setup.remote(policy_cfg, cfg, master_addr, master_port) for r in self.ranks])
