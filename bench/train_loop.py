@@ -19,7 +19,7 @@ import numpy as np
 
 from cocoedit.cluster.config import load_config
 from cocoedit.cluster.launch import init_ray
-from cocoedit.cluster.train import train
+from cocoedit.cluster.train import run_epochs, start_run
 
 STAGES = ("time/sample_s", "time/score_s", "time/update_s", "time/sync_s", "time/epoch_s")
 LAYOUTS = {"contended": [], "separated": ["run.pin_cpus=true"]}
@@ -38,8 +38,9 @@ def run(overrides: list[str], staleness: int, epochs: int, run_dir: str) -> dict
             "run.eval_every=0",
         ],
     )
-    history = train(cfg, progress=False)[1:]  # epoch 0 includes actor start-up
-    return {k: float(np.mean([h[k] for h in history])) for k in STAGES}
+    with start_run(cfg) as loop:
+        rows = [row for epoch, row in run_epochs(loop) if epoch > 0]  # epoch 0 includes actor start-up
+    return {k: float(np.mean([row[k] for row in rows])) for k in STAGES}
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ key, before anything starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -51,11 +51,14 @@ RESUMABLE = (
 RESOLVED_AT_START = ("policy.model_path", "rewards.mllm.model_path")
 
 
+Resume = Union[bool, str, Path]  # False: start afresh; True: the latest checkpoint; a path: that one
+
+
 class ResumeConfigError(ValueError):
     """The config differs from the checkpoint's run in keys a resumed run must keep."""
 
 
-def resume_from(cfg: Config, resume: Union[bool, str, Path, None]) -> Path | None:
+def resume_from(cfg: Config, resume: Resume) -> Optional[Path]:
     """The checkpoint directory to continue from (None when not resuming), its config checked."""
     if not resume:
         return None
