@@ -6,6 +6,7 @@ runs/<name>/
   tb/                  TensorBoard event files (scalars and image grids)      run.trackers: tensorboard
   wandb/               Weights & Biases run (offline unless run.wandb_mode)   run.trackers: wandb
   mlruns/              MLflow file store (unless run.mlflow_tracking_uri)     run.trackers: mlflow
+                       (metric names with '.' for '/': reward.mean)
   trackers.json        the W&B / MLflow run ids, so that `--resume` continues the same tracker runs
   images/epoch_XXXXX.png   source | group of edits | mask overlay, with scores
   checkpoints/         written by learner.checkpoint
@@ -114,6 +115,12 @@ class WandbTracker:
         self.run.finish()
 
 
+def mlflow_key(key: str) -> str:
+    """Our metric name as MLflow's: '/' -> '.'. MLflow's file store keeps a metric per file along its
+    slashes, so `reward/synthetic` (a file) and `reward/synthetic/edit_psnr` (a folder) cannot both exist."""
+    return key.replace("/", ".")
+
+
 class MlflowTracker:
     """An MLflow run in run_dir/mlruns (a local file store) unless run.mlflow_tracking_uri is given."""
 
@@ -142,7 +149,8 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
+        metrics = [Metric(mlflow_key(k), v, now, epoch) for k, v in values.items()]
+        self.client.log_batch(self.id, metrics=metrics)
 
     def image(self, epoch: int, image: np.ndarray, caption: str) -> None:
         self.client.log_image(self.id, image, key="edits", step=epoch)

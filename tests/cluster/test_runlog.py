@@ -53,8 +53,11 @@ def test_every_tracker_gets_the_scalars_config_images_and_lora(
 ) -> None:
     cfg = load_config(None, [ALL, f"run.run_dir={tmp_path / 'run'}", "learner.lr=0.002"])
     runlog = RunLog(cfg)
+    # reward/synthetic and reward/synthetic/edit_psnr: a file and a folder in MLflow's file store
     rows = [
-        {"reward/mean": 0.25 + 0.125 * e, "time/epoch_s": 1.5, "pixel/psnr": float("inf")} for e in range(3)
+        {"reward/mean": 0.25 + 0.125 * e, "reward/synthetic": 0.5, "reward/synthetic/edit_psnr": 20.0 + e}
+        | {"pixel/psnr": float("inf")}
+        for e in range(3)
     ]
     for epoch, row in enumerate(rows):
         runlog.scalars(epoch, {**row, "learner/skip_reason": "none"} if epoch == 1 else row)
@@ -75,6 +78,7 @@ def test_every_tracker_gets_the_scalars_config_images_and_lora(
     assert all("pixel/psnr" not in h and "learner/skip_reason" not in h for h in history)
     assert [h["_step"] for h in history if h.get("edits/_type") == "image-file"] == [2]
     assert mlflow_series(run_dir, "reward/mean") == series
+    assert mlflow_series(run_dir, "reward/synthetic/edit_psnr") == [(0, 20.0), (1, 21.0), (2, 22.0)]
 
     from mlflow import MlflowClient
 

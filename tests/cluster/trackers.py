@@ -40,8 +40,12 @@ def wandb_history(run_dir: Path) -> list[dict[str, object]]:
 
 
 def mlflow_series(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) of our metric `key` in the run's MLflow run, by step."""
     from mlflow import MlflowClient
 
+    from cocoedit.cluster.runlog import mlflow_key
+
+    key = mlflow_key(key)
     ids = json.loads((run_dir / "trackers.json").read_text())
     client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
     return [
