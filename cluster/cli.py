@@ -3,7 +3,7 @@
     cocoedit data synth --out DIR --num N --size PX --seed S
     cocoedit data check MANIFEST
     cocoedit config show [--config FILE] [key=value ...]
-    cocoedit train [--config FILE] [--resume] [key=value ...]
+    cocoedit train [--config FILE] [--resume [CHECKPOINT]] [key=value ...]
     cocoedit pretrain-tiny --out DIR
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
     cocoedit edit --model DIR [--lora FILE|DIR] --image IN --instruction TEXT --out OUT
@@ -22,6 +22,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
@@ -79,7 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the options when --help is given together with --config/overrides; `cocoedit config show` prints it too.",
     )
     _add_config_args(train)
-    train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from the latest complete checkpoint of run.run_dir, or from CHECKPOINT (a checkpoint "
+        "directory, or a run directory: its latest); the config may differ only in run length and logging",
+    )
 
     pre = sub.add_parser(
         "pretrain-tiny", help="pre-train the tiny editor on the synthetic task (CPU, minutes)"
@@ -159,6 +168,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         args.overrides = [*args.overrides, *extra]
+    resume = getattr(args, "resume", None)
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        # `--resume key=value`: the override is not a checkpoint path
+        args.overrides, args.resume = [resume, *args.overrides], True
     module_name, func_name, takes_config = COMMANDS[_command(args)]
     # The config first: a bad value fails in well under a second, before torch or Ray is imported.
     cfg = _load_config(args.config, args.overrides) if takes_config else None
