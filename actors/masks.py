@@ -94,26 +94,32 @@ def estimate_shift(source: np.ndarray, target: np.ndarray, upsample: int = 10) -
 
 
 def apply_shift(image: np.ndarray, shift: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """`image` [H, W, C] moved by (dy, dx) with bilinear interpolation, and the bool [H, W] map of
-    pixels that had a source inside the image (the uncovered border is False)."""
+    """`image` [H, W, C] moved by (dy, dx), and the bool [H, W] map of pixels that had a source inside
+    the image (the uncovered border is False). Whole-pixel shifts are copied, others interpolated
+    bilinearly; uncovered pixels repeat the nearest edge."""
     from scipy import ndimage
 
-    dy, dx = shift
-    moved = np.stack(
-        [
-            ndimage.shift(image[..., c].astype(np.float64), (dy, dx), order=1, mode="nearest")
-            for c in range(3)
-        ],
-        axis=-1,
-    )
+    dy, dy_int = shift[0], round(shift[0])
+    dx, dx_int = shift[1], round(shift[1])
     h, w = image.shape[:2]
+    if abs(dy - dy_int) < 0.05 and abs(dx - dx_int) < 0.05:
+        rows = np.clip(np.arange(h) - dy_int, 0, h - 1)
+        cols = np.clip(np.arange(w) - dx_int, 0, w - 1)
+        moved = image[rows][:, cols]
+        dy, dx = float(dy_int), float(dx_int)
+    else:
+        channels = [
+            ndimage.shift(image[..., c].astype(np.float32), (dy, dx), order=1, mode="nearest")
+            for c in range(image.shape[2])
+        ]
+        moved = np.clip(np.stack(channels, axis=-1) + 0.5, 0, 255).astype(np.uint8)
     valid = np.ones((h, w), dtype=bool)
-    ky, kx = math.ceil(abs(dy)), math.ceil(abs(dx))
+    ky, kx = math.ceil(abs(dy) - 1e-6), math.ceil(abs(dx) - 1e-6)
     if ky:
         valid[(slice(0, ky) if dy > 0 else slice(h - ky, h)), :] = False
     if kx:
         valid[:, (slice(0, kx) if dx > 0 else slice(w - kx, w))] = False
-    return np.clip(moved + 0.5, 0, 255).astype(np.uint8), valid
+    return moved, valid
 
 
 def match_colour(
@@ -126,9 +132,12 @@ def match_colour(
     edits covering more than half the image. A gain further than max_gain_shift from 1 is left in."""
     gains = []
     out = target.astype(np.float64)
-    s_all, t_all = source.astype(np.float64), target.astype(np.float64)
+    # every other row and column: the mode of a quarter of the pixels is as sharp, 4x cheaper
+    step = 2 if valid.size > 256 * 256 else 1
+    s_all, t_all = source[::step, ::step].astype(np.float64), target[::step, ::step].astype(np.float64)
+    sub = valid[::step, ::step]
     for c in range(3):
-        s, t = s_all[..., c][valid], t_all[..., c][valid]
+        s, t = s_all[..., c][sub], t_all[..., c][sub]
         ok = (s > 16) & (t > 16) & (s < 250) & (t < 250)  # clipped or dark pixels carry no gain
         gain = 1.0
         if ok.sum() >= 64:
@@ -144,23 +153,25 @@ def match_colour(
                 g = float(math.exp(near.mean()))
                 gain = g if abs(g - 1.0) <= max_gain_shift else 1.0
         gains.append(gain)
-        out[..., c] = t_all[..., c] / gain
+        out[..., c] /= gain
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), (gains[0], gains[1], gains[2])
 
 
 def colour_difference(source: np.ndarray, target: np.ndarray, blur_sigma: float) -> np.ndarray:
-    """float64 [H, W] CIE76 delta E between the images in CIELAB, each blurred by blur_sigma px first
+    """float32 [H, W] CIE76 delta E between the images in CIELAB, each blurred by blur_sigma px first
     (JPEG blocks and noise average out; a real edit survives the blur)."""
+    from scipy import ndimage
     from skimage.color import rgb2lab
-    from skimage.filters import gaussian
 
     def lab(image: np.ndarray) -> np.ndarray:
-        x = image.astype(np.float64) / 255.0
+        # float32 throughout: half the time of float64, delta E equal to within 1e-4
+        x = image.astype(np.float32) / 255.0
         if blur_sigma > 0:
-            x = gaussian(x, sigma=blur_sigma, channel_axis=-1, preserve_range=True)
+            x = ndimage.gaussian_filter(x, sigma=(blur_sigma, blur_sigma, 0))
         return rgb2lab(x)
 
-    return np.sqrt(((lab(source) - lab(target)) ** 2).sum(axis=-1))
+    d = lab(source) - lab(target)
+    return np.sqrt((d * d).sum(axis=-1))
 
 
 def adaptive_threshold(diff: np.ndarray, valid: np.ndarray, min_delta_e: float) -> float:

@@ -26,16 +26,8 @@ from cocoedit.actors.mask_eval import Degradation, degrade_pair
 from cocoedit.actors.masks import mask_iou
 from cocoedit.actors.synth import synthetic_example
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.curate import (
-    FILTERS,
-    LAYOUTS,
-    curate,
-    detect_layout,
-    make_plan,
-    plan_shards,
-    prepare_shards,
-    read_shard,
-)
+from cocoedit.cluster.curate import FILTERS, curate, make_plan, prepare_shards
+from cocoedit.cluster.curate_inputs import LAYOUTS, detect_layout, plan_shards, read_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE, NUM, SHARD = 64, 24, 8
