@@ -120,21 +120,81 @@ def first_failure(rec: dict[str, Any], filters: FilterConfig, judged: bool) -> O
     return None
 
 
-def prepare_item(row: dict[str, Any], shard: Shard, k: int, cfg: CurateConfig, out: Path) -> dict[str, Any]:
-    """Stage 1 of one item: copy its images into OUT/items, mask the pair, measure it. Returns its
-    record (JSON-able); an unusable item gets `error` and no numbers."""
+def _store(out: Path, rel: str, data: bytes, array: np.ndarray, suffix: str) -> str:
+    """Put an input image under OUT as it came (its encoded bytes), or as PNG when it had no file
+    format of its own; returns the OUT-relative path written (`rel` + the suffix)."""
+    rel += suffix or ".png"
+    if suffix:
+        (out / rel).write_bytes(data)
+    else:
+        _save_png(array, out / rel)
+    return rel
+
+
+def keep_metrics(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Keep-region (mask False) PSNR in dB and SSIM of target vs source, uint8 [H, W, 3] each
+    (rewards/metrics.py's keep-only convention)."""
     import torch
+
+    from cocoedit.rewards.metrics import masked_psnr_ssim, uint8_to_unit
+
+    with torch.inference_mode():
+        edited = uint8_to_unit(torch.from_numpy(target).permute(2, 0, 1)[None])
+        src = uint8_to_unit(torch.from_numpy(source).permute(2, 0, 1)[None])
+        psnr, ssim = masked_psnr_ssim(edited, src, torch.from_numpy(mask)[None, None].float(), "keep-only")
+    return float(psnr[0]), float(ssim[0])
+
+
+def _mask_pair(
+    rec: dict[str, Any],
+    source: np.ndarray,
+    row: dict[str, Any],
+    base: Path,
+    stem: str,
+    cfg: CurateConfig,
+    out: Path,
+) -> None:
+    """Fill `rec` for an item with a target: target copied, mask written, area, keep PSNR/SSIM, hashes."""
+    from PIL import Image
 
     from cocoedit.actors.dedup import perceptual_hash, pixel_digest
     from cocoedit.actors.masks import edit_mask, undo_global_change
-    from cocoedit.rewards.metrics import masked_psnr_ssim, uint8_to_unit
+
+    data = image_bytes(row.get("target"), base, "target")
+    target, suffix = decode_image(data, "target", cfg.max_image_pixels)
+    if target.shape != source.shape:
+        # the manifest pairs pixels: a target of another size is resized onto the source (and saved as PNG)
+        size = (source.shape[1], source.shape[0])
+        target = np.asarray(Image.fromarray(target).resize(size, Image.Resampling.BICUBIC))
+        suffix, rec["target_resized"] = "", True
+    rec["target"] = _store(out, f"{stem}.target", data, target, suffix)
+    result = edit_mask(source, target, cfg.mask)
+    rec["mask"] = f"{stem}.mask.png"
+    _save_png(result.mask.astype(np.uint8) * 255, out / rec["mask"])
+    rec.update(
+        mask_from="pair",
+        area=result.area_fraction,
+        threshold=result.threshold,
+        shift=[round(result.shift[0], 3), round(result.shift[1], 3)],
+        shift_applied=result.shift_applied,
+        gain=[round(g, 4) for g in result.gain],
+        digest=pixel_digest(source, target),
+        hashes=[perceptual_hash(source), perceptual_hash(target)],
+    )
+    if result.mask.any() and not result.mask.all():
+        # on the target as the mask saw it: a shifted or tinted copy still leaves the rest alone
+        rec["psnr"], rec["ssim"] = keep_metrics(source, undo_global_change(target, result), result.mask)
+
+
+def prepare_item(row: dict[str, Any], shard: Shard, k: int, cfg: CurateConfig, out: Path) -> dict[str, Any]:
+    """Stage 1 of one item: copy its images into OUT/items, mask the pair, measure it. Returns its
+    record (JSON-able); an unusable item gets `error` and no numbers."""
+    from cocoedit.actors.dedup import perceptual_hash, pixel_digest
 
     row_id = row.get("id")
     item_id = (
         str(row_id) if row_id not in (None, "") else f"{Path(shard.path).stem}-{shard.first_row + k:07d}"
     )
-    folder = out / "items" / f"{shard.index:05d}"
-    stem = f"{k:05d}-{_safe(item_id)}"
     instruction = row.get("instruction")
     rec: dict[str, Any] = {
         "shard": shard.index,
@@ -154,71 +214,26 @@ def prepare_item(row: dict[str, Any], shard: Shard, k: int, cfg: CurateConfig, o
         "judged": False,
         "mllm_todo": False,
     }
+    stem = f"items/{shard.index:05d}/{k:05d}-{_safe(item_id)}"
     try:
         if row.get("_error"):
             raise ItemError(f"input row: {row['_error']}")
         if not isinstance(instruction, str) or not instruction.strip():
             raise ItemError("instruction: missing or empty")
         base = Path(shard.path).parent
-        source_data = image_bytes(row.get("source"), base, "source")
-        source, suffix = decode_image(source_data, "source", cfg.max_image_pixels)
-        folder.mkdir(parents=True, exist_ok=True)
+        data = image_bytes(row.get("source"), base, "source")
+        source, suffix = decode_image(data, "source", cfg.max_image_pixels)
+        (out / stem).parent.mkdir(parents=True, exist_ok=True)
         rec["width"], rec["height"] = int(source.shape[1]), int(source.shape[0])
-        rec["source"] = f"items/{shard.index:05d}/{stem}.source{suffix or '.png'}"
-        if suffix:
-            (out / rec["source"]).write_bytes(source_data)
-        else:
-            _save_png(source, out / rec["source"])
-        if row.get("target") is None:
+        rec["source"] = _store(out, f"{stem}.source", data, source, suffix)
+        if row.get("target") is not None:
+            _mask_pair(rec, source, row, base, stem, cfg, out)
+        elif cfg.mllm and cfg.annotate.ground:
             rec["mask_from"] = "grounding"
             rec["digest"] = pixel_digest(source) + ":" + " ".join(rec["instruction"].lower().split())
             rec["hashes"] = [perceptual_hash(source)]
-            if not (cfg.mllm and cfg.annotate.ground):
-                raise ItemError(
-                    "no target image, and grounding is off (curate.mllm / curate.annotate.ground)"
-                )
         else:
-            target_data = image_bytes(row.get("target"), base, "target")
-            target, t_suffix = decode_image(target_data, "target", cfg.max_image_pixels)
-            rec["target"] = f"items/{shard.index:05d}/{stem}.target{t_suffix or '.png'}"
-            if target.shape != source.shape:
-                from PIL import Image
-
-                # the manifest pairs pixels: a target of another size is resized onto the source
-                target = np.asarray(
-                    Image.fromarray(target).resize(
-                        (source.shape[1], source.shape[0]), Image.Resampling.BICUBIC
-                    )
-                )
-                rec["target"] = f"items/{shard.index:05d}/{stem}.target.png"
-                rec["target_resized"] = True
-                _save_png(target, out / rec["target"])
-            elif t_suffix:
-                (out / rec["target"]).write_bytes(target_data)
-            else:
-                _save_png(target, out / rec["target"])
-            result = edit_mask(source, target, cfg.mask)
-            rec["mask_from"] = "pair"
-            rec["mask"] = f"items/{shard.index:05d}/{stem}.mask.png"
-            _save_png(result.mask.astype(np.uint8) * 255, out / rec["mask"])
-            rec.update(
-                area=result.area_fraction,
-                threshold=result.threshold,
-                shift=[round(result.shift[0], 3), round(result.shift[1], 3)],
-                shift_applied=result.shift_applied,
-                gain=[round(g, 4) for g in result.gain],
-            )
-            if result.mask.any() and not result.mask.all():
-                # measured on the target as the mask saw it: a shifted or tinted copy is still consistent
-                aligned = undo_global_change(target, result)
-                with torch.inference_mode():
-                    edited = uint8_to_unit(torch.from_numpy(aligned).permute(2, 0, 1)[None])
-                    src = uint8_to_unit(torch.from_numpy(source).permute(2, 0, 1)[None])
-                    mask = torch.from_numpy(result.mask)[None, None].float()
-                    psnr, ssim = masked_psnr_ssim(edited, src, mask, "keep-only")
-                rec["psnr"], rec["ssim"] = float(psnr[0]), float(ssim[0])
-            rec["digest"] = pixel_digest(source, target)
-            rec["hashes"] = [perceptual_hash(source), perceptual_hash(target)]
+            raise ItemError("no target image, and grounding is off (curate.mllm / curate.annotate.ground)")
     except ItemError as e:
         rec["error"] = str(e)
     except OSError as e:  # writing into OUT failed, or a file vanished mid-read
@@ -283,7 +298,7 @@ class AnnotateStage:
                     self.cfg.ground_margin,
                 )
                 rec["boxes"] = [[b.x1, b.y1, b.x2, b.y2, b.label] for b in ann.boxes]
-                rec["mask"] = rec["source"].rsplit(".source", 1)[0] + ".mask.png"
+                rec["mask"] = rec["source"].rsplit(".source", 1)[0] + ".mask.png"  # beside the source
                 _save_png(mask.astype(np.uint8) * 255, self.out / rec["mask"])
                 rec["area"] = float(mask.mean())
                 continue

@@ -21,6 +21,11 @@ import torch
 from cocoedit.cluster.eval_report import _CSS, _SCRIPT, _png_uri, _table, bar_chart, mask_overlay
 
 THUMB = 160  # px, longer side of gallery images
+# text columns read left to right, and unbroken answers ("0000...") wrap instead of widening the page
+_EXTRA_CSS = (
+    "table.fail td,table.funnel td:nth-child(2){text-align:left}"
+    "table.fail td{word-break:break-all;max-width:480px;font-size:12px}"
+)
 
 
 def histogram(values: Sequence[float], low: float, high: float, bins: int = 10) -> dict[str, Optional[float]]:
@@ -84,24 +89,19 @@ def _gallery(records: Sequence[dict[str, Any]], out: Path) -> str:
     return _table(["source", "target", "mask overlay", "item"], rows, "gallery")
 
 
-def _failures(title: str, entries: Sequence[dict[str, Any]], limit: int = 100) -> str:
+def _failures(title: str, entries: Sequence[dict[str, Any]], limit: int = 20) -> str:
     if not entries:
         return f"<p>{html.escape(title)}: none</p>"
     rows = [
-        [
-            html.escape(e["id"]),
-            f"<small>{html.escape(str(e['error'])[:300])}</small>",
-            f"<small>{html.escape(e.get('answer') or '')}</small>",
-        ]
+        [html.escape(e["id"]), html.escape(str(e["error"])[:200]), html.escape((e.get("answer") or "")[:200])]
         for e in entries[:limit]
     ]
-    more = (
-        f"<p class='meta'>first {limit} of {len(entries)} shown; all in summary.json</p>"
-        if len(entries) > limit
-        else ""
-    )
-    return (
-        f"<h3>{html.escape(title)} ({len(entries)})</h3>" + _table(["item", "error", "answer"], rows) + more
+    distinct = len({e.get("answer") for e in entries})
+    note = f"{len(entries)} items, {distinct} distinct answers"
+    if len(entries) > limit:
+        note += f"; the first {limit} shown, all in summary.json"
+    return f"<h3>{html.escape(title)} ({len(entries)})</h3><p class='meta'>{note}</p>" + _table(
+        ["item", "error", "answer"], rows, "fail"
     )
 
 
@@ -147,7 +147,7 @@ def write_report(
     readable = [r for r in records if not r.get("error")]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>cocoedit data curate</title><style>{_CSS}</style>{_SCRIPT}</head><body>",
+        f"<title>cocoedit data curate</title><style>{_CSS}{_EXTRA_CSS}</style>{_SCRIPT}</head><body>",
         "<h1>cocoedit data curate</h1>",
         _table(
             ["", ""],
