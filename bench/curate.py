@@ -150,6 +150,10 @@ def main() -> int:
         print(f"    plain loop, 1 process:        {n / loop_s:6.2f} items/s")
         print(f"    Ray Data, {args.cpus} CPUs:             {n / ray_s:6.2f} items/s")
         print(f"    Ray Data / plain loop:        {loop_s / ray_s:6.2f}x")
+        load = os.getloadavg()[0]
+        print(
+            f"    1-minute load average at the end: {load:.1f} on {os.cpu_count()} cores (other jobs share them)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
