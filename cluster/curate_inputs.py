@@ -91,6 +91,8 @@ def input_files(inputs: Sequence[str | Path]) -> list[Path]:
 def plan_shards(files: Sequence[Path], shard_size: int) -> list[Shard]:
     """Shards of at most shard_size rows over `files`, in order; reads JSONL line offsets (one pass,
     nothing kept but an offset per shard) and Parquet metadata only."""
+    if shard_size < 1:
+        raise ValueError(f"curate.shard_size={shard_size} must be >= 1")
     shards: list[Shard] = []
     for path in files:
         if path.suffix == ".parquet":
