@@ -2,6 +2,7 @@
 
     cocoedit data synth --out DIR --num N --size PX --seed S
     cocoedit data check MANIFEST
+    cocoedit data curate --input IN [IN ...] --out DIR [--num N] [--format manifest|cocoedit40k] [key=value ...]
     cocoedit config show [--config FILE] [key=value ...]
     cocoedit train [--config FILE] [--resume [CHECKPOINT]] [key=value ...]
     cocoedit pretrain-tiny --out DIR
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str, bool]] = {
     "data synth": ("cocoedit.actors.synth", "cli_synth", False),
     "data check": ("cocoedit.actors.data", "cli_check", False),
+    "data curate": ("cocoedit.cluster.curate", "cli_curate", True),
     "config show": ("cocoedit.cluster.cli", "cli_show_config", True),
     "train": ("cocoedit.cluster.train", "cli_train", True),
     "pretrain-tiny": ("cocoedit.cluster.cli", "cli_pretrain", True),
@@ -68,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("manifest")
     check.add_argument("--format", choices=["manifest", "cocoedit40k", "benchmask"], default="manifest")
     check.add_argument("--mask-polarity", choices=["edit_white", "keep_white"], default=None)
+    curate = data_sub.add_parser(
+        "curate", help="turn editing datasets (source, target, instruction) into a masked training set"
+    )
+    curate.add_argument("--input", nargs="+", required=True, help="JSONL / Parquet files or folders of them")
+    curate.add_argument("--out", required=True, help="output folder; a rerun resumes an interrupted run")
+    curate.add_argument(
+        "--num", type=int, default=None, help="N items balanced over edit types (default: all)"
+    )
+    curate.add_argument(
+        "--format",
+        choices=["manifest", "cocoedit40k"],
+        default=None,
+        help="manifest.jsonl (white = edit) or CoCoEdit-40K metadata.jsonl (white = keep); default curate.output_format",
+    )
+    _add_config_args(curate)
 
     config = sub.add_parser("config", help="show the resolved config")
     config_sub = config.add_subparsers(dest="config_command", required=True)

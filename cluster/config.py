@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 
 from cocoedit.actors.config import DataConfig, PolicyConfig, PretrainConfig, RolloutConfig
+from cocoedit.cluster.curate_config import CurateConfig
 from cocoedit.cluster.eval_config import EvalConfig
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.ranges import Range
@@ -87,6 +88,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
 
 
 class ConfigError(ValueError):
