@@ -245,6 +245,21 @@ class MLLMJudge(Scorer):
         messages = build_messages(instruction, self.cfg.prompt_version)
         return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    async def generate_text(
+        self, messages: list[dict[str, Any]], images: list[Any], max_tokens: int, tag: str
+    ) -> str:
+        """The engine's greedy (temperature 0) answer to chat `messages` whose image placeholders take
+        `images` (PIL, in order), for prompts other than the judge's own (data curation). A request the
+        engine rejects raises JudgeError; an engine failure or timeout JudgeEngineError."""
+        from vllm import SamplingParams
+
+        if self._engine is None:
+            raise RuntimeError("MLLMJudge.generate_text() called before load(); await judge.load() first")
+        prompt = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        request = {"prompt": prompt, "multi_modal_data": {"image": images}}
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=self.cfg.seed)
+        return (await self._generate(request, params, tag)).outputs[0].text
+
     async def _score_one(self, edit: DecodedEdit) -> EditOutcome:
         images = [
             resize_for_judge(edit.source_image, self.cfg.image_size),
