@@ -236,7 +236,13 @@ class Placement:
                 f"run's {wanted}: give the trial `run_bundles(cfg)` of the config it runs "
                 f"(cocoedit sweep does), or start the run outside any placement group"
             )
+        if self.cfg.run.pin_cpus:
+            raise PlacementError(
+                "run.pin_cpus pins to this machine's cores, which trials side by side would share: set "
+                "run.pin_cpus=false for a run inside a placement group (a Ray Tune trial)"
+            )
         self.owned = False
+        self.cores = {}
         self._first = {
             "learner ranks": 0,
             "rollout workers": 0 if self.cfg.run.colocate else self.cfg.learner.world_size,

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # A sweep seed k sets every seed a run draws from: sampler order and noise, LoRA init, learner noise.
 SEED_KEYS = ("data.seed", "rollout.seed", "learner.seed")
+SET_BY_SWEEP = (*SEED_KEYS, "run.run_dir", "run.name")  # per trial, from --seeds and --out
 SWEEP_FILE = "sweep.json"  # the sweep's definition, next to Tune's experiment state
 
 
@@ -89,6 +90,12 @@ def grid_settings(specs: Sequence[str]) -> list[Setting]:
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         raise ValueError(f"--grid names {repeated} on more than one axis; give each key one --grid")
+    ours = [k for k in keys if k in SET_BY_SWEEP]
+    if ours:
+        raise ValueError(
+            f"--grid {ours}: the sweep sets {list(SET_BY_SWEEP)} for every trial (seeds 0..N-1 from --seeds, "
+            f"run directories under --out); vary the seeds with --seeds"
+        )
     return [Setting(tuple(o for point in combo for o in point)) for combo in itertools.product(*axes)]
 
 
@@ -125,12 +132,32 @@ class Sweep:
     seeds: int
     out: Path
 
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"--seeds {self.seeds} must be >= 1 (the runs per setting)")
+
     @property
     def trials(self) -> list[Trial]:
         return [Trial(s, k) for s in self.settings for k in range(self.seeds)]
 
     def trial_config(self, trial: Trial) -> Config:
         return load_config(self.config, trial_overrides(self.overrides, trial, self.out))
+
+    def trial_configs(self) -> dict[str, Config]:
+        """Every trial's config by Trial.key, all loaded and checked: a bad grid value fails here, naming
+        its setting, before Ray starts."""
+        configs = {}
+        for trial in self.trials:
+            try:
+                configs[trial.key] = self.trial_config(trial)
+            except ConfigError as e:
+                raise ConfigError(f"--grid setting {trial.setting.name!r}: {e}") from e
+            if configs[trial.key].run.pin_cpus:
+                raise ValueError(
+                    "run.pin_cpus pins to this machine's cores, which trials side by side would share: "
+                    "set run.pin_cpus=false for a sweep"
+                )
+        return configs
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -165,11 +192,15 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
 
     trial = next(t for t in sweep.trials if t.key == params["trial"])
     cfg = sweep.trial_config(trial)
-    last = _last_row(Path(cfg.run.run_dir))
+    run_dir = Path(cfg.run.run_dir)
+    last = _last_row(run_dir)
     if last.get("epoch") == cfg.run.epochs - 1:  # interrupted after its last epoch (always checkpointed)
         tune.report(last)
         return
-    with start_run(cfg, resume=latest_checkpoint(cfg.run.run_dir) is not None) as run:
+    resume = latest_checkpoint(run_dir) is not None
+    if not resume:  # interrupted before its first checkpoint: every epoch is run again, logged once
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    with start_run(cfg, resume=resume) as run:
         for epoch, row in run_epochs(run):
             tune.report({"epoch": epoch, **row})
 
@@ -200,11 +231,11 @@ def run_sweep(sweep: Sweep, cfg: Config, max_concurrent: int = 0) -> Any:
 
     from cocoedit.cluster.launch import init_ray, resolve_models
 
-    configs = {t.key: sweep.trial_config(t) for t in sweep.trials}  # fails here on a bad value
+    configs = sweep.trial_configs()
     check_resumable(sweep)
     init_ray(cfg.run)
-    for cfg in configs.values():  # tiny models: built once here, cached for every trial
-        resolve_models(cfg)
+    for trial_cfg in configs.values():  # tiny models: built once here, cached for every trial
+        resolve_models(trial_cfg)
     sweep.out.mkdir(parents=True, exist_ok=True)
     (sweep.out / SWEEP_FILE).write_text(json.dumps(sweep.to_json(), indent=2))
 
@@ -234,35 +265,42 @@ def run_sweep(sweep: Sweep, cfg: Config, max_concurrent: int = 0) -> Any:
 
 def outcomes(sweep: Sweep, results: Any) -> list[TrialOutcome]:
     """Every trial's last reported metrics and error, from Tune's ResultGrid (trials in sweep order)."""
-    by_key = {r.config["trial"]: r for r in results}
+    by_key = {r.config["trial"]: r for r in results if r.config}  # a trial never started has no config
     out = []
     for trial in sweep.trials:
         result = by_key.get(trial.key)
         metrics = dict(result.metrics or {}) if result is not None else {}
-        error = None
-        if result is not None and result.error is not None:
-            lines = str(result.error).strip().splitlines()
-            error = lines[-1] if lines else type(result.error).__name__
+        error = _error_text(result.error) if result is not None and result.error is not None else None
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         finished = error is None and numeric.get("epoch") == sweep.trial_config(trial).run.epochs - 1
         out.append(TrialOutcome(trial.key, trial.setting.name, trial.seed, numeric, error, finished))
     return out
 
 
+def _error_text(error: BaseException) -> str:
+    """`Type: message` of the exception the trial raised (a RayTaskError carries it as its cause)."""
+    cause = getattr(error, "cause", None)
+    e = cause if isinstance(cause, BaseException) else error
+    return f"{type(e).__name__}: {e}"
+
+
 def cli_sweep(args: argparse.Namespace, cfg: Config) -> int:
     """`cocoedit sweep --config FILE --grid KEY=V1,V2 [--grid ...] --seeds N [--out DIR] [key=value ...]`.
 
-    `cfg` (the config with the sweep-wide overrides) starts or joins the Ray cluster."""
+    `cfg` (the config with the sweep-wide overrides) starts or joins the Ray cluster. Exits 1 before Ray
+    starts on a bad grid, seed count or value, and 1 after the report when trials are left unfinished."""
+    from cocoedit.cluster.launch import RayConnectError
     from cocoedit.cluster.sweep_report import write_report
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        if args.seeds < 1:
-            raise ValueError(f"--seeds {args.seeds} must be >= 1")
-        settings = grid_settings(args.grid)
-        sweep = Sweep(args.config, tuple(args.overrides), tuple(settings), args.seeds, Path(args.out))
+        if args.max_concurrent < 0:
+            raise ValueError(f"--max-concurrent {args.max_concurrent} must be >= 0 (0 = as many as fit)")
+        sweep = Sweep(
+            args.config, tuple(args.overrides), tuple(grid_settings(args.grid)), args.seeds, Path(args.out)
+        )
         results = run_sweep(sweep, cfg, args.max_concurrent)
-    except (ValueError, ConfigError) as e:
+    except (ValueError, ConfigError, RayConnectError) as e:
         print(f"sweep: {e}", file=sys.stderr)
         return 1
     trials = outcomes(sweep, results)
@@ -277,16 +315,4 @@ def cli_sweep(args: argparse.Namespace, cfg: Config) -> int:
     unfinished = [t.key for t in trials if t.status == "unfinished"]
     if unfinished:
         print(f"trials unfinished: {unfinished}; run the same command again to resume them", file=sys.stderr)
-    return 0
-
-
-def load_sweep(out: Path) -> Sweep:
-    """The sweep that wrote OUT/sweep.json."""
-    saved = json.loads((out / SWEEP_FILE).read_text())
-    return Sweep(
-        saved["config"],
-        tuple(saved["overrides"]),
-        tuple(Setting(tuple(s)) for s in saved["settings"]),
-        int(saved["seeds"]),
-        out,
-    )
+    return 1 if unfinished else 0

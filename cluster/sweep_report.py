@@ -1,7 +1,8 @@
 """The report of a `cocoedit sweep`: per setting, the final held-out metrics over seeds, and a Pareto plot.
 
     OUT/report.md    the table (Markdown): per setting, mean +- 95% CI over seeds (Student t) of the final
-                     held-out instruction score and keep-region PSNR / SSIM, and whether it is on the front
+                     held-out instruction score and keep-region PSNR / SSIM, and whether it is on the front;
+                     then the failed trials, each with the first line of its error
     OUT/report.png   instruction score (x) vs keep PSNR (y), one point per setting with its 95% CIs,
                      the Pareto front (no other setting is at least as good on both and better on one)
     OUT/report.html  self-contained page: the table, the plot (embedded PNG), every trial and its error
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from cocoedit.cluster.eval_report import _CSS, _SCRIPT, _table
+from cocoedit.cluster.eval_report import CSS, SCRIPT, html_table
 
 if TYPE_CHECKING:
     from cocoedit.cluster.sweep import Sweep
@@ -226,17 +227,19 @@ def report_html(
     return "".join(
         [
             "<!DOCTYPE html><html><head><meta charset='utf-8'><title>cocoedit sweep</title>",
-            f"<style>{_CSS}</style>{_SCRIPT}</head><body>",
+            f"<style>{CSS}</style>{SCRIPT}</head><body>",
             "<h1>cocoedit sweep</h1>",
             f"<p class='meta'><code>{html.escape(command)}</code></p>",
             "<h2>Settings (final held-out metrics, mean +- 95% CI over seeds)</h2>",
-            _table(
+            html_table(
                 ["", "setting", "seeds", ikey, "keep PSNR (dB)", "keep SSIM", "Pareto front"], setting_rows
             ),
             "<h2>Instruction score vs keep-region PSNR</h2>",
             f"<img alt='Pareto plot' src='{uri}'>",
             "<h2>Trials</h2>",
-            _table(["trial", "seed", "status", "epoch", ikey, "keep PSNR", "keep SSIM", "error"], trial_rows),
+            html_table(
+                ["trial", "seed", "status", "epoch", ikey, "keep PSNR", "keep SSIM", "error"], trial_rows
+            ),
             "</body></html>",
         ]
     )
@@ -248,7 +251,7 @@ def _num(v: Any) -> str:
 
 @dataclass(frozen=True)
 class Report:
-    text: str  # the Markdown table
+    text: str  # the Markdown table, then each failed trial's error (first line)
     markdown: Path
     png: Path
     html: Path
@@ -260,7 +263,8 @@ def write_report(sweep: Sweep, outcomes: Sequence[TrialOutcome], command: str = 
     settings = [s.name for s in sweep.settings]
     ikey = instruction_key(outcomes)
     rows = summarize(settings, outcomes)
-    text = markdown_table(rows, ikey)
+    failed = [f"- `{o.key}`: {o.error.splitlines()[0]}" for o in outcomes if o.error]
+    text = markdown_table(rows, ikey) + ("\n\nFailed trials:\n" + "\n".join(failed) if failed else "")
     png = pareto_png(rows, ikey)
     out = sweep.out
     out.mkdir(parents=True, exist_ok=True)

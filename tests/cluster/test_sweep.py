@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cocoedit.cluster.cli import main as cli_main
 from cocoedit.cluster.config import load_config
 from cocoedit.cluster.placement import Placement, run_bundles
 from cocoedit.cluster.sweep import (
@@ -33,6 +34,9 @@ from cocoedit.cluster.sweep_report import (
     summarize,
     write_report,
 )
+from cocoedit.learner.checkpoint import latest_checkpoint
+from tests.browser import open_in_chromium
+from tests.cluster.test_train import TINY
 
 
 def test_grid_is_the_product_of_its_axes_and_tied_keys_move_together() -> None:
@@ -66,6 +70,31 @@ def test_grid_is_the_product_of_its_axes_and_tied_keys_move_together() -> None:
 def test_bad_grids_are_refused_with_the_fix(specs: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         grid_settings(specs)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--grid", "learner.no_such_key=0,1"],
+            "--grid setting 'learner.no_such_key=0': .*unknown key learner.no_such_key",
+        ),
+        (
+            ["--grid", "learner.lam_pos=0,abc"],
+            "--grid setting 'learner.lam_pos=abc': .*must be a number, got 'abc'",
+        ),
+        (["--grid", "learner.lam_pos=0,1", "--seeds", "0"], "--seeds 0 must be >= 1"),
+        (["--grid", "data.seed=0,1"], "the sweep sets .*'data.seed'.* vary the seeds with --seeds"),
+        (["--grid", "learner.lam_pos=0,1", "--max-concurrent", "-1"], "--max-concurrent -1 must be >= 0"),
+        (["--grid", "learner.lam_pos=0,1", "run.pin_cpus=true"], "set run.pin_cpus=false for a sweep"),
+    ],
+)
+def test_bad_sweep_input_exits_1_before_ray_starts(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["sweep", "--out", str(tmp_path / "out"), *argv]) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()  # refused before Ray and before anything was written
 
 
 def test_trial_sets_every_seed_and_its_own_run_directory(tmp_path: Path) -> None:
@@ -136,6 +165,9 @@ def report_dir(tmp_path: Path) -> Path:
     report = write_report(sweep, outcomes, command="cocoedit sweep --grid learner.lam_pos=0,0.8 --seeds 3")
     assert "| S1 | `learner.lam_pos=0` | 3 | 0.500 +- 0.000 | 21.00 +- 2.48 |" in report.text
     assert "| S2 | `learner.lam_pos=0.8` | 2 (1 failed) |" in report.text
+    assert report.text.endswith(
+        "Failed trials:\n- `learner.lam_pos=0.8/seed1`: FileNotFoundError: no such file"
+    )
     return tmp_path
 
 
@@ -153,27 +185,8 @@ def test_report_table_plot_and_page(report_dir: Path) -> None:
 
 
 def test_report_opens_in_headless_chromium(report_dir: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if chromium is None:
-        pytest.skip("no chromium binary (apt-get install -y chromium); DOM checked by html.parser above")
-    proc = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--enable-logging=stderr",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-            (report_dir / "report.html").as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'data-images="1"' in proc.stdout and 'data-broken-images="0"' in proc.stdout
-    assert not [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln and "Uncaught" in ln]
+    dom = open_in_chromium(report_dir / "report.html")
+    assert 'data-images="1"' in dom and 'data-broken-images="0"' in dom
 
 
 def test_run_bundles_lay_out_every_role() -> None:
@@ -217,10 +230,11 @@ def test_a_run_inside_a_tune_trial_takes_the_trials_bundles(ray_local, tmp_path:
                 return ray.util.get_current_placement_group().id.hex()
 
         strategy = placement.rollout(1)["scheduling_strategy"]
+        learner_index = placement.learner(0)["scheduling_strategy"].placement_group_bundle_index
         placement.close()  # the trial's group is Tune's: it stays
         tune.report(
             {
-                "learner_index": placement.learner(0)["scheduling_strategy"].placement_group_bundle_index,
+                "learner_index": learner_index,
                 "rollout_index": strategy.placement_group_bundle_index,
                 "same_group": float(strategy.placement_group == group),
                 "replica_in_group": float(ray.get(Replica.remote().group.remote()) == group.id.hex()),
@@ -243,63 +257,66 @@ def test_a_run_inside_a_tune_trial_takes_the_trials_bundles(ray_local, tmp_path:
     assert mismatched.error is not None and "are not the run's" in str(mismatched.error)
 
 
-# A real sweep: 2 settings x 1 seed + a setting whose data file is missing, 2 epochs each, with the
-# test-sized tiny editor (as tests/cluster/test_train.py builds it).
-SWEEP_ARGS = [
-    "--grid",
-    "learner.lam_pos+data.manifest=0+null,0.8+null,0+/nonexistent/manifest.jsonl",
-    "--seeds",
-    "1",
-    "run.epochs=2",
-    "run.eval_every=1",
-    "run.eval_items=2",
-    "run.eval_seeds=1",
-    "run.checkpoint_every=1",
-    "run.image_every=0",
-    "data.synth_num=8",
-    "data.n_items=2",
-    "data.group_size=4",
-    "rollout.num_steps=2",
-    "pretrain.num_items=16",
-    "pretrain.eval_items=4",
-    "pretrain.vae_steps=3",
-    "pretrain.steps=3",
-    "pretrain.batch_size=4",
-]
+# A real sweep: 2 settings x 1 seed and a setting whose data file is broken (it fails in the run, not in
+# the config), 3 epochs each (one to interrupt), with the test-sized tiny editor of tests/cluster/test_train.py.
+SWEEP_OVERRIDES = [*TINY, "run.epochs=3", "run.image_every=0", "run.eval_seeds=1", "rollout.num_steps=2"]
+
+
+def _files(run_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
 
 
 @pytest.mark.slow
 def test_sweep_on_tune_survives_a_failed_trial_and_resumes_after_an_interrupt(tmp_path: Path) -> None:
-    """`cocoedit sweep` in a subprocess (its own local Ray cluster): interrupted with SIGINT once the first
-    trial has finished, then run again with the same command. Run it with
-    `pytest -m slow tests/cluster/test_sweep.py`."""
-    out = tmp_path / "sweep"
+    """`cocoedit sweep` in a subprocess (its own local Ray cluster), interrupted with SIGINT once the first
+    trial has finished and the second has checkpointed its first epoch (Tune lets it finish the epoch in
+    flight), then run again with the same command: the first is not run again, the second continues from
+    its checkpoint, the broken one fails without stopping them. About 5 minutes on 2 busy cores:
+    `pytest -m slow tests/cluster/test_sweep.py -k tune_survives`."""
+    out, broken = tmp_path / "sweep", tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "a", "source": "missing.png"}\n')
     env = {**os.environ, "COCOEDIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    argv = [sys.executable, "-m", "cocoedit.cluster.cli", "sweep", "--out", str(out), *SWEEP_ARGS]
-    first_run = out / "runs" / "learner.lam_pos=0,data.manifest=null" / "seed0" / "metrics.jsonl"
+    env.pop("RAY_ADDRESS", None)  # its own local cluster, never another one on the machine
+    grid = f"learner.lam_pos+data.manifest=0+null,0.8+null,0+{broken}"
+    argv = [sys.executable, "-m", "cocoedit.cluster.cli", "sweep", "--grid", grid, "--out", str(out)]
+    argv += SWEEP_OVERRIDES
+    first = out / "runs" / "learner.lam_pos=0,data.manifest=null" / "seed0"
+    second = out / "runs" / "learner.lam_pos=0.8,data.manifest=null" / "seed0"
+
+    def lines(run_dir: Path) -> list[str]:
+        path = run_dir / "metrics.jsonl"
+        return path.read_text().splitlines() if path.exists() else []
+
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        if first_run.exists() and len(first_run.read_text().splitlines()) == 2:
+        if len(lines(second)) == 1 and latest_checkpoint(second) is not None:
             break
-        time.sleep(1)
+        time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
-    proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops the trials
     interrupted_log = proc.communicate(timeout=300)[0]
-    second_run = out / "runs" / "learner.lam_pos=0.8,data.manifest=null" / "seed0" / "metrics.jsonl"
-    assert not (second_run.exists() and len(second_run.read_text().splitlines()) == 2), interrupted_log[
-        -3000:
-    ]
+    assert proc.returncode == 1 and "run the same command again to resume" in interrupted_log
+    assert len(lines(first)) == 3 and 1 <= len(lines(second)) < 3, interrupted_log[-3000:]
+    first_files, second_before = _files(first), lines(second)
 
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    # the finished trial was not run again; the interrupted one finished; the failing one did not stop them
-    assert [json.loads(ln)["epoch"] for ln in first_run.read_text().splitlines()] == [0, 1]
-    assert json.loads(second_run.read_text().splitlines()[-1])["epoch"] == 1
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "resuming the sweep" in log
+    assert _files(first) == first_files  # the finished trial did not run again: not one file touched
+    # continued from its checkpoint: the epochs run before the interrupt are kept, each epoch ran once
+    assert lines(second)[: len(second_before)] == second_before
+    assert [json.loads(ln)["epoch"] for ln in lines(second)] == [0, 1, 2]
     report = (out / "report.md").read_text()
     assert "| S1 | `learner.lam_pos=0 data.manifest=null` | 1 |" in report
     assert "| S2 | `learner.lam_pos=0.8 data.manifest=null` | 1 |" in report
-    assert "| S3 | `learner.lam_pos=0 data.manifest=/nonexistent/manifest.jsonl` | 0 (1 failed) |" in report
+    assert f"| S3 | `learner.lam_pos=0 data.manifest={broken}` | 0 (1 failed) |" in report
+    for run_dir, row in ((first, "S1"), (second, "S2")):  # the table holds each run's final evaluation
+        final = json.loads(lines(run_dir)[-1])
+        cells = next(ln for ln in report.splitlines() if ln.startswith(f"| {row} ")).split("|")
+        assert cells[4].strip() == f"{final['eval/synthetic']:.3f}"
+        assert cells[5].strip() == f"{final['eval/pixel/psnr']:.2f}"
     page = (out / "report.html").read_text()
-    assert "nonexistent/manifest.jsonl" in page and "failed" in page
+    assert str(broken) in page and "problem(s)" in page  # the failed trial's error
     assert (out / "report.png").stat().st_size > 10_000
