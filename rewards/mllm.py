@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from cocoedit.ranges import check_fields
 from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import JudgeConfig
 from cocoedit.rewards.judge import (
@@ -45,28 +46,11 @@ class JudgeEngineError(RuntimeError):
 
 
 def _check_config(cfg: JudgeConfig) -> None:
+    """The ranges JudgeConfig declares (checked here too: a judge can be built without the loader)."""
+    check_fields(cfg, "rewards.mllm")
     if cfg.score_mode not in ("logits", "text"):
         raise ValueError(f"rewards.mllm.score_mode={cfg.score_mode!r} must be 'logits' or 'text'")
     prompt_template(cfg.prompt_version)
-    if cfg.images_per_prompt < 2:
-        raise ValueError(
-            f"rewards.mllm.images_per_prompt={cfg.images_per_prompt} must be >= 2: the judge sees [source, edited]"
-        )
-    if cfg.logprobs_k < 6 and cfg.score_mode == "logits":
-        raise ValueError(f"rewards.mllm.logprobs_k={cfg.logprobs_k} must be >= 6 to hold the digits 0-5")
-    if cfg.text_retries < 1:
-        raise ValueError(f"rewards.mllm.text_retries={cfg.text_retries} must be >= 1")
-    if cfg.max_tokens < 1:
-        raise ValueError(f"rewards.mllm.max_tokens={cfg.max_tokens} must be >= 1")
-    if not cfg.generate_timeout_s > 0:
-        raise ValueError(f"rewards.mllm.generate_timeout_s={cfg.generate_timeout_s} must be > 0")
-    if cfg.image_size < 28:
-        raise ValueError(f"rewards.mllm.image_size={cfg.image_size} must be >= 28 (one merged vision patch)")
-    if not 0.0 < cfg.gpu_memory_utilization <= 1.0:
-        raise ValueError(
-            f"rewards.mllm.gpu_memory_utilization={cfg.gpu_memory_utilization} must be in (0, 1] "
-            "(on CPU it reserves host memory: use ~0.1)"
-        )
 
 
 def resize_for_judge(image: np.ndarray, size: int) -> Any:
