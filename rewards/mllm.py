@@ -10,8 +10,10 @@ request; concurrent requests, from one call or many, are batched by vLLM's conti
 prompt and the score maths live in rewards/judge.py. With `model_path=None` the tiny Qwen2.5-VL of
 rewards/tiny_judge.py is built (once) into `tiny_judge_dir` and served: the CPU test/dev path.
 
-Errors: an answer that cannot be scored (no digit in the top-k, text that does not parse after the
-retries, a request the engine rejects) is a per-edit error; an engine failure or a request running past
+Errors: an answer that cannot be scored (no digit in the top-k, a request the engine rejects) is a
+per-edit error. Text that still does not parse after `text_retries` gets the neutral
+`text_fallback_score`, marked by the component `fallback` = 1 and a warning (the method's fallback;
+rewards/weighting.py counts and bounds them per epoch). An engine failure or a request running past
 `generate_timeout_s` raises `JudgeEngineError`, which the server returns as INTERNAL.
 """
 
@@ -27,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 
 from cocoedit.ranges import check_fields
-from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
+from cocoedit.rewards.base import FALLBACK, DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import JudgeConfig
 from cocoedit.rewards.judge import (
     JudgeError,
@@ -286,11 +288,24 @@ class MLLMJudge(Scorer):
             return EditOutcome(
                 edit_id=edit.edit_id,
                 score=score,
-                components={"expected_score": score * 5, "raw": score * 5, "attempts": float(attempt + 1)},
+                components={
+                    "expected_score": score * 5,
+                    "raw": score * 5,
+                    "attempts": float(attempt + 1),
+                    FALLBACK: 0.0,
+                },
                 warnings=list(edit.warnings),
             )
-        raise JudgeError(
-            f"parse failure: no number in [0, 5] in any of {len(answers)} judge answers {answers!r}"
+        # The method's neutral score, marked and counted (rewards/weighting.py bounds how many an epoch
+        # may have), so one unparseable answer never stops training but a broken judge still does.
+        fallback = self.cfg.text_fallback_score
+        why = f"parse failure: no number in [0, 5] in any of {len(answers)} judge answers {answers!r}"
+        logger.warning("edit %s: %s; neutral fallback score %g", edit.edit_id, why, fallback)
+        return EditOutcome(
+            edit_id=edit.edit_id,
+            score=fallback,
+            components={"expected_score": fallback * 5, "attempts": float(len(answers)), FALLBACK: 1.0},
+            warnings=[*edit.warnings, f"{why}; scored with the neutral fallback {fallback:g}"],
         )
 
     async def _generate(self, request: dict[str, Any], params: Any, edit_id: str) -> Any:
