@@ -65,7 +65,8 @@ def test_too_many_dropped_edits_fail_the_epoch() -> None:
     pixel[1] = EditOutcome("e1", error="edit_mask: missing")
     pixel[2] = EditOutcome("e2", error="edit_mask: missing")
     with pytest.raises(
-        RewardError, match=r"2 of 10 edits \(20%\) could not be scored .*rewards.max_dropped_fraction=0.1: pixel: e1"
+        RewardError,
+        match=r"2 of 10 edits \(20%\) could not be scored .*rewards.max_dropped_fraction=0.1: pixel: e1",
     ):
         combine({"pixel": pixel}, {"pixel": 1.0})  # default bound 10%
 
