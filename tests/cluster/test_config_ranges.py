@@ -16,12 +16,13 @@ import sys
 import time
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cocoedit.cluster.cli import main
-from cocoedit.cluster.config import Config, ConfigError, load_config
+from cocoedit.cluster.config import CONFIG_DIR, Config, ConfigError, dump_config, load_config
 from cocoedit.ranges import Range, check_fields, unwrap
 from cocoedit.rewards.serve import SERVICES
 
@@ -182,3 +183,12 @@ def test_train_with_a_bad_value_exits_before_ray_or_torch_load(override: str, ke
     assert key in proc.stderr and "out of range" in proc.stderr, proc.stderr
     assert "imported: []" in proc.stderr, proc.stderr
     print(f"`cocoedit train {override}` exited 1 after {took:.2f} s (upper bound: shared machine)")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_dumped_config_loads_back_equal(path: Path, tmp_path: Path) -> None:
+    """`config show` output (also the run directory's config.yaml) is a config that loads to the same
+    values: the services' sections sit under `rewards:` as in the file they came from."""
+    cfg = load_config(path)
+    (tmp_path / "dumped.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "dumped.yaml") == cfg
