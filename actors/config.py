@@ -23,9 +23,8 @@ class DataConfig:
     synth_seed: Annotated[int, Range(ge=0)] = 0
     n_items: Annotated[int, Range(ge=1)] = 24  # distinct items per epoch
     group_size: Annotated[int, Range(ge=2)] = 12  # edits per item (one group); advantages need >= 2
-    seed: Annotated[int, Range(ge=0)] = (
-        0  # sampler order (bans are decided by the learner's advantages: learner.ban_*)
-    )
+    # Sampler order (bans are decided by the learner's advantages: learner.ban_*)
+    seed: Annotated[int, Range(ge=0)] = 0
 
 
 @dataclass(frozen=True)
@@ -33,14 +32,12 @@ class PolicyConfig:
     """The diffusion editor and its LoRA."""
 
     family: Literal["flux_kontext", "qwen_image_edit", "qwen_image_edit_plus"] = "flux_kontext"
-    model_path: Optional[str] = (
-        None  # local diffusers directory; None in tiny mode = build/cache the tiny editor
-    )
+    # Local diffusers directory; None in tiny mode = build/cache the tiny editor
+    model_path: Optional[str] = None
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     device: str = "auto"  # "auto" = cuda if available else cpu
-    guidance: Annotated[float, Range(ge=0)] = (
-        2.5  # FLUX-Kontext distilled guidance; unused by Qwen-Image-Edit
-    )
+    # FLUX-Kontext distilled guidance; unused by Qwen-Image-Edit
+    guidance: Annotated[float, Range(ge=0)] = 2.5
     true_cfg_scale: Annotated[float, Range(ge=1)] = 1.0  # Qwen-Image-Edit trains without CFG
     max_sequence_length: Annotated[int, Range(ge=1)] = 512
     lora_rank: Annotated[int, Range(ge=1)] = 32
@@ -62,9 +59,8 @@ class RolloutConfig:
     cpus_per_worker: Annotated[float, Range(ge=0)] = 1.0
     batch_size: Annotated[int, Range(ge=1)] = 12  # edits per forward pass inside a worker
     seed: Annotated[int, Range(ge=0)] = 0
-    max_staleness: Annotated[int, Range(ge=0)] = (
-        0  # epochs a rollout batch may lag the learner (0 = strictly on-policy)
-    )
+    # Epochs a rollout batch may lag the learner (0 = strictly on-policy)
+    max_staleness: Annotated[int, Range(ge=0)] = 0
     max_restarts: Annotated[int, Range(ge=0)] = 3
 
 
@@ -79,9 +75,8 @@ class PretrainConfig:
 
     family: Literal["flux_kontext", "qwen_image_edit", "qwen_image_edit_plus"] = "flux_kontext"
     image_size: Annotated[int, Range(ge=8)] = 32
-    num_items: Annotated[int, Range(ge=1)] = (
-        1024  # synthetic training items (seed below; disjoint from the RL items' seed)
-    )
+    # Synthetic training items (seed below; disjoint from the RL items' seed)
+    num_items: Annotated[int, Range(ge=1)] = 1024
     seed: Annotated[int, Range(ge=0)] = 1000
     vae_steps: Annotated[int, Range(ge=0)] = 200
     vae_lr: Annotated[float, Range(gt=0)] = 2e-3
@@ -97,6 +92,5 @@ class PretrainConfig:
     attention_head_dim: Annotated[int, Range(ge=1)] = 16
     text_dim: Annotated[int, Range(ge=1)] = 32
     vae_channels: Annotated[int, Range(ge=1)] = 16
-    vae_blocks: Annotated[int, Range(ge=1)] = (
-        3  # down-sampling 4: a 32 px image is 4x4 packed tokens (fast on CPU)
-    )
+    # Down-sampling 4: a 32 px image is 4x4 packed tokens (fast on CPU)
+    vae_blocks: Annotated[int, Range(ge=1)] = 3

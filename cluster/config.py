@@ -159,6 +159,16 @@ class Config:
                 f"learner.train_timesteps={learner.train_timesteps} exceeds rollout.num_steps="
                 f"{rollout.num_steps}: the learner trains on timesteps the rollout visited"
             )
+        if learner.objective == "grpo" and rollout.sampler != "sde":
+            raise ValueError(
+                f"learner.objective=grpo trains on the SDE sampler's log-probabilities: rollout.sampler="
+                f"{rollout.sampler} must be sde"
+            )
+        if learner.objective == "grpo" and learner.sde_noise_level != rollout.sde_noise_level:
+            raise ValueError(
+                f"learner.sde_noise_level={learner.sde_noise_level:g} must equal rollout.sde_noise_level="
+                f"{rollout.sde_noise_level:g}: GRPO re-evaluates the log-probabilities of the sampled steps"
+            )
         if self.run.colocate:  # rollout worker i and learner rank i share bundle i (cluster/placement.py)
             if rollout.num_workers != learner.world_size:
                 raise ValueError(

@@ -24,35 +24,30 @@ FAMILY_DEFAULTS: dict[str, dict[str, float]] = {
 class EvalConfig:
     """Benchmark evaluation: how edits are generated, judged and reported."""
 
-    image_size: Annotated[int, Range(ge=8)] = (
-        512  # center-crop to square, then resize (sources, masks and edits)
-    )
+    # Center-crop to square, then resize (sources, masks and edits)
+
+    image_size: Annotated[int, Range(ge=8)] = 512
     mask_polarity: Optional[Literal["edit_white", "keep_white"]] = None  # None = the layout's own
     language: Literal["en", "cn", "all"] = "en"  # GEdit-Bench instruction language
     max_items: Optional[Annotated[int, Range(ge=1)]] = None  # only the first N items (smoke runs); None = all
     sampler: Literal["euler", "dpm2"] = "euler"  # euler = the stock pipeline's scheduler
-    num_steps: Optional[Annotated[int, Range(ge=1)]] = (
-        None  # None = family default (28 Kontext, 40 Qwen-Image-Edit)
-    )
+    # None = family default (28 Kontext, 40 Qwen-Image-Edit)
+    num_steps: Optional[Annotated[int, Range(ge=1)]] = None
     guidance: Optional[Annotated[float, Range(ge=0)]] = None  # FLUX-Kontext distilled guidance; None = 2.5
     true_cfg_scale: Optional[Annotated[float, Range(ge=1)]] = None  # Qwen-Image-Edit true CFG; None = 4.0
     negative_prompt: str = " "  # Qwen-Image-Edit true CFG's negative prompt
-    seed: Annotated[int, Range(ge=0)] = (
-        0  # an item's noise seed is derived from (seed, item id): shards and resumes agree
-    )
+    # An item's noise seed is derived from (seed, item id): shards and resumes agree
+    seed: Annotated[int, Range(ge=0)] = 0
     batch_size: Annotated[int, Range(ge=1)] = 4  # edits per forward pass (and per chunk a worker returns)
-    num_workers: Annotated[int, Range(ge=1)] = (
-        1  # Ray workers when a Ray cluster is there (items sharded over them)
-    )
+    # Ray workers when a Ray cluster is there (items sharded over them)
+    num_workers: Annotated[int, Range(ge=1)] = 1
     gpus_per_worker: Annotated[float, Range(ge=0)] = 1.0
     cpus_per_worker: Annotated[float, Range(ge=0)] = 1.0
     judge: Literal["auto", "gedit", "imgedit", "none"] = "auto"  # auto: the bench's own protocol
     judge_max_tokens: Annotated[int, Range(ge=1)] = 256
     judge_temperature: Annotated[float, Range(ge=0)] = 0.0
-    judge_attempts: Annotated[int, Range(ge=1)] = (
-        1  # tries per question before the edit counts as a judge failure
-    )
-    judge_batch: Annotated[int, Range(ge=1)] = (
-        32  # edits per engine round (all their questions in flight together)
-    )
+    # Tries per question before the edit counts as a judge failure
+    judge_attempts: Annotated[int, Range(ge=1)] = 1
+    # Edits per engine round (all their questions in flight together)
+    judge_batch: Annotated[int, Range(ge=1)] = 32
     gallery_size: Annotated[int, Range(ge=0)] = 6  # best and worst items shown in the HTML report

@@ -17,16 +17,14 @@ class LearnerConfig:
     adv_clip: Annotated[float, Range(gt=0)] = 5.0
     valid_min_std: Annotated[float, Range(ge=0)] = 0.02
     valid_max_mean: Annotated[float, Range()] = 0.9
-    ban_max_std: Annotated[float, Range(ge=0)] = (
-        0.02  # items whose group std is below this and mean above ban_min_mean are banned
-    )
+    # Items whose group std is below this and mean above ban_min_mean are banned
+    ban_max_std: Annotated[float, Range(ge=0)] = 0.02
     ban_min_mean: Annotated[float, Range()] = 0.9
     # NFT policy loss (section 5)
     nft_beta: Annotated[float, Range(gt=0)] = 1.0
     policy_loss_scale: Annotated[float, Range(ge=0)] = 5.0
-    train_timesteps: Annotated[int, Range(ge=1)] = (
-        9  # of the rollout's num_steps, random permutation per edit
-    )
+    # Of the rollout's num_steps, random permutation per edit
+    train_timesteps: Annotated[int, Range(ge=1)] = 9
     norm_eps: Annotated[float, Range(gt=0)] = 1e-5
     kl_weight: Annotated[float, Range(ge=0)] = 1e-4
     # region regularizer
@@ -43,18 +41,16 @@ class LearnerConfig:
     # Flow-GRPO (section 7)
     grpo_clip: Annotated[float, Range(gt=0)] = 1e-4
     grpo_kl_beta: Annotated[float, Range(ge=0)] = 0.0
-    sde_noise_level: Annotated[float, Range(gt=0)] = (
-        0.7  # Flow-GRPO's a; must equal rollout.sde_noise_level of the stored steps
-    )
+    # Flow-GRPO's a; must equal rollout.sde_noise_level of the stored steps
+    sde_noise_level: Annotated[float, Range(gt=0)] = 0.7
     # optimisation
     lr: Annotated[float, Range(gt=0)] = 3e-4
     betas: tuple[Annotated[float, Range(ge=0, lt=1)], Annotated[float, Range(ge=0, lt=1)]] = (0.9, 0.999)
     weight_decay: Annotated[float, Range(ge=0)] = 1e-4
     grad_clip: Annotated[float, Range(gt=0)] = 1.0
     micro_batch_size: Annotated[int, Range(ge=1)] = 4  # edits per forward/backward
-    ema_rate: Annotated[float, Range(ge=0, le=1)] = (
-        0.001  # theta_old <- d theta_old + (1-d) theta, d = min(ema_rate * step, ema_max)
-    )
+    # Theta_old <- d theta_old + (1-d) theta, d = min(ema_rate * step, ema_max)
+    ema_rate: Annotated[float, Range(ge=0, le=1)] = 0.001
     ema_max: Annotated[float, Range(ge=0, le=1)] = 0.5
     # DeepSpeed
     zero_stage: Annotated[int, Range(ge=0, le=2)] = 2  # ZeRO-3 is not supported (learner/learner.py)
@@ -62,9 +58,7 @@ class LearnerConfig:
     gpus_per_rank: Annotated[float, Range(ge=0)] = 1.0
     cpus_per_rank: Annotated[float, Range(ge=0)] = 1.0
     bf16: bool = True  # autocast on GPU; ignored on CPU
-    seed: Annotated[int, Range(ge=0)] = (
-        0  # fresh noise and timestep permutations derive from (seed, step, edit_id)
-    )
-    warmup_steps: Annotated[int, Range(ge=0)] = (
-        0  # linear learning-rate warm-up over this many updates (0 = constant lr)
-    )
+    # Fresh noise and timestep permutations derive from (seed, step, edit_id)
+    seed: Annotated[int, Range(ge=0)] = 0
+    # Linear learning-rate warm-up over this many updates (0 = constant lr)
+    warmup_steps: Annotated[int, Range(ge=0)] = 0

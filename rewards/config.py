@@ -99,12 +99,10 @@ class JudgeConfig(ServiceConfig):
     # On CPU vLLM reserves HOST memory with this: keep it small there (~0.1).
     gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.85
     tensor_parallel_size: Annotated[int, Range(ge=1)] = 1
-    image_size: Annotated[int, Range(ge=28)] = (
-        512  # resized to this before the judge sees them; 28 = one merged patch
-    )
-    logprobs_k: Annotated[int, Range(ge=6)] = (
-        20  # logits mode: top-k log-probabilities, room for the digits 0-5
-    )
+    # Resized to this before the judge sees them; 28 = one merged patch
+    image_size: Annotated[int, Range(ge=28)] = 512
+    # Logits mode: top-k log-probabilities, room for the digits 0-5
+    logprobs_k: Annotated[int, Range(ge=6)] = 20
     # Per engine request; past it the call fails (INTERNAL), never hangs.
     generate_timeout_s: Annotated[float, Range(gt=0)] = 120.0
     enforce_eager: Optional[bool] = None  # None = True on CPU (no graphs/compile there), False on GPU

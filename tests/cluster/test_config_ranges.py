@@ -138,6 +138,11 @@ def test_out_of_range_value_is_refused_at_load(
             ["rollout.cpus_per_worker / rollout.gpus_per_worker", "cannot be placed"],
         ),
         (["rewards.pixel.replicas=2"], ["did you mean rewards.pixel.scaling.replicas?"]),
+        (["learner.objective=grpo"], ["rollout.sampler=dpm2 must be sde"]),
+        (
+            ["learner.objective=grpo", "rollout.sampler=sde", "rollout.sde_noise_level=0.5"],
+            ["learner.sde_noise_level=0.7 must equal rollout.sde_noise_level=0.5"],
+        ),
     ],
 )
 def test_rules_between_fields_are_checked_at_load(overrides: list[str], words: list[str]) -> None:
