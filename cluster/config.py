@@ -181,30 +181,22 @@ class Config:
                     f"rollout.gpus_per_worker ({rollout.gpus_per_worker:g}) + learner.gpus_per_rank "
                     f"({learner.gpus_per_rank:g}) must be <= 1, e.g. 0.5 each"
                 )
-            asks = [
-                (
-                    "rollout.cpus_per_worker + learner.cpus_per_rank",
-                    rollout.cpus_per_worker + learner.cpus_per_rank,
-                    rollout.gpus_per_worker + learner.gpus_per_rank,
-                )
-            ]
+            pair = (
+                rollout.cpus_per_worker
+                + learner.cpus_per_rank
+                + rollout.gpus_per_worker
+                + learner.gpus_per_rank
+            )
+            asks = {"rollout.cpus_per_worker + learner.cpus_per_rank": pair}  # one bundle per pair
         else:
-            asks = [
-                (
-                    "rollout.cpus_per_worker / rollout.gpus_per_worker",
-                    rollout.cpus_per_worker,
-                    rollout.gpus_per_worker,
-                ),
-                (
-                    "learner.cpus_per_rank / learner.gpus_per_rank",
-                    learner.cpus_per_rank,
-                    learner.gpus_per_rank,
-                ),
-            ]
-        for keys, cpus, gpus in asks:
-            if cpus == 0 and gpus == 0:
+            asks = {
+                "rollout.cpus_per_worker": rollout.cpus_per_worker + rollout.gpus_per_worker,
+                "learner.cpus_per_rank": learner.cpus_per_rank + learner.gpus_per_rank,
+            }
+        for key, total in asks.items():
+            if total == 0:  # a placement-group bundle cannot be empty
                 raise ValueError(
-                    f"{keys}: an actor asking for 0 CPUs and 0 GPUs cannot be placed; give it cpus > 0"
+                    f"{key} is 0 and no GPU is asked for: the actor cannot be placed; give it cpus > 0"
                 )
 
 

@@ -135,7 +135,7 @@ def test_out_of_range_value_is_refused_at_load(
         (["learner.train_timesteps=11"], ["learner.train_timesteps=11 exceeds rollout.num_steps=10"]),
         (
             ["rollout.cpus_per_worker=0"],
-            ["rollout.cpus_per_worker / rollout.gpus_per_worker", "cannot be placed"],
+            ["rollout.cpus_per_worker is 0 and no GPU is asked for", "cannot be placed"],
         ),
         (["rewards.pixel.replicas=2"], ["did you mean rewards.pixel.scaling.replicas?"]),
         (["learner.objective=grpo"], ["rollout.sampler=dpm2 must be sde"]),
