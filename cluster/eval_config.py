@@ -45,7 +45,7 @@ class EvalConfig:
     cpus_per_worker: Annotated[float, Range(ge=0)] = 1.0
     judge: Literal["auto", "gedit", "imgedit", "none"] = "auto"  # auto: the bench's own protocol
     judge_max_tokens: Annotated[int, Range(ge=1)] = 256
-    judge_temperature: Annotated[float, Range(ge=0)] = 0.0
+    judge_temperature: Annotated[float, Range(ge=0, le=2)] = 0.0  # vLLM accepts [0, 2]
     # Tries per question before the edit counts as a judge failure
     judge_attempts: Annotated[int, Range(ge=1)] = 1
     # Edits per engine round (all their questions in flight together)

@@ -85,7 +85,7 @@ class JudgeConfig(ServiceConfig):
     scaling: ScalingConfig = field(default_factory=lambda: ScalingConfig(gpus_per_replica=1.0))
     model_path: Optional[str] = None  # local HF directory; None in tiny mode = build/cache the tiny judge
     score_mode: Literal["logits", "text"] = "logits"
-    temperature: Annotated[float, Range(ge=0)] = 0.7  # text mode
+    temperature: Annotated[float, Range(ge=0, le=2)] = 0.7  # text mode; vLLM accepts [0, 2]
     max_tokens: Annotated[int, Range(ge=1)] = 8  # text mode
     text_retries: Annotated[int, Range(ge=1)] = 3
     # Text mode: an edit whose answers still do not parse after text_retries gets this neutral score,

@@ -139,10 +139,16 @@ def test_undecodable_image_is_a_per_edit_error_and_the_rest_is_scored(client) ->
 def test_text_mode_scores_or_falls_back_marked_never_silently(judge_server, judge_cfg) -> None:  # type: ignore[no-untyped-def]
     """Every edit gets a parsed score, or after the retries the neutral fallback marked `fallback` = 1
     with the unparsed answers in a warning; never an error that stops the epoch, never an unmarked guess.
-    With one token of answer the untrained tiny judge rarely says a digit, so both kinds occur."""
+    At temperature 2 the tiny judge's first answer token is a digit 0-5 only ~20% of the time (measured
+    with transformers), so with one token per answer both kinds occur (seeded: the same ones every time)."""
     judge = judge_server.scorer.share_engine(
         dataclasses.replace(
-            judge_cfg, score_mode="text", text_retries=2, max_tokens=1, text_fallback_score=0.4
+            judge_cfg,
+            score_mode="text",
+            text_retries=2,
+            max_tokens=1,
+            temperature=2.0,
+            text_fallback_score=0.4,
         )
     )
     edits = _decoded(6, seed=4)
