@@ -2,14 +2,15 @@
 
 Generation defaults follow each family's stock pipeline: FLUX.1-Kontext 28 Euler steps with distilled
 guidance 2.5; Qwen-Image-Edit 40 Euler steps with true CFG 4.0 against the negative prompt " ".
-`None` means "the family's default" (FAMILY_DEFAULTS), resolved by `resolved_settings`.
+`None` means "the family's default" (FAMILY_DEFAULTS), resolved by `generation_settings`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
+from cocoedit.actors.config import PolicyConfig
 from cocoedit.ranges import Range
 
 # family -> stock pipeline settings used when the config leaves them unset
@@ -25,7 +26,6 @@ class EvalConfig:
     """Benchmark evaluation: how edits are generated, judged and reported."""
 
     # Center-crop to square, then resize (sources, masks and edits)
-
     image_size: Annotated[int, Range(ge=8)] = 512
     mask_polarity: Optional[Literal["edit_white", "keep_white"]] = None  # None = the layout's own
     language: Literal["en", "cn", "all"] = "en"  # GEdit-Bench instruction language
@@ -51,3 +51,21 @@ class EvalConfig:
     # Edits per engine round (all their questions in flight together)
     judge_batch: Annotated[int, Range(ge=1)] = 32
     gallery_size: Annotated[int, Range(ge=0)] = 6  # best and worst items shown in the HTML report
+
+
+def generation_settings(policy_cfg: PolicyConfig, cfg: EvalConfig) -> dict[str, Any]:
+    """The resolved stock-pipeline settings of the policy's family (eval.* overrides the defaults)."""
+    defaults = FAMILY_DEFAULTS[policy_cfg.family]
+    return {
+        "family": policy_cfg.family,
+        "sampler": cfg.sampler,
+        "num_steps": int(cfg.num_steps if cfg.num_steps is not None else defaults["num_steps"]),
+        "guidance": float(cfg.guidance if cfg.guidance is not None else defaults["guidance"]),
+        "true_cfg_scale": float(
+            cfg.true_cfg_scale if cfg.true_cfg_scale is not None else defaults["true_cfg_scale"]
+        ),
+        "negative_prompt": cfg.negative_prompt,
+        "seed": cfg.seed,
+        "image_size": cfg.image_size,
+        "dtype": policy_cfg.dtype,
+    }

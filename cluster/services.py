@@ -29,7 +29,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from cocoedit.cluster.config import RewardsConfig
-from cocoedit.cluster.placement import PlacementError, check_available
+from cocoedit.cluster.placement import PlacementError, check_available, use_cpus
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.client import RewardServiceError
 from cocoedit.rewards.config import ServiceConfig
@@ -44,6 +44,10 @@ class RewardReplica:
     def __init__(self, service: Service, section: ServiceConfig) -> None:
         from cocoedit.rewards.server import BackgroundServer
 
+        threads = use_cpus(section.scaling.cpus_per_replica)
+        if getattr(section, "threads", None) == 0:
+            # "one thread per core" means the cores this replica reserved, not every core of the node
+            section = dataclasses.replace(section, threads=threads)
         # The Service itself travels (not its name): a replica needs no registry of its own.
         scorer, server_cfg = service.scorer(section), section.server
         if server_cfg.host == "node":  # reachable from other nodes of the Ray cluster

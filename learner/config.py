@@ -11,7 +11,7 @@ from cocoedit.ranges import Range
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    objective: Literal["nft", "grpo"] = "nft"
+    objective: str = "nft"  # a key of learner.objectives.OBJECTIVES (nft, grpo), checked by the Learner
     # advantages and filtering (section 4)
     adv_std_eps: Annotated[float, Range(gt=0)] = 1e-4
     adv_clip: Annotated[float, Range(gt=0)] = 5.0

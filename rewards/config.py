@@ -24,6 +24,13 @@ class ServerConfig:
     max_batch_edits: Annotated[int, Range(ge=1)] = 512
     decode_workers: Annotated[int, Range(ge=1)] = 2  # threads decoding PNGs off the event loop
     grace_s: Annotated[float, Range(ge=0)] = 5.0  # graceful shutdown on SIGTERM
+    # Bounded decoding (read from each PNG's header before anything is decoded): an image of more
+    # pixels than this is a per-edit error; so is every edit past the request's decoded-bytes budget.
+    max_image_pixels: Annotated[int, Range(ge=1)] = 4096 * 4096
+    max_request_decoded_mb: Annotated[int, Range(ge=1)] = 2048
+    # A request is decoded and scored in chunks of about this many decoded MB (at least one edit); the
+    # next chunk decodes while one is scored, so decoded images take at most ~2 chunks of memory.
+    chunk_decoded_mb: Annotated[int, Range(ge=1)] = 64
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,8 @@ class PixelConfig(ServiceConfig):
     window: Annotated[int, Range(ge=1)] = 11  # odd
     sigma: Annotated[float, Range(gt=0)] = 1.5
     device: str = "cpu"
-    # CPU: chunks of a request are scored by this many threads, each running torch single-threaded
-    # (0 = one per core); the service sets torch.set_num_threads(1) in its process when it loads.
+    # CPU: the edits of a request are scored by this many threads, one edit each, OpenCV single-threaded
+    # (0 = one per core); the service sets cv2.setNumThreads(1) in its process when it loads.
     threads: Annotated[int, Range(ge=0)] = 0
 
     def check(self) -> None:
