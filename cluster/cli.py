@@ -137,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True)
     _add_config_args(pre)
 
+    from cocoedit.rewards.serve import SERVICES
+
     serve = sub.add_parser("serve", help="run one reward service as a standalone gRPC server")
-    serve.add_argument("service", choices=["pixel", "mllm", "synthetic"])
+    serve.add_argument("service", choices=sorted(SERVICES))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
     serve.add_argument("--model", default=None, help="mllm: local model directory")
@@ -254,13 +256,13 @@ def cli_serve(args: argparse.Namespace, cfg: Config) -> int:
     """`cocoedit serve pixel|mllm|synthetic`: one reward service as a standalone gRPC server."""
     from cocoedit.rewards.serve import serve
 
+    section = cfg.rewards.service(args.service)
     if args.model is not None:
         if args.service != "mllm":
             print(f"--model applies to the mllm service only, not {args.service}", file=sys.stderr)
             return 2
-        mllm = dataclasses.replace(cfg.rewards.mllm, model_path=args.model)
-        cfg = dataclasses.replace(cfg, rewards=dataclasses.replace(cfg.rewards, mllm=mllm))
-    return serve(args.service, cfg.rewards, args.host, args.port)
+        section = dataclasses.replace(section, model_path=args.model)
+    return serve(args.service, section, args.host, args.port)
 
 
 def _print_train_help(rest: list[str]) -> None:

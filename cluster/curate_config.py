@@ -47,7 +47,7 @@ class CurateConfig:
     mllm_batch: Annotated[int, Range(ge=1)] = 32  # items per actor call (in flight together)
     cpus_per_task: Annotated[float, Range(gt=0)] = 1.0  # per mask task (one shard at a time)
     num: Annotated[Optional[int], Range(ge=1)] = None  # N items balanced over edit types; None = all kept
-    seed: int = 0  # the balanced sample
+    seed: Annotated[int, Range(ge=0)] = 0  # the balanced sample
     output_format: Literal["manifest", "cocoedit40k"] = (
         "manifest"  # cocoedit40k: metadata.jsonl, white = keep
     )

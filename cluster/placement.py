@@ -2,9 +2,8 @@
 before anything starts, then reserved as placement groups.
 
 Roles: rollout workers (`rollout.num_workers` x cpus/gpus_per_worker), learner ranks
-(`learner.world_size` x cpus/gpus_per_rank) and each reward service's replicas
-(`rewards.<name>.replicas` x cpus/gpus_per_replica). With `run.colocate`, rollout worker i and learner
-rank i share bundle i (one GPU between them, the time-sliced layout of verl/OpenRLHF's hybrid engine).
+(`learner.world_size` x cpus/gpus_per_rank) and each reward service's replicas (`rewards.<name>.scaling`:
+replicas x cpus/gpus_per_replica). With `run.colocate`, rollout worker i and learner rank i share bundle i (one GPU between them, the time-sliced layout of verl/OpenRLHF's hybrid engine).
 
 Two checks keep a run from hanging on resources the cluster does not have:
 1. `check_cluster`, immediately: one actor larger than every node, or all roles together more than the
@@ -81,8 +80,7 @@ def demands(cfg: Any) -> list[Demand]:
             "rollout.num_workers / rollout.cpus_per_worker / rollout.gpus_per_worker",
         ),
     ]
-    if cfg.run.colocate:  # the two roles share bundles: one demand of the pair
-        _check_colocate(cfg)
+    if cfg.run.colocate:  # the two roles share bundles: one demand of the pair (checked at load)
         out = [
             Demand(
                 "colocated rollout workers + learner ranks",
@@ -95,32 +93,17 @@ def demands(cfg: Any) -> list[Demand]:
     for name in cfg.rewards.weights:
         if name in cfg.rewards.addresses:
             continue  # an external service: not ours to place
-        section = cfg.rewards.service(name)
+        scaling = cfg.rewards.service(name).scaling
         out.append(
             Demand(
                 f"reward service {name} replicas",
-                section.replicas,
-                section.cpus_per_replica,
-                getattr(section, "gpus_per_replica", 0.0),
-                f"rewards.{name}.replicas / rewards.{name}.cpus_per_replica",
+                scaling.replicas,
+                scaling.cpus_per_replica,
+                scaling.gpus_per_replica,
+                f"rewards.{name}.scaling.replicas / .cpus_per_replica / .gpus_per_replica",
             )
         )
     return out
-
-
-def _check_colocate(cfg: Any) -> None:
-    rollout, learner = cfg.rollout, cfg.learner
-    if rollout.num_workers != learner.world_size:
-        raise PlacementError(
-            f"run.colocate pairs rollout worker i with learner rank i: rollout.num_workers={rollout.num_workers} "
-            f"must equal learner.world_size={learner.world_size}"
-        )
-    if rollout.gpus_per_worker + learner.gpus_per_rank > 1.0:
-        raise PlacementError(
-            f"run.colocate shares one GPU between a rollout worker and a learner rank: "
-            f"rollout.gpus_per_worker ({rollout.gpus_per_worker:g}) + learner.gpus_per_rank "
-            f"({learner.gpus_per_rank:g}) must be <= 1, e.g. 0.5 each"
-        )
 
 
 def check_cluster(wanted: list[Demand], total: dict[str, float], nodes: list[dict[str, float]]) -> None:
@@ -156,7 +139,6 @@ def run_bundles(cfg: Any) -> list[dict[str, float]]:
     workers, then each reward service's replicas (at most max_replicas when it autoscales)."""
     rollout, learner = cfg.rollout, cfg.learner
     if cfg.run.colocate:
-        _check_colocate(cfg)
         pair = _bundle(
             rollout.cpus_per_worker + learner.cpus_per_rank, rollout.gpus_per_worker + learner.gpus_per_rank
         )
@@ -167,11 +149,9 @@ def run_bundles(cfg: Any) -> list[dict[str, float]]:
     for name in cfg.rewards.weights:
         if name in cfg.rewards.addresses:
             continue  # an external service: not ours to place
-        section = cfg.rewards.service(name)
-        count = (
-            section.max_replicas if getattr(section, "target_score_s", None) is not None else section.replicas
-        )
-        bundles += [_bundle(section.cpus_per_replica, getattr(section, "gpus_per_replica", 0.0))] * count
+        scaling = cfg.rewards.service(name).scaling
+        count = scaling.max_replicas if scaling.target_score_s is not None else scaling.replicas
+        bundles += [_bundle(scaling.cpus_per_replica, scaling.gpus_per_replica)] * count
     return bundles
 
 
@@ -205,7 +185,6 @@ class Placement:
         rollout, learner = cfg.rollout, cfg.learner
         self.groups: dict[str, PlacementGroup] = {}
         if cfg.run.colocate:
-            _check_colocate(cfg)
             shared = _bundle(
                 rollout.cpus_per_worker + learner.cpus_per_rank,
                 rollout.gpus_per_worker + learner.gpus_per_rank,
