@@ -304,7 +304,9 @@ def cli_sweep(args: argparse.Namespace, cfg: Config) -> int:
         print(f"sweep: {e}", file=sys.stderr)
         return 1
     trials = outcomes(sweep, results)
-    report = write_report(sweep, trials, command=" ".join(["cocoedit", *sys.argv[1:]]))
+    report = write_report(
+        sweep.out, [s.name for s in sweep.settings], trials, command=" ".join(["cocoedit", *sys.argv[1:]])
+    )
     print(report.text)
     print(f"report: {report.markdown} {report.png} {report.html}")
     failed = [t.key for t in trials if t.status == "failed"]

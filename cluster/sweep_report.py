@@ -19,14 +19,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from cocoedit.cluster.eval_report import CSS, SCRIPT, html_table
-
-if TYPE_CHECKING:
-    from cocoedit.cluster.sweep import Sweep
 
 PSNR, SSIM = "eval/pixel/psnr", "eval/pixel/ssim"
 # the instruction judge of the run: the MLLM in production, the exact synthetic judge in the tiny mode
@@ -183,6 +180,7 @@ def pareto_png(rows: Sequence[SettingSummary], ikey: str, title: str = "") -> by
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), "--", color="#c0504d", linewidth=1, label="Pareto front")
         ax.legend(loc="best", fontsize=8)
+    _min_span(ax, 0.02, 0.2)
     ax.set_xlabel(f"held-out instruction score ({ikey}), higher is better")
     ax.set_ylabel("held-out keep-region PSNR (dB)")
     ax.set_title(title or "final held-out metrics per setting (mean, 95% CI over seeds)", fontsize=10)
@@ -192,6 +190,17 @@ def pareto_png(rows: Sequence[SettingSummary], ikey: str, title: str = "") -> by
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _min_span(ax: Any, x_span: float, y_span: float) -> None:
+    """Axes at least this wide, in plain numbers: settings that nearly tie are shown as a tie, not as a
+    magnified rounding difference under an offset."""
+    for get, put, span in ((ax.get_xlim, ax.set_xlim, x_span), (ax.get_ylim, ax.set_ylim, y_span)):
+        lo, hi = get()
+        if hi - lo < span:
+            mid = (lo + hi) / 2
+            put(mid - span / 2, mid + span / 2)
+    ax.ticklabel_format(useOffset=False)
 
 
 def report_html(
@@ -258,15 +267,16 @@ class Report:
     rows: list[SettingSummary]
 
 
-def write_report(sweep: Sweep, outcomes: Sequence[TrialOutcome], command: str = "") -> Report:
-    """OUT/report.md, report.png and report.html of `sweep` from its trials' outcomes."""
-    settings = [s.name for s in sweep.settings]
+def write_report(
+    out: Path, settings: Sequence[str], outcomes: Sequence[TrialOutcome], command: str = ""
+) -> Report:
+    """OUT/report.md, report.png and report.html of a sweep's `settings` (Setting.name, in grid order)
+    from its trials' outcomes."""
     ikey = instruction_key(outcomes)
     rows = summarize(settings, outcomes)
     failed = [f"- `{o.key}`: {o.error.splitlines()[0]}" for o in outcomes if o.error]
     text = markdown_table(rows, ikey) + ("\n\nFailed trials:\n" + "\n".join(failed) if failed else "")
     png = pareto_png(rows, ikey)
-    out = sweep.out
     out.mkdir(parents=True, exist_ok=True)
     paths = out / "report.md", out / "report.png", out / "report.html"
     paths[0].write_text(text + "\n")

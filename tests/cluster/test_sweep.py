@@ -157,12 +157,14 @@ def _outcomes(sweep: Sweep) -> list[TrialOutcome]:
 @pytest.fixture
 def report_dir(tmp_path: Path) -> Path:
     sweep = Sweep(None, (), tuple(grid_settings(["learner.lam_pos=0,0.8"])), 3, tmp_path)
-    outcomes = _outcomes(sweep)
-    rows = summarize([s.name for s in sweep.settings], outcomes)
+    outcomes, settings = _outcomes(sweep), [s.name for s in sweep.settings]
+    rows = summarize(settings, outcomes)
     assert rows[0].psnr.mean == 21.0 and rows[0].psnr.ci95 == pytest.approx(2.484, abs=1e-3)
     assert (rows[1].done, rows[1].failed, rows[1].psnr.mean) == (2, 1, 25.0)
     assert [r.on_front for r in rows] == [False, True]
-    report = write_report(sweep, outcomes, command="cocoedit sweep --grid learner.lam_pos=0,0.8 --seeds 3")
+    report = write_report(
+        tmp_path, settings, outcomes, command="cocoedit sweep --grid learner.lam_pos=0,0.8 --seeds 3"
+    )
     assert "| S1 | `learner.lam_pos=0` | 3 | 0.500 +- 0.000 | 21.00 +- 2.48 |" in report.text
     assert "| S2 | `learner.lam_pos=0.8` | 2 (1 failed) |" in report.text
     assert report.text.endswith(
@@ -190,9 +192,11 @@ def test_report_opens_in_headless_chromium(report_dir: Path) -> None:
 
 
 def test_run_bundles_lay_out_every_role() -> None:
-    cfg = load_config(None, ["rollout.num_workers=2", "rewards.pixel.replicas=2"])
+    cfg = load_config(None, ["rollout.num_workers=2", "rewards.pixel.scaling.replicas=2"])
     assert run_bundles(cfg) == [{"CPU": 0.5}] + [{"CPU": 0.5}] * 2 + [{"CPU": 0.25}] * 3
-    scaling = load_config(None, ["rewards.pixel.target_score_s=1.0", "rewards.pixel.max_replicas=3"])
+    scaling = load_config(
+        None, ["rewards.pixel.scaling.target_score_s=1.0", "rewards.pixel.scaling.max_replicas=3"]
+    )
     assert run_bundles(scaling).count({"CPU": 0.25}) == 3 + 1  # pixel up to max_replicas, synthetic 1
     colocated = load_config(
         None,
