@@ -14,9 +14,10 @@ service replicas are the trial's resources, one Tune placement group per trial (
 Every epoch's metrics go to Tune (`tune.report`); each trial's own run directory
 (OUT/runs/<setting>/seed<k>) holds its metrics.jsonl, images and checkpoints.
 
-A failed trial does not stop the others (its error is in the report). An interrupted sweep (Ctrl-C,
-a lost driver) resumes when the same command is run again: finished trials are kept, unfinished ones
-continue from their last checkpoint (run.checkpoint_every), failed ones stay failed.
+A failed trial does not stop the others (its error is in the report). An interrupted sweep (Ctrl-C;
+a lost driver from Tune's last saved experiment state) resumes when the same command is run again:
+finished trials are kept, unfinished ones continue from their last checkpoint (run.checkpoint_every),
+failed ones stay failed.
 The report (cluster/sweep_report.py) is written to OUT/report.{md,png,html} when the trials end.
 """
 
@@ -184,7 +185,8 @@ def check_resumable(sweep: Sweep) -> None:
 def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
     """Tune's trainable: one training run, every epoch's metrics reported to Tune.
 
-    A trial restarted after an interruption continues from its run's latest checkpoint."""
+    A trial restarted after an interruption continues from its run's latest checkpoint; Tune restarts
+    it afresh, so the epochs logged before the interruption are reported to it again first."""
     from ray import tune
 
     from cocoedit.cluster.train import run_epochs, start_run
@@ -193,23 +195,24 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
     trial = next(t for t in sweep.trials if t.key == params["trial"])
     cfg = sweep.trial_config(trial)
     run_dir = Path(cfg.run.run_dir)
-    last = _last_row(run_dir)
-    if last.get("epoch") == cfg.run.epochs - 1:  # interrupted after its last epoch (always checkpointed)
-        tune.report(last)
-        return
     resume = latest_checkpoint(run_dir) is not None
     if not resume:  # interrupted before its first checkpoint: every epoch is run again, logged once
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    logged = _logged_rows(run_dir)
+    for row in logged:
+        tune.report(row)
+    if logged and logged[-1].get("epoch") == cfg.run.epochs - 1:  # interrupted after its last epoch
+        return
     with start_run(cfg, resume=resume) as run:
         for epoch, row in run_epochs(run):
             tune.report({"epoch": epoch, **row})
 
 
-def _last_row(run_dir: Path) -> dict[str, float]:
-    """The last epoch's metrics in the run's metrics.jsonl (cluster/runlog.py), nulls left out; {} if none."""
+def _logged_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Every epoch's metrics in the run's metrics.jsonl (cluster/runlog.py), nulls left out."""
     path = run_dir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
-    return {k: v for k, v in json.loads(lines[-1]).items() if v is not None} if lines else {}
+    return [{k: v for k, v in json.loads(line).items() if v is not None} for line in lines]
 
 
 def trial_resources(cfg: Config) -> Any:

@@ -312,6 +312,12 @@ def test_sweep_on_tune_survives_a_failed_trial_and_resumes_after_an_interrupt(tm
     # continued from its checkpoint: the epochs run before the interrupt are kept, each epoch ran once
     assert lines(second)[: len(second_before)] == second_before
     assert [json.loads(ln)["epoch"] for ln in lines(second)] == [0, 1, 2]
+    # Tune holds every epoch of both (the resumed trial's earlier epochs reported again at its restart)
+    for trial in ("00000", "00001"):
+        (result,) = (out / "tune").glob(f"run_trial_*_{trial}_*/result.json")
+        rows = [json.loads(ln) for ln in result.read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [0, 1, 2] and all("reward/mean" in r for r in rows)
+        assert "eval/pixel/psnr" in rows[-1]
     report = (out / "report.md").read_text()
     assert "| S1 | `learner.lam_pos=0 data.manifest=null` | 1 |" in report
     assert "| S2 | `learner.lam_pos=0.8 data.manifest=null` | 1 |" in report
