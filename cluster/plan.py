@@ -32,7 +32,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
     import torch
 
     from cocoedit.cluster.config import Config
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 CUDA_CONTEXT_BYTES = 1.0 * GIB  # CUDA context + cuBLAS/cuDNN workspaces of one process (typical)
@@ -179,13 +183,33 @@ def simulated_peak(step: Callable[[], Any]) -> int:
     return tracker.peak
 
 
-_SIMULATED: dict[str, float] = {}  # one simulation per distinct question in a process (seconds each)
+SIMULATOR_VERSION = 1  # bump when what a simulation counts changes: cached results are then recomputed
+_SIMULATED: dict[str, float] = {}
 
 
 def _once(key: Any, simulate: Callable[[], float]) -> float:
-    text = json.dumps(key, sort_keys=True, default=str)
+    """simulate() once per question and library versions: kept in this process and on disk under
+    $COCOEDIT_CACHE/plan (a simulation takes seconds; every run prints a plan)."""
+    import hashlib
+
+    import diffusers
+    import torch
+
+    from cocoedit.cluster.launch import cache_dir
+
+    text = json.dumps(
+        [SIMULATOR_VERSION, torch.__version__, diffusers.__version__, key], sort_keys=True, default=str
+    )
     if text not in _SIMULATED:
-        _SIMULATED[text] = simulate()
+        path = cache_dir() / "plan" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
+        if path.is_file():
+            _SIMULATED[text] = float(json.loads(path.read_text())["bytes"])
+        else:
+            _SIMULATED[text] = float(simulate())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": json.loads(text), "bytes": _SIMULATED[text]}))
+            tmp.replace(path)  # atomic: concurrent runs never read half a file
     return _SIMULATED[text]
 
 
@@ -234,7 +258,7 @@ def policy_model(family: str, model_path: Optional[str]) -> PolicyModel:
     from cocoedit.actors.policies.builders import assemble, real_spec
 
     spec = real_spec(family, depth=None, real_vocab=True)
-    with torch.device("meta"), warnings.catch_warnings():
+    with _meta(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = assemble(spec)
     params = {
@@ -244,6 +268,16 @@ def policy_model(family: str, model_path: Optional[str]) -> PolicyModel:
     }
     where = f"{model_path} is not a local directory here" if model_path else "no policy.model_path"
     return PolicyModel(family, params, spec.transformer, spec.vae, f"published architecture ({where})")
+
+
+@contextlib.contextmanager
+def _meta() -> Iterator[None]:
+    """Modules built here live on the meta device, uninitialised (on meta, init is shapes-only work)."""
+    import torch
+    from diffusers.models.modeling_utils import no_init_weights
+
+    with torch.device("meta"), no_init_weights():
+        yield
 
 
 def _config_json(path: Path) -> dict[str, Any]:
@@ -277,7 +311,7 @@ def _meta_transformer(model: PolicyModel, policy: Any, blocks: dict[str, int], d
     from cocoedit.actors.policies.lora import lora_target_modules, set_active_adapter
 
     transformer_cls, _ = _classes(model.family)
-    with torch.device("meta"):
+    with _meta():
         transformer = transformer_cls(**{**model.transformer, **blocks})
     torch.nn.Module.to(transformer, dtype)  # diffusers' own .to() logs a warning for every cast
     transformer.requires_grad_(False)
@@ -400,7 +434,7 @@ def _vae_peak(model: PolicyModel, batch: int, size: int, dtype: torch.dtype, dec
     import torch
 
     _, vae_cls = _classes(model.family)
-    with torch.device("meta"):
+    with _meta():
         vae = vae_cls(**model.vae).eval()
     torch.nn.Module.to(vae, dtype)
     side = size // model.vae_scale
@@ -652,6 +686,23 @@ def format_plan(cfg: Config, roles: list[RolePlan], gpu_memory_gib: Optional[flo
 
 def failing(roles: list[RolePlan]) -> list[RolePlan]:
     return [r for r in roles if r.fits is False]
+
+
+def log_plan(cfg: Config) -> None:
+    """Log the plan of a run at its start (GPU size: this machine's first GPU, if any)."""
+    import torch
+
+    gpu = torch.cuda.get_device_properties(0).total_memory / GIB if torch.cuda.is_available() else None
+    try:
+        roles = plan(cfg, gpu)
+    except Exception as e:  # noqa: BLE001 - the plan is advice: a model it cannot simulate must not stop the run
+        log.warning("no memory plan for this run (%s: %s)", type(e).__name__, e)
+        return
+    log.info("memory plan (cocoedit plan, cluster/plan.py):\n%s", format_plan(cfg, roles, gpu))
+    for role in failing(roles):
+        log.warning(
+            "%s may not fit: %s", role.role, "; ".join(role.problems) or f"{role.total / GIB:.1f} GiB"
+        )
 
 
 def cli_plan(args: argparse.Namespace, cfg: Config) -> int:

@@ -35,6 +35,7 @@ from cocoedit.cluster.config import Config, dump_config
 from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
 from cocoedit.cluster.launch import init_ray, resolve_models
 from cocoedit.cluster.placement import Placement, PlacementError
+from cocoedit.cluster.plan import log_plan
 from cocoedit.cluster.rollouts import RolloutQueue
 from cocoedit.cluster.runlog import RunLog
 from cocoedit.cluster.scores import Scores, score_batch
@@ -212,6 +213,7 @@ def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
             parts, Placement(cfg)
         )  # first: fails within run.placement_timeout_s, naming the role
         cfg = resolve_models(cfg)
+        log_plan(cfg)  # devices and memory per role (cocoedit plan)
         items = {item.item_id: item for item in load_items(cfg.data)}
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
         runlog = _closing(parts, RunLog(cfg.run.run_dir, dump_config(cfg)))

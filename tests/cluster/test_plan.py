@@ -3,6 +3,7 @@ the roles' lines follow the config; a role that cannot fit is named and the comm
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,16 @@ from cocoedit.cluster.cli import main
 from cocoedit.cluster.config import CONFIG_DIR, load_config
 
 GIB = 2**30
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _own_simulation_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Simulate afresh (results are otherwise kept under $COCOEDIT_CACHE/plan)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COCOEDIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.setattr(P, "_SIMULATED", {})
+    yield
+    mp.undo()
 
 
 def test_simulated_peak_counts_live_tensors_once() -> None:
@@ -134,3 +145,12 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(
         "flux_kontext", tmp_path_factory.mktemp("plan_tiny"), num_layers=1, num_single_layers=1
     )
+
+
+def test_a_run_logs_its_plan(tiny_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = load_config(None, [f"policy.model_path={tiny_dir}", "data.n_items=1", "data.group_size=2"])
+    with caplog.at_level("INFO", logger="cocoedit.cluster.plan"):
+        P.log_plan(cfg)
+    text = caplog.text
+    assert "memory plan" in text and "rollout worker x1 (0.5 CPU each)" in text and "learner rank x1" in text
+    assert "host memory" in text  # no GPU here: estimates only
