@@ -183,7 +183,7 @@ def simulated_peak(step: Callable[[], Any]) -> int:
     return tracker.peak
 
 
-SIMULATOR_VERSION = 1  # bump when what a simulation counts changes: cached results are then recomputed
+SIMULATOR_VERSION = 2  # bump when what a simulation counts changes: cached results are then recomputed
 _SIMULATED: dict[str, float] = {}
 
 
@@ -304,7 +304,8 @@ def _block_keys(family: str) -> tuple[str, ...]:
 
 def _meta_transformer(model: PolicyModel, policy: Any, blocks: dict[str, int], dtype: torch.dtype) -> Any:
     """The transformer with `blocks` overriding its block counts, on the meta device, with the
-    policy's LoRA adapters `default` (trainable) and `old`."""
+    policy's LoRA adapters `default` (trainable) and `old`, all in `dtype`: activations are simulated in
+    the policy's dtype throughout, as autocast computes them (float32 LoRA masters are counted apart)."""
     import torch
     from peft import LoraConfig
 
@@ -330,7 +331,7 @@ def _meta_transformer(model: PolicyModel, policy: Any, blocks: dict[str, int], d
 
 
 def _transformer_inputs(
-    model: PolicyModel, batch: int, size: int, text_tokens: int, dtype: torch.dtype, grad: bool
+    model: PolicyModel, batch: int, size: int, text_tokens: int, dtype: torch.dtype
 ) -> dict[str, Any]:
     """Meta inputs of one velocity call as the policy builds them (target + source image tokens)."""
     import torch
@@ -339,7 +340,6 @@ def _transformer_inputs(
     length = side * side
     cfg = model.transformer
     hidden = torch.empty(batch, 2 * length, cfg["in_channels"], device="meta", dtype=dtype)
-    hidden.requires_grad_(grad)  # a backward pass through every block, as the loss gives
     text = torch.empty(batch, text_tokens, cfg["joint_attention_dim"], device="meta", dtype=dtype)
     timestep = torch.empty(batch, device="meta", dtype=dtype)
     if model.family == "flux_kontext":
@@ -402,7 +402,7 @@ def transformer_activation_bytes(
         if grad and checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train(grad)
-        inputs = _transformer_inputs(model, batch, size, text_tokens, dtype, grad)
+        inputs = _transformer_inputs(model, batch, size, text_tokens, dtype)
 
         def step() -> None:
             with torch.set_grad_enabled(grad):

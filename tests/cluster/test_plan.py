@@ -69,7 +69,7 @@ def test_activations_extrapolated_per_block_equal_a_direct_simulation(tiny_model
     blocks = {"num_layers": 2, "num_single_layers": 2}
     transformer = P._meta_transformer(tiny_model, policy, blocks, torch.float32)
     transformer.train()
-    inputs = P._transformer_inputs(tiny_model, 2, 32, 8, torch.float32, grad=True)
+    inputs = P._transformer_inputs(tiny_model, 2, 32, 8, torch.float32)
 
     def step() -> None:
         transformer(**inputs)[0].float().square().mean().backward()
