@@ -8,7 +8,8 @@
     cocoedit plan [--config FILE] [--gpu-memory GiB] [--dry-run] [key=value ...]
     cocoedit build-model --family F [--dims tiny|real] [--depth N] --out DIR
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
-    cocoedit edit --model DIR [--lora FILE] --image IN --instruction TEXT --out OUT
+    cocoedit edit --model DIR [--lora FILE|DIR] --image IN --instruction TEXT --out OUT
+    cocoedit export --checkpoint DIR --out DIR [--view default|old]
     cocoedit eval [run] --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE ...] [--out DIR]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
 
@@ -40,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "build-model": ("cocoedit.actors.policies.builders", "cli_build_model", False),
     "serve": ("cocoedit.cluster.cli", "cli_serve", True),
     "edit": ("cocoedit.actors.edit", "cli_edit", False),
+    "export": ("cocoedit.learner.export", "cli_export", False),
     "eval run": ("cocoedit.cluster.evaluate", "cli_eval", True),
     "eval compare": ("cocoedit.cluster.evaluate", "cli_compare", False),
 }
@@ -140,13 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = sub.add_parser("edit", help="edit one image with the stock diffusers pipeline (+ LoRA)")
     edit.add_argument("--model", required=True)
-    edit.add_argument("--lora", default=None)
+    edit.add_argument("--lora", default=None, help="LoRA file, or a directory such as RUN_DIR/lora")
     edit.add_argument("--image", required=True)
     edit.add_argument("--instruction", required=True)
     edit.add_argument("--out", required=True)
     edit.add_argument("--steps", type=int, default=None)
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--size", type=int, default=None)
+
+    export = sub.add_parser(
+        "export", help="write a checkpoint's LoRA in the diffusers format (pipe.load_lora_weights(DIR))"
+    )
+    export.add_argument("--checkpoint", required=True, help="RUN_DIR/checkpoints/step_NNNNNNNN")
+    export.add_argument("--out", required=True, help="directory for pytorch_lora_weights.safetensors")
+    export.add_argument(
+        "--view", choices=["default", "old"], default="default", help="theta (default) or theta_old (old)"
+    )
 
     ev_parent = sub.add_parser("eval", help="evaluate an editor on GEdit-Bench / ImgEdit-Bench / a manifest")
     ev_sub = ev_parent.add_subparsers(dest="eval_command", required=True)

@@ -315,7 +315,7 @@ class EditGenerator:
     @torch.no_grad()
     def generate(self, items: list[EditItem]) -> list[tuple[str, bytes]]:
         """(item_id, PNG bytes of the edit) for each item, in order; items must share one size."""
-        from cocoedit.actors.samplers import integrate, shifted_sigmas
+        from cocoedit.actors.samplers import initial_noise, integrate, shifted_sigmas
 
         policy = self.policy
         h, w = items[0].source_image.shape[-2:]
@@ -327,9 +327,8 @@ class EditGenerator:
         length, dim = policy.latent_shape(h, w)
         noise = torch.stack(
             [
-                torch.randn(
-                    (length, dim),
-                    generator=torch.Generator().manual_seed(item_seed(self.cfg.seed, i.item_id)),
+                initial_noise(
+                    policy, torch.Generator().manual_seed(item_seed(self.cfg.seed, i.item_id)), h, w
                 )
                 for i in items
             ]

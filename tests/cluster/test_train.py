@@ -72,6 +72,9 @@ def test_run_directory_has_metrics_images_and_checkpoint(run: tuple[Path, list[d
     assert state["step"] == sum(1 for row in history if not row.get("learner/skipped"))
     assert state["extra_state"]["policy_version"] == 2
     assert state["extra_state"]["sampler"]["epoch"] == 2
+    # the end of the run leaves the last checkpoint's theta where pipe.load_lora_weights(run_dir/"lora") reads it
+    lora = (run_dir / "lora" / "pytorch_lora_weights.safetensors").read_bytes()
+    assert lora == (ckpt / "lora" / "pytorch_lora_weights.safetensors").read_bytes()
 
 
 def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
