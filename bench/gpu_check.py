@@ -255,7 +255,7 @@ def learner_check(policy: Any, dev: Device, args: argparse.Namespace, peak_tf: f
     lora = sum(p.numel() for name, p in policy.transformer.named_parameters() if ".default." in name)
     estimate = (
         model.params["transformer"] * DTYPE_BYTES[args.dtype]
-        + 2 * lora * DTYPE_BYTES[args.dtype]
+        + 2 * lora * 4  # both adapters, float32
         + 4 * lora * 4  # AdamW moments + master copy + reduced gradients, float32 (one rank)
         + transformer_activation_bytes(
             model, policy.cfg, m, size, args.text_len, grad=True, checkpointing=True

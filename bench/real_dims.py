@@ -99,10 +99,9 @@ def _read_weights(policy: Any) -> None:
     import torch
 
     with torch.no_grad():
-        for module in policy.pipe.components.values():
-            if isinstance(module, torch.nn.Module):
-                for t in [*module.parameters(), *module.buffers()]:
-                    t.sum()
+        for module in policy.components().values():
+            for t in [*module.parameters(), *module.buffers()]:
+                t.sum()
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -154,11 +153,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         policy = learner.policy
     out["baseline"] = base
     out["peak"] = _rss_peak()
-    out["params"] = {
-        name: sum(p.numel() for p in module.parameters())
-        for name, module in policy.pipe.components.items()
-        if isinstance(module, torch.nn.Module)
-    }
+    out["params"] = {name: sum(p.numel() for p in m.parameters()) for name, m in policy.components().items()}
     return out
 
 
@@ -185,7 +180,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             Path(tempfile.gettempdir()) / f"real_dims_batch_{args.family}_d{args.depth}_{args.size}.pt"
         )
         if not batch_file.exists():
-            _run_child({"role": "batch", "overrides": spec["overrides"], "batch_file": str(batch_file)})
+            made = _run_child(
+                {"role": "batch", "overrides": spec["overrides"], "batch_file": str(batch_file)}
+            )
+            print(
+                f"{args.family} depth {args.depth}: rollout batch of {args.edits} edits, {made['bytes'] / 2**20:.2f} MiB pickled"
+            )
         spec["batch_file"] = str(batch_file)
     result = _run_child(spec)
     cfg = load_config(None, spec["overrides"])

@@ -8,7 +8,7 @@ that does not fit `--gpu-memory` GiB. How each line is estimated:
 - weights: the parameters of every component the role loads x the bytes of `policy.dtype`, counted
   from the safetensors headers of `policy.model_path` when it is a local directory, else from the
   family's published architecture built on PyTorch's meta device (actors/policies/builders.py);
-- LoRA + optimizer (learner): both adapters in the base dtype, AdamW's two float32 moments and
+- LoRA + optimizer (learner): both adapters in float32 (actors.policies.lora), AdamW's two float32 moments and
   DeepSpeed's float32 master copy (ZeRO >= 1), divided over the ranks as the ZeRO stage partitions
   them (stage 1: optimizer states, stage 2: + the reduced gradients);
 - activations: simulated, not guessed. The role's computation runs on the meta device (shapes only,
@@ -488,6 +488,17 @@ def _gpu_context(plan: RolePlan) -> None:
         plan.memory["CUDA context (fixed estimate)"] = CUDA_CONTEXT_BYTES
 
 
+def role_components(model: PolicyModel, parts: str) -> tuple[str, ...]:
+    """The components a policy loaded with `parts` holds ("all", or "transformer" for a learner rank:
+    everything but the family's encoding components, as actors.policies loads it)."""
+    from cocoedit.actors.policies import family
+
+    if parts == "all":
+        return tuple(model.params)
+    skip = set(family(model.family).policy_class().ENCODING)
+    return tuple(k for k in model.params if k not in skip)
+
+
 def rollout_plan(cfg: Config, model: PolicyModel, gpu_bytes: Optional[float]) -> RolePlan:
     r, p = cfg.rollout, cfg.policy
     size = cfg.data.image_size
@@ -495,7 +506,7 @@ def rollout_plan(cfg: Config, model: PolicyModel, gpu_bytes: Optional[float]) ->
     plan = RolePlan("rollout worker", r.num_workers, r.cpus_per_worker, r.gpus_per_worker, dict(model.params))
     lora = _lora_count(model, p)
     plan.memory[f"weights ({p.dtype})"] = _weights(model.params, p.dtype)
-    plan.memory[f"LoRA default + old ({p.dtype})"] = 2.0 * lora * DTYPE_BYTES[p.dtype]
+    plan.memory["LoRA default + old (float32)"] = 2.0 * lora * 4
     phases = {
         f"sampling, batch {batch}": transformer_activation_bytes(
             model, p, batch, size, _text_tokens(cfg, model), grad=False, checkpointing=False
@@ -515,7 +526,7 @@ def rollout_plan(cfg: Config, model: PolicyModel, gpu_bytes: Optional[float]) ->
 def learner_plan(
     cfg: Config, model: PolicyModel, gpu_bytes: Optional[float], components: tuple[str, ...]
 ) -> RolePlan:
-    """components: what a learner rank loads (the transformer alone, or the whole pipeline)."""
+    """components: the components a learner rank loads (`role_components(model, "transformer")`)."""
     lr, p = cfg.learner, cfg.policy
     size = cfg.data.image_size
     micro = min(lr.micro_batch_size, _per_actor(cfg.data.n_items * cfg.data.group_size, lr.world_size))
@@ -524,7 +535,7 @@ def learner_plan(
     lora = _lora_count(model, p)
     ranks = max(lr.world_size, 1)
     plan.memory[f"weights ({p.dtype})"] = _weights(params, p.dtype)
-    plan.memory[f"LoRA default + old ({p.dtype})"] = 2.0 * lora * DTYPE_BYTES[p.dtype]
+    plan.memory["LoRA default + old (float32)"] = 2.0 * lora * 4
     states = 2 * lora * 4 + (lora * 4 if lr.zero_stage >= 1 else 0)  # AdamW moments (+ master copy)
     grads = lora * 4 if lr.zero_stage >= 2 else 0  # the reduced float32 gradient partition
     shard = ranks if lr.zero_stage >= 1 else 1
@@ -619,16 +630,14 @@ def service_plan(cfg: Config, name: str) -> RolePlan:
     return plan
 
 
-def plan(
-    cfg: Config, gpu_memory_gib: Optional[float] = None, learner_components: Optional[tuple[str, ...]] = None
-) -> list[RolePlan]:
+def plan(cfg: Config, gpu_memory_gib: Optional[float] = None) -> list[RolePlan]:
     """Every role of `cfg` with its asks and estimated memory on a GPU of `gpu_memory_gib` GiB (None:
-    estimates only, no verdict). learner_components: what a learner rank loads (default: what the
-    policy loads for the learner)."""
+    estimates only, no verdict)."""
     gpu_bytes = gpu_memory_gib * GIB if gpu_memory_gib else None
     model = policy_model(cfg.policy.family, cfg.policy.model_path)
     roles = [rollout_plan(cfg, model, gpu_bytes)]
-    roles.append(learner_plan(cfg, model, gpu_bytes, learner_components or tuple(model.params)))
+    # a learner rank never encodes or decodes: learner.Learner loads load_policy(parts="transformer")
+    roles.append(learner_plan(cfg, model, gpu_bytes, role_components(model, "transformer")))
     if cfg.run.colocate:
         worker, rank = roles
         pair = RolePlan(

@@ -154,3 +154,20 @@ def test_a_run_logs_its_plan(tiny_dir: Path, caplog: pytest.LogCaptureFixture) -
     text = caplog.text
     assert "memory plan" in text and "rollout worker x1 (0.5 CPU each)" in text and "learner rank x1" in text
     assert "host memory" in text  # no GPU here: estimates only
+
+
+@pytest.mark.parametrize("family", ["flux_kontext", "qwen_image_edit"])
+def test_plan_counts_what_each_role_loads(family: str, tmp_path: Path) -> None:
+    from cocoedit.actors.policies import load_policy
+    from cocoedit.actors.policies.tiny import build_tiny_model
+
+    path = build_tiny_model(family, tmp_path / family, num_layers=1, num_single_layers=1)
+    cfg = load_config(None, [f"policy.family={family}", f"policy.model_path={path}", "policy.dtype=float32"])
+    model = P.policy_model(family, str(path))
+    for parts in ("all", "transformer"):
+        policy = load_policy(cfg.policy, parts=parts)  # type: ignore[arg-type]
+        held = {
+            k: sum(p.numel() for n, p in m.named_parameters() if "lora_" not in n)
+            for k, m in policy.components().items()
+        }
+        assert {k: model.params[k] for k in P.role_components(model, parts)} == held
