@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -239,9 +240,12 @@ class PolicyModel:
         return int(self.vae.get("z_dim", self.vae.get("latent_channels", 16)))
 
 
-def policy_model(family: str, model_path: Optional[str]) -> PolicyModel:
-    """Sizes of the editor at model_path (a local diffusers directory), else of the family's published
-    architecture (text-encoder vocabularies included)."""
+def policy_model(
+    family: str, model_path: Optional[str], tiny: Optional[dict[str, int]] = None
+) -> PolicyModel:
+    """Sizes of the editor at model_path (a local diffusers directory), else of the tiny editor of
+    `tiny` sizes (tiny_spec kwargs), else of the family's published architecture (text-encoder
+    vocabularies included)."""
     from cocoedit.actors.policies.builders import parameter_counts
 
     path = Path(model_path).expanduser() if model_path else None
@@ -255,9 +259,9 @@ def policy_model(family: str, model_path: Optional[str]) -> PolicyModel:
         )
     import torch
 
-    from cocoedit.actors.policies.builders import assemble, real_spec
+    from cocoedit.actors.policies.builders import assemble, real_spec, tiny_spec
 
-    spec = real_spec(family, depth=None, real_vocab=True)
+    spec = tiny_spec(family, **tiny) if tiny is not None else real_spec(family, depth=None, real_vocab=True)
     with _meta(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = assemble(spec)
@@ -266,6 +270,8 @@ def policy_model(family: str, model_path: Optional[str]) -> PolicyModel:
         for name, module in pipe.components.items()
         if isinstance(module, torch.nn.Module)
     }
+    if tiny is not None:
+        return PolicyModel(family, params, spec.transformer, spec.vae, "the tiny editor (pretrain sizes)")
     where = f"{model_path} is not a local directory here" if model_path else "no policy.model_path"
     return PolicyModel(family, params, spec.transformer, spec.vae, f"published architecture ({where})")
 
@@ -517,7 +523,7 @@ def rollout_plan(cfg: Config, model: PolicyModel, gpu_bytes: Optional[float]) ->
     largest = max(phases, key=lambda k: phases[k])
     plan.memory[f"activations: {largest} (largest phase)"] = phases[largest]
     plan.options.update({f"activations: {k}": v for k, v in phases.items() if k != largest})
-    plan.notes.append(f"{size}x{size} px, {batch} edits per forward pass")
+    plan.notes.append(f"{size}x{size} px, {batch} edits per forward pass; model sizes from {model.source}")
     _gpu_context(plan)
     plan.device_bytes = gpu_bytes if r.gpus_per_worker > 0 else None
     return plan
@@ -547,7 +553,7 @@ def learner_plan(
     state = "on" if p.gradient_checkpointing else "off"
     plan.memory[f"activations: forward + backward, micro-batch {micro}, checkpointing {state}"] = chosen
     plan.options[f"activations with gradient checkpointing {'off' if state == 'on' else 'on'}"] = other
-    plan.notes.append(f"{size}x{size} px, {lora / 1e6:.1f} M trainable LoRA parameters (rank {p.lora_rank})")
+    plan.notes.append(f"{size}x{size} px, {_count(lora)} trainable LoRA parameters (rank {p.lora_rank})")
     _gpu_context(plan)
     plan.device_bytes = gpu_bytes if lr.gpus_per_rank > 0 else None
     if plan.device_bytes is not None and plan.total > plan.device_bytes and not p.gradient_checkpointing:
@@ -558,7 +564,7 @@ def learner_plan(
 def judge_plan(cfg: Config, gpu_bytes: Optional[float]) -> RolePlan:
     j = cfg.rewards.mllm
     plan = RolePlan("reward service mllm replica", j.replicas, j.cpus_per_replica, j.gpus_per_replica)
-    size = _judge_size(j.model_path)
+    size = _judge_size(j.model_path or (j.tiny_judge_dir if cfg.run.tiny else None))
     if size is None:
         plan.problems.append(
             f"cannot size the judge: rewards.mllm.model_path={j.model_path!r} is not a local model directory "
@@ -634,7 +640,15 @@ def plan(cfg: Config, gpu_memory_gib: Optional[float] = None) -> list[RolePlan]:
     """Every role of `cfg` with its asks and estimated memory on a GPU of `gpu_memory_gib` GiB (None:
     estimates only, no verdict)."""
     gpu_bytes = gpu_memory_gib * GIB if gpu_memory_gib else None
-    model = policy_model(cfg.policy.family, cfg.policy.model_path)
+    tiny = None
+    if cfg.policy.model_path is None and cfg.run.tiny:  # the run builds the tiny editor of cfg.pretrain
+        import inspect
+
+        from cocoedit.actors.policies.builders import tiny_spec
+
+        sizes = set(inspect.signature(tiny_spec).parameters) - {"family"}
+        tiny = {k: v for k, v in dataclasses.asdict(cfg.pretrain).items() if k in sizes}
+    model = policy_model(cfg.policy.family, cfg.policy.model_path, tiny)
     roles = [rollout_plan(cfg, model, gpu_bytes)]
     # a learner rank never encodes or decodes: learner.Learner loads load_policy(parts="transformer")
     roles.append(learner_plan(cfg, model, gpu_bytes, role_components(model, "transformer")))
@@ -663,7 +677,11 @@ def plan(cfg: Config, gpu_memory_gib: Optional[float] = None) -> list[RolePlan]:
 
 
 def _gib(n: float) -> str:
-    return f"{n / GIB:7.2f} GiB"
+    return f"{n / GIB:7.2f} GiB" if n >= 0.1 * GIB else f"{n / 2**20:7.1f} MiB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
 
 
 def format_plan(cfg: Config, roles: list[RolePlan], gpu_memory_gib: Optional[float]) -> str:
@@ -682,7 +700,7 @@ def format_plan(cfg: Config, roles: list[RolePlan], gpu_memory_gib: Optional[flo
         of = f" of {role.device_bytes / GIB:g} GiB" if role.device_bytes else ""
         lines.append(f"\n{role.role} x{role.count} ({asks}): {total}{of}  {verdict}".rstrip())
         if role.params:
-            parts = ", ".join(f"{k} {n / 1e9:.3f} B" for k, n in role.params.items())
+            parts = ", ".join(f"{k} {_count(n)}" for k, n in role.params.items())
             lines.append(f"    parameters: {parts}")
         for k, v in role.memory.items():
             lines.append(f"    {k:<72} {_gib(v)}")
