@@ -181,3 +181,23 @@ def test_production_config_dry_run_trains_one_epoch(name: str, tmp_path: Path) -
     assert rows[0]["samples/trained_total"] == 2.0
     (checkpoint,) = (run_dir / "checkpoints").glob("step_*")
     assert (checkpoint / "COMPLETE").exists() and (checkpoint / "lora_default.safetensors").exists()
+    # the trained LoRA in the family's diffusers format: the stock pipeline loads it onto every target
+    ran = load_config(run_dir / "config.yaml").policy
+    _check_diffusers_lora(ran.family, str(ran.model_path), run_dir / "lora")
+
+
+def _check_diffusers_lora(family: str, model_path: str, lora_dir: Path) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors import safe_open
+
+    from cocoedit.actors.policies import family as family_of
+
+    with safe_open(str(lora_dir / "pytorch_lora_weights.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("transformer.") and ".lora_" in k for k in keys), keys[:4]
+    policy_cls = family_of(family).policy_class()
+    skip = dict.fromkeys(policy_cls.ENCODING)
+    pipe = policy_cls.pipeline_class().from_pretrained(model_path, **skip)  # weights mapped, not copied
+    pipe.load_lora_weights(str(lora_dir))
+    layers = [m for m in pipe.transformer.modules() if isinstance(m, BaseTunerLayer)]
+    assert len(layers) == len(keys) // 2  # lora_A and lora_B per targeted Linear
