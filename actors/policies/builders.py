@@ -552,9 +552,6 @@ def _assemble_qwen(spec: ModelSpec) -> Any:
     )
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
 def build_model(
     family: str,
     out_dir: str | Path,
@@ -562,7 +559,7 @@ def build_model(
     *,
     dims: Dims = "tiny",
     depth: Optional[int] = None,
-    dtype: Literal["float32", "bfloat16"] = "float32",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     **size: Any,
 ) -> Path:
     """Build an editor of `family` with random weights (seeded) and save it as a diffusers directory
@@ -572,6 +569,8 @@ def build_model(
     blocks (default 1). dtype: the saved weights' type (bfloat16 halves the disk; loading casts).
     A real-dims FLUX of depth 1 is ~0.55 B transformer parameters + 0.28 B in the text encoders and VAE:
     ~3.3 GB of float32 while building."""
+    from cocoedit.actors.policies.common import DTYPES
+
     _check_family(family)
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} must be one of {sorted(DTYPES)}")
