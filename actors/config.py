@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
+
+from cocoedit.ranges import Range
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
@@ -22,6 +24,16 @@ class DataConfig:
     n_items: int = 24  # distinct items per epoch
     group_size: int = 12  # edits per item (one group)
     seed: int = 0  # sampler order (bans are decided by the learner's advantages: learner.ban_*)
+    # Folder that the data file's paths are relative to and must stay inside; None = the data file's folder.
+    root: Optional[str] = None
+    # Files checked before training: full = every item; sample = validate_sample items drawn at random
+    # (every item when there are fewer); off = none. Workers check each item's files again when they read
+    # them, and `cocoedit data check` checks every item.
+    validate: Literal["full", "sample", "off"] = "sample"
+    validate_sample: Annotated[int, Range(ge=1)] = 1000
+    max_file_bytes: Annotated[int, Range(ge=1)] = 64 * 2**20  # per image file
+    max_image_pixels: Annotated[int, Range(ge=1)] = 8192 * 8192  # width * height, from the header
+    max_manifest_bytes: Annotated[int, Range(ge=1)] = 256 * 2**20
 
 
 @dataclass(frozen=True)

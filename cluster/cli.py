@@ -1,7 +1,7 @@
 """The `cocoedit` command line.
 
     cocoedit data synth --out DIR --num N --size PX --seed S
-    cocoedit data check MANIFEST
+    cocoedit data check MANIFEST [--format F] [--root DIR]
     cocoedit config show [--config FILE] [key=value ...]
     cocoedit train [--config FILE] [--resume] [key=value ...]
     cocoedit pretrain-tiny --out DIR
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("manifest")
     check.add_argument("--format", choices=["manifest", "cocoedit40k", "benchmask"], default="manifest")
     check.add_argument("--mask-polarity", choices=["edit_white", "keep_white"], default=None)
+    check.add_argument("--root", default=None, help="folder the paths are relative to (default: the file's)")
 
     config = sub.add_parser("config", help="show the resolved config")
     config_sub = config.add_subparsers(dest="config_command", required=True)
