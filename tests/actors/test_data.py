@@ -323,7 +323,7 @@ def _header_only_png(path: Path, width: int, height: int) -> None:
     )
 
 
-def test_paths_that_leave_the_dataset_are_listed_problems(tmp_path):
+def test_paths_that_leave_the_dataset_are_listed_problems(tmp_path, capsys):
     ds, outside = tmp_path / "ds", tmp_path / "outside"
     _png(outside / "a.png", _rgb(16, 16))
     _png(outside / "m.png", _mask(16, 16, (0, 8, 0, 8)))
@@ -366,6 +366,8 @@ def test_paths_that_leave_the_dataset_are_listed_problems(tmp_path):
     )
     problems = scan(DataConfig(manifest=str(other), root=str(ds)), validate="full").problems
     assert [(p.line, p.field) for p in problems] == [(2, "source")]
+    assert main(["data", "check", str(other), "--root", str(ds)]) == 1
+    assert capsys.readouterr().out.startswith("line 2: source: '../ds/a.png' leaves the dataset root")
 
     # benchmask keys become paths: a key cannot climb out either
     _write_jsonl(ds / "instructions.jsonl", [json.dumps({"key": "../outside/a", "instruction": "do"})])
