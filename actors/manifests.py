@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,8 @@ def _refs_manifest(
         task = _text_field(obj, "task", line, problems, required=False)
         group = _text_field(obj, "group", line, problems, required=False)
         if len(problems) == n:
+            # tags take a handful of values over thousands of items: one string object each
+            task, group = sys.intern(task), sys.intern(group)
             yield ItemRef(item_id, instruction, source, mask, target or None, task, group, line, data)
 
 
@@ -229,7 +232,9 @@ def _refs_benchmask(
             names = "/".join(BENCH_IMAGE_SUFFIXES)
             problems.append(Problem(line, "source", f"no image {key}{{{names}}} in {folder}"))
             continue
-        yield ItemRef(key, instruction, sources[0], stem + "_mask.png", None, task, "", line, data)
+        yield ItemRef(
+            key, instruction, sources[0], stem + "_mask.png", None, sys.intern(task), "", line, data
+        )
 
 
 READERS = {"manifest": _refs_manifest, "cocoedit40k": _refs_cocoedit40k, "benchmask": _refs_benchmask}
