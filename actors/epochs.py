@@ -143,3 +143,12 @@ def grouped_items(draws: Sequence[Draw], index: Mapping[str, EditItem | ItemRef]
     if missing:
         raise KeyError(f"draws name items that are not in the index: {missing[:5]}")
     return [GroupedItem(index[d.item_id], d.group_id, d.edit_id, d.seed) for d in draws]
+
+
+def epoch_items(
+    sampler: EpochSampler, index: Mapping[str, EditItem | ItemRef]
+) -> tuple[list[GroupedItem], list[GroupedItem]]:
+    """The next epoch's grouped items, and the epoch after it as it stands now (for the rollout
+    workers to prefetch while they sample this one; a ban before then only costs a wasted read)."""
+    items = grouped_items(sampler.next_epoch(), index)
+    return items, grouped_items(sampler.peek_epoch(), index)

@@ -8,8 +8,8 @@ The items are a 40k-line manifest whose lines point at a pool of a few hundred d
 process: RSS after the imports a driver makes, then `load_index` (data.validate=sample, the default),
 then RSS again and the peak. The index should cost a few hundred bytes per item and nothing that
 grows with the images; the eager path (every item decoded, what the loop did before) is measured on
---eager items for contrast. --train runs `cocoedit train` with the tiny config on the largest manifest
-and polls the driver's peak RSS (VmHWM) until it exits. Absolute times are upper bounds on a shared
+--eager items for contrast. --train runs `cocoedit train` with the tiny config (plus --overrides) on
+the largest manifest and polls the driver's peak RSS (VmHWM) until it exits. Absolute times are upper bounds on a shared
 machine; the per-item ratios are the point.
 """
 
@@ -105,10 +105,14 @@ def _child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def train_peak(manifest: Path, run_dir: Path, epochs: int) -> tuple[float, float, int]:
+def train_peak(manifest: Path, run_dir: Path, epochs: int, overrides: list[str]) -> tuple[float, float, int]:
     """(driver peak RSS MB, wall s, exit code) of a tiny `cocoedit train` run on `manifest`."""
-    cmd = [sys.executable, "-m", "cocoedit.cluster.cli", "train", f"data.manifest={manifest}"]
-    cmd += [f"run.epochs={epochs}", f"run.run_dir={run_dir}", "run.image_every=0", "run.eval_every=0"]
+    overrides = [f"data.manifest={manifest}", f"run.epochs={epochs}", f"run.run_dir={run_dir}", *overrides]
+    # the tiny editor is built (once, cached) by another process, so the driver's peak is the run's
+    build = "from cocoedit.cluster.config import load_config; from cocoedit.cluster.launch import resolve_models; "
+    build += f"resolve_models(load_config(None, {overrides!r}))"
+    subprocess.run([sys.executable, "-c", build], cwd=ROOT, check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "cocoedit.cluster.cli", "train", *overrides]
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(run_dir.with_suffix(".log"), "w")
@@ -135,6 +139,7 @@ def main() -> None:
     parser.add_argument("--eager", type=int, default=200, help="items decoded by the eager path (0: skip)")
     parser.add_argument("--eager-size", type=int, default=512, help="data.image_size of the eager path")
     parser.add_argument("--train", action="store_true", help="also a tiny 2-epoch run on the largest count")
+    parser.add_argument("--overrides", nargs="*", default=[], help="config overrides of the --train run")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -162,8 +167,9 @@ def main() -> None:
             f"{r['peak_kb'] / 1024:>8.0f} {grown / r['n']:>7.0f} {r['wire']:>12.0f}"
         )
     first, last = rows[0], rows[-1]
-    per_item = (last["after_kb"] - first["after_kb"]) * 1024 / (last["n"] - first["n"])
-    print(f"RSS per item from {first['n']} to {last['n']} items: {per_item:.0f} bytes")
+    per_item = (last["after_kb"] - first["after_kb"]) * 1024 / max(last["n"] - first["n"], 1)
+    if len(rows) > 1:
+        print(f"RSS per item from {first['n']} to {last['n']} items: {per_item:.0f} bytes")
     print(f"start-up per item: {last['ready_s'] / last['n'] * 1e6:.0f} us at {last['n']} items")
 
     if args.eager:
@@ -182,7 +188,7 @@ def main() -> None:
     if args.train:
         run_dir = work / f"run-{counts[-1]}"
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-        peak_mb, wall_s, rc = train_peak(_manifest(pool, counts[-1]), run_dir, epochs=2)
+        peak_mb, wall_s, rc = train_peak(_manifest(pool, counts[-1]), run_dir, 2, args.overrides)
         print(
             f"\ntiny training run, 2 epochs on {counts[-1]} items: exit {rc}, driver peak RSS (VmHWM) "
             f"{peak_mb:.0f} MB, wall {wall_s:.0f} s (log: {run_dir.with_suffix('.log')})"

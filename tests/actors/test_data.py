@@ -18,7 +18,7 @@ from PIL import Image
 
 from cocoedit.actors.config import DataConfig
 from cocoedit.actors.data import load_edit_data, load_index, scan
-from cocoedit.actors.epochs import EpochSampler, grouped_items
+from cocoedit.actors.epochs import EpochSampler, epoch_items, grouped_items
 from cocoedit.actors.items import ItemError, center_crop_resize, read_item
 from cocoedit.actors.manifests import Problem
 from cocoedit.actors.synth import synthetic_items, write_synthetic_dataset
@@ -430,3 +430,13 @@ def test_the_data_file_is_read_with_a_bound(tmp_path, monkeypatch):
     result = scan(DataConfig(manifest=str(manifest)))
     assert [str(p) for p in result.problems] == ["line 4: json: line longer than 90 bytes"]
     assert len(result.refs) == 3
+
+
+def test_epoch_items_come_with_the_next_epoch_to_prefetch():
+    index = {it.item_id: it for it in synthetic_items(5, 32, seed=0)}
+    sampler = EpochSampler(list(index), n_items=2, group_size=3, seed=1)
+    items, upcoming = epoch_items(sampler, index)
+    again, _ = epoch_items(sampler, index)
+    assert len(items) == 6 and [(g.group_id, g.seed) for g in again] == [
+        (g.group_id, g.seed) for g in upcoming
+    ]
