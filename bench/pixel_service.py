@@ -1,20 +1,31 @@
-"""Throughput of the pixel reward: scikit-image vs torch in process vs the gRPC service on loopback.
+"""Throughput of the pixel reward: scikit-image vs the project in process vs the gRPC service, in one run.
 
-    .venv/bin/python bench/pixel_service.py [--edits 64] [--size 512] [--repeats 3] [--threads 2]
+    .venv/bin/python bench/pixel_service.py [--edits 64] [--size 512] [--runs 3] [--threads 2]
 
-Prints edits/s of
-  (a) the keep-only reference with scikit-image, one edit at a time, in process;
-  (b) the torch pixel reward S_pix in process (PixelScorer.score_sync on decoded edits), and the
-      keep-only torch convention for comparison with (a);
-  (c) RewardClient.score through a `cocoedit serve pixel` subprocess on 127.0.0.1 (PNG decoding,
-      validation and the wire included; encoding the PNGs is timed separately),
-and the ratios b/a and c/b. Best of --repeats, so other load on the machine counts less.
+Each of --runs rounds measures, back to back on the same photo-like edits:
+  (a) the keep-only reference with scikit-image (masked_psnr_ssim_reference), one edit at a time;
+  (b) the project's S_pix in process: PixelScorer.score_sync on decoded edits, --threads threads;
+  (c) RewardClient.score through a `cocoedit serve pixel` subprocess on 127.0.0.1: the request's
+      bytes, protobuf parsing, PNG header checks, decoding, validation, scoring and the reply
+      (encoding the PNGs on the client is timed separately);
+  (d) decoding and validating the same edits in process (server.decode_edit), one thread: the part
+      of (c) that is not scoring and not the wire;
+and prints per round edits/s and CPU ms per edit, then min/median/max over the rounds of the ratios
+b/a and c/a (edits/s, wall clock) and of c/b in CPU time per edit, for the server process alone (the
+service's cost: decode + validate + score + reply) and with the client's CPU added.
+
+Roofline: the FLOPs of one edit (16 separable Gaussian filter planes of `window` taps, two passes,
+a multiply and an add per tap, plus ~80 element-wise FLOPs per pixel), against the machine's
+single-core GFLOP/s on that same filter (cv2.sepFilter2D on float32 row bands, CPU time, measured in
+the same run): the fraction of that rate reached per CPU second by (b) and by the server in (c).
+Wall-clock ratios on a shared machine are upper bounds of the slowdown; CPU ratios are steadier.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,8 +41,11 @@ from cocoedit.loopback import apply_loopback_env, free_port  # noqa: E402
 from cocoedit.rewards.base import DecodedEdit  # noqa: E402
 from cocoedit.rewards.client import RewardClient, make_edit  # noqa: E402
 from cocoedit.rewards.config import ClientConfig, PixelConfig  # noqa: E402
-from cocoedit.rewards.metrics import masked_psnr_ssim, masked_psnr_ssim_reference, uint8_to_unit  # noqa: E402
+from cocoedit.rewards.metrics import masked_psnr_ssim_reference  # noqa: E402
 from cocoedit.rewards.pixel import PixelScorer  # noqa: E402
+from cocoedit.rewards.server import decode_edit  # noqa: E402
+
+ELEMENTWISE_FLOPS_PER_PIXEL = 80  # ~25 array ops per channel on the filtered moments, + the mask
 
 
 def make_data(n: int, size: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -55,22 +68,70 @@ def make_data(n: int, size: int, seed: int = 0) -> list[tuple[np.ndarray, np.nda
     return out
 
 
-def best_of(repeats: int, fn, server_pid: int | None = None) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """(wall s, CPU s of this process + the server's) of the fastest of `repeats` runs of fn()."""
+def flops_per_edit(h: int, w: int, channels: int = 3, window: int = 11) -> tuple[float, float]:
+    """(filter FLOPs, element-wise FLOPs) of one S_pix edit of h x w pixels."""
+    planes = 5 * channels + 1  # x, y, x^2, y^2, xy per channel, and the keep mask
+    return planes * 2 * window * 2 * h * w, ELEMENTWISE_FLOPS_PER_PIXEL * h * w
+
+
+def filter_gflops(width: int, window: int = 11, sigma: float = 1.5) -> float:
+    """Single-core GFLOP/s (per CPU second) of cv2.sepFilter2D on the float32 row bands the scorer
+    filters, best of 5."""
+    import cv2
+
+    from cocoedit.rewards.metrics_cv import CV_BAND_PIXELS, CV_MIN_BAND_ROWS, gaussian_taps
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    rows = max(CV_MIN_BAND_ROWS, CV_BAND_PIXELS // width) + window - 1
+    g = gaussian_taps(window, sigma).reshape(window, 1)
+    src = np.random.default_rng(0).random((rows, width), dtype=np.float32)
+    dst = np.empty_like(src)
+    reps = max(10, 2**24 // src.size)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.thread_time()
+        for _ in range(reps):
+            cv2.sepFilter2D(src, -1, g, g, dst=dst, borderType=cv2.BORDER_CONSTANT)
+        best = min(best, (time.thread_time() - t0) / reps)
+    cv2.setNumThreads(threads)
+    return 2 * window * 2 * src.size / best / 1e9
+
+
+def timed(fn, server_pid: int | None = None) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """(wall s, CPU s of this process, CPU s of the server process) of one fn() call."""
     import psutil
 
     server = psutil.Process(server_pid) if server_pid is not None else None
 
-    def cpu() -> float:
-        extra = sum(server.cpu_times()[:2]) if server is not None else 0.0
-        return time.process_time() + extra
+    def server_cpu() -> float:
+        return sum(server.cpu_times()[:2]) if server is not None else 0.0
 
-    runs = []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), cpu()
-        fn()
-        runs.append((time.perf_counter() - t0, cpu() - c0))
-    return min(runs)
+    t0, c0, s0 = time.perf_counter(), time.process_time(), server_cpu()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0, server_cpu() - s0
+
+
+def start_server(threads: int) -> tuple[subprocess.Popen, int, object]:
+    port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cocoedit.cluster.cli", "serve", "pixel", f"rewards.pixel.threads={threads}"]
+        + ["--port", str(port)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return server, port, log
+
+
+def summary(name: str, values: list[float], target: float | None = None, below: bool = False) -> str:
+    lo, mid, hi = min(values), statistics.median(values), max(values)
+    met = ""
+    if target is not None:
+        ok = hi <= target if below else lo >= target
+        met = f"   target {'<=' if below else '>='} {target}: {'met in every round' if ok else 'NOT met'}"
+    return f"{name:<42} min {lo:6.2f}  median {mid:6.2f}  max {hi:6.2f}{met}"
 
 
 def main() -> int:
@@ -79,90 +140,82 @@ def main() -> int:
     )
     parser.add_argument("--edits", type=int, default=64)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="rounds of (a), (b), (c)")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="scoring threads (PixelConfig.threads)"
     )
     args = parser.parse_args()
     apply_loopback_env()
-    n = args.edits
-    data = make_data(n, args.size)
-    print(f"{n} edits of {args.size}x{args.size}, {args.threads} scoring threads, {os.cpu_count()} CPUs")
-
-    sk_n = max(4, n // 4)  # the reference is slow: time a quarter of the batch and scale
-    t_a, cpu_a = best_of(
-        args.repeats, lambda: [masked_psnr_ssim_reference(e, s, m) for s, e, m in data[:sk_n]]
-    )
-    t_a, cpu_a = t_a * n / sk_n, cpu_a * n / sk_n
+    n, size = args.edits, args.size
+    data = make_data(n, size)
+    cores = min(args.threads, os.cpu_count() or 1)
+    print(f"{n} edits of {size}x{size}, {args.threads} scoring threads, {os.cpu_count()} CPUs")
 
     decoded = [
         DecodedEdit(f"e{i}", "g", 0, "x", s, e, m.astype(np.float32)) for i, (s, e, m) in enumerate(data)
     ]
     scorer = PixelScorer(PixelConfig(threads=args.threads))
-    scorer.start_threads()  # as the service does on load(): torch single-threaded, chunks in parallel
+    scorer.start_threads()  # as the service does on load()
     scorer.score_sync(decoded[:4])
-    t_b, cpu_b = best_of(args.repeats, lambda: scorer.score_sync(decoded))
-
-    def torch_keep_only() -> None:
-        for i in range(0, n, 8):
-            part = data[i : i + 8]
-            e = uint8_to_unit(torch.from_numpy(np.stack([p[1] for p in part])))
-            s = uint8_to_unit(torch.from_numpy(np.stack([p[0] for p in part])))
-            m = torch.from_numpy(np.stack([p[2] for p in part])).float()[:, None]
-            masked_psnr_ssim(e, s, m, "keep-only")
-
-    t_b_keep, cpu_b_keep = best_of(args.repeats, torch_keep_only)
 
     t0 = time.perf_counter()
     edits = [make_edit(f"e{i}", f"g{i // 8}", 0, "x", s, e, m) for i, (s, e, m) in enumerate(data)]
     t_encode = time.perf_counter() - t0
     mb = sum(e.ByteSize() for e in edits) / 2**20
 
-    port = free_port()
-    log = tempfile.TemporaryFile(mode="w+")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cluster.cli",
-            "serve",
-            "pixel",
-            f"rewards.pixel.threads={args.threads}",  # before --port: argparse takes no positionals after it
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server, port, log = start_server(args.threads)
+    sk_n = max(4, n // 4)  # the reference is slow: time a quarter of the batch and scale
+    rounds = []
     try:
-        client = RewardClient([f"127.0.0.1:{port}"], ClientConfig(timeout_s=600, batch_edits=16), "pixel")
+        client = RewardClient([f"127.0.0.1:{port}"], ClientConfig(timeout_s=600, batch_edits=n), "pixel")
         try:
             client.wait_ready(120)
         except TimeoutError:
             log.seek(0)
             print(f"server log:\n{log.read()}", file=sys.stderr)
             raise
-        client.score(edits[:2])
-        t_c, cpu_c = best_of(args.repeats, lambda: client.score(edits), server.pid)
+        client.score(edits[:4])
+        for r in range(args.runs):
+            t_a, cpu_a, _ = timed(lambda: [masked_psnr_ssim_reference(e, s, m) for s, e, m in data[:sk_n]])
+            t_a, cpu_a = t_a * n / sk_n, cpu_a * n / sk_n
+            t_b, cpu_b, _ = timed(lambda: scorer.score_sync(decoded))
+            t_c, client_c, server_c = timed(lambda: client.score(edits), server.pid)
+            _, cpu_d, _ = timed(lambda: [decode_edit(e, scorer) for e in edits])
+            rounds.append((t_a, cpu_a, t_b, cpu_b, t_c, client_c, server_c, cpu_d))
+            ms = lambda cpu_s: 1000 * cpu_s / n  # noqa: E731
+            print(
+                f"round {r + 1}: edits/s (a) {n / t_a:6.1f}  (b) {n / t_b:6.1f}  (c) {n / t_c:6.1f}   CPU ms/edit "
+                f"(a) {ms(cpu_a):5.1f}  (b) {ms(cpu_b):5.1f}  (c) server {ms(server_c):5.1f} + client "
+                f"{ms(client_c):4.1f}  (d) {ms(cpu_d):4.1f}"
+            )
         client.close()
     finally:
         server.terminate()
         server.wait(30)
+    gflops = filter_gflops(size)
 
-    a, b, b_keep, c = n / t_a, n / t_b, n / t_b_keep, n / t_c
-    ms = lambda cpu_s: 1000 * cpu_s / n  # noqa: E731
-    print("                                          edits/s   CPU ms/edit (all threads, + server for c)")
-    print(f"(a) scikit-image keep-only, in process : {a:8.1f}   {ms(cpu_a):8.1f}")
-    print(f"(b) torch S_pix, in process             : {b:8.1f}   {ms(cpu_b):8.1f}")
-    print(f"    torch keep-only, in process         : {b_keep:8.1f}   {ms(cpu_b_keep):8.1f}")
     print(
-        f"(c) gRPC service on loopback            : {c:8.1f}   {ms(cpu_c):8.1f}   ({mb:.1f} MB of PNG per batch)"
+        f"(c) sends {mb:.1f} MB of PNG per {n} edits; encoding them on the client: {n / t_encode:.1f} edits/s"
     )
-    print(f"    PNG encoding on the client          : {n / t_encode:8.1f}   (not in c)")
-    print(f"b/a = {b / a:.2f} wall, {cpu_a / cpu_b:.2f} CPU   (torch keep-only / a = {b_keep / a:.2f} wall)")
+    print("\nratios over the rounds:")
+    a_, b_, c_ = (lambda r: r[0]), (lambda r: r[2]), (lambda r: r[4])
+    print(summary("b/a  edits/s, in process / scikit-image", [a_(r) / b_(r) for r in rounds], 5.0))
+    print(summary("c/a  edits/s, gRPC / scikit-image", [a_(r) / c_(r) for r in rounds], 4.0))
+    print(summary("a/b  CPU per edit, scikit-image / ours", [r[1] / r[3] for r in rounds]))
+    print(summary("c/b  CPU per edit, server / in process", [r[6] / r[3] for r in rounds], 1.2, below=True))
+    print(summary("     the same + the client's CPU", [(r[5] + r[6]) / r[3] for r in rounds]))
+    print(summary("     (b + d) / b: decoding alone", [(r[3] + r[7]) / r[3] for r in rounds]))
+    filt, elementwise = flops_per_edit(size, size)
+    roof_ms = 1000 * (filt + elementwise) / (gflops * 1e9)
+    best_b = min(1000 * r[3] / n for r in rounds)
+    best_c = min(1000 * r[6] / n for r in rounds)
     print(
-        f"c/b = {c / b:.2f} wall, {cpu_b / cpu_c:.2f} CPU   (service wall time / in-process = {b / c:.2f}x)"
+        f"\nroofline: {filt / 1e6:.0f} MFLOP filter + {elementwise / 1e6:.0f} MFLOP element-wise per edit; "
+        f"sepFilter2D {gflops:.1f} GFLOP/s per core -> {roof_ms:.1f} CPU ms per edit "
+        f"({cores * 1000 / roof_ms:.0f} edits/s on {cores} cores)"
+    )
+    print(
+        f"reached (best round): (b) {roof_ms / best_b:.0%} at {best_b:.1f} ms, (c) server {roof_ms / best_c:.0%}"
     )
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0

@@ -218,12 +218,14 @@ class LearnerGroup:
         ray.get([r.setup.remote(policy_cfg, cfg, master_addr, master_port) for r in self.ranks])
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+        """One step of every rank on its shard; the metrics, and the edits trained on so far."""
         bounds = shard_bounds(len(batch), len(self.ranks))
         refs = [
             r.update.remote(batch.select(list(range(a, b))), advantages[a:b], valid[a:b])
             for r, (a, b) in zip(self.ranks, bounds, strict=True)
         ]
-        return ray.get(refs)[0]  # the Learner already reduces its metrics over ranks
+        metrics = ray.get(refs)[0]  # the Learner already reduces its metrics over ranks
+        return {**metrics, "samples/trained_total": float(self.trained_edits())}
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return ray.get(self.ranks[0].sampling_weights.remote())

@@ -1,7 +1,11 @@
-"""The training loop: sample, score, advantages, update, sync, log, checkpoint.
+"""The training loop: sample, score, advantages, update, sync, evaluate, log, checkpoint.
 
     cocoedit train [--config cluster/configs/tiny_cpu.yaml] [--resume] [key=value ...]
     python -m cocoedit.cluster.train --config cluster/configs/flux_kontext_8gpu.yaml     # under `ray job submit`
+
+    with start_run(cfg) as run:             # every part started; closed in reverse order on exit
+        for epoch, row in run_epochs(run):  # the public seam: act on run.rollout / run.services between epochs
+            ...
 
 Rollouts for the next epoch may be sampled while the current one is scored and trained on: up to
 `rollout.max_staleness` batches are in flight (0 = strictly on-policy); each batch carries the policy
@@ -11,14 +15,12 @@ version it was drawn from, and the lag is logged.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
-import copy
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,176 +29,234 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
-from cocoedit.actors.data import EpochSampler, grouped_items, load_items
+from cocoedit.actors.data import EpochSampler, load_items
 from cocoedit.actors.types import EditItem, GroupedItem, RolloutBatch
 from cocoedit.cluster.config import Config, dump_config
 from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
 from cocoedit.cluster.launch import init_ray, resolve_models
 from cocoedit.cluster.placement import Placement, PlacementError
+from cocoedit.cluster.rollouts import RolloutQueue
 from cocoedit.cluster.runlog import RunLog
+from cocoedit.cluster.scores import Scores, score_batch
 from cocoedit.cluster.services import RewardServices
-from cocoedit.learner.advantages import score_groups
+from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint
-from cocoedit.rewards.client import make_edit
-from cocoedit.rewards.weighting import combine
 from cocoedit.telemetry import record_epoch
 
 log = logging.getLogger("cocoedit.train")
-
-
-@dataclass
-class Pending:
-    """A rollout batch in flight, with the sampler state from before it was drawn (for checkpoints)."""
-
-    refs: Any
-    sampler_state: dict
-    epoch: int
 
 
 class LearnerFailure(RuntimeError):
     """The learner died or raised: the run stops; the message names the checkpoint to resume from."""
 
 
-Hook = Callable[[int, dict[str, Any]], None]
+@dataclass
+class Run:
+    """The parts of one training run, as `start_run` built them."""
+
+    cfg: Config
+    items: dict[str, EditItem]  # item_id -> item
+    sampler: EpochSampler
+    runlog: RunLog
+    learner: LearnerGroup
+    rollout: RolloutGroup
+    services: RewardServices
+    rollouts: RolloutQueue  # batches drawn ahead (bounded staleness)
+    guard: LearnerGuard
+    fixed: list[GroupedItem]  # the fixed evaluation set
+    start: int  # first epoch this process runs
+    version: int  # policy version the rollout workers hold
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
-def train(
-    cfg: Config, resume: bool = False, progress: bool = True, on_epoch_end: Optional[Hook] = None
-) -> list[dict[str, float]]:
-    """Run cfg.run.epochs epochs (or the remaining ones with resume); returns each epoch's metrics.
+def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str, float]]]:
+    """Train the remaining epochs; yields (epoch, metrics row) after each, the next batch sampling."""
+    cfg = run.cfg
+    run.rollouts.fill(1, run.version)
+    for epoch in tqdm(
+        range(run.start, cfg.run.epochs), disable=not progress, desc="train", initial=run.start
+    ):
+        timer = StageTimer()
+        with timer("sample"):
+            batch = run.rollouts.next()
+        run.rollouts.fill(cfg.rollout.max_staleness, run.version)  # sampled while this one trains
+        with timer("score"):
+            scores = score_batch(run.services, batch, cfg.rewards.weights)
+        groups = advantages(run, batch, scores)
+        with timer("update"), run.guard.during("updating", epoch):
+            update = run.learner.update(batch, groups.advantages, groups.valid)
+        with timer("sync"):
+            sync(run, epoch)
+        replicas = run.services.autoscale()  # reward services at their own scale
+        row = metrics_row(run, batch, scores, groups, update, replicas, timer)
+        last = epoch == cfg.run.epochs - 1
+        if due(cfg.run.eval_every, epoch, last):
+            row.update(evaluate_fixed(run))
+        log_epoch(run, epoch, row, batch, scores, last)
+        if due(cfg.run.checkpoint_every, epoch + 1, last):
+            checkpoint(run, epoch)
+        run.history.append(row)
+        yield epoch, row
 
-    `on_epoch_end(epoch, handles)` is called after each epoch with handles = {"rollout", "learner",
-    "services"}, while the next batch is being sampled (fault and scaling tests use it).
-    """
+
+def advantages(run: Run, batch: RolloutBatch, scores: Scores) -> GroupScores:
+    """Group-normalised advantages and validity; items whose group is solved are banned from sampling."""
+    rewards = torch.as_tensor(scores.rewards, dtype=torch.float32)
+    groups = score_groups(rewards, batch.group_ids, batch.item_ids, run.cfg.learner)
+    run.sampler.ban([i for i in groups.banned_items if i not in run.sampler.banned])
+    return groups
+
+
+def sync(run: Run, epoch: int) -> None:
+    """theta_old after the update goes to every rollout worker as the next policy version."""
+    with run.guard.during("sending the sampling weights", epoch):
+        weights = run.learner.sampling_weights()
+    run.version += 1
+    run.rollout.load(weights, run.version)
+    run.rollouts.fill(1, run.version)
+
+
+def evaluate_fixed(run: Run) -> dict[str, float]:
+    """Edit the fixed set with the current sampling policy and score it: `eval/*` metrics."""
+    batch = run.rollout.sample(run.fixed, run.version)
+    return score_batch(run.services, batch, run.cfg.rewards.weights).eval_metrics()
+
+
+def log_epoch(
+    run: Run, epoch: int, row: dict[str, float], batch: RolloutBatch, scores: Scores, last: bool
+) -> None:
+    """metrics.jsonl + TensorBoard, the Ray dashboard's metrics, and a group's image grid now and then."""
+    run.runlog.scalars(epoch, row)
+    replicas = {name: len(run.services.addresses(name)) for name in run.services.clients}
+    record_epoch(epoch, row, run.rollouts.depth, replicas)
+    if due(run.cfg.run.image_every, epoch, last):
+        first = [i for i, g in enumerate(batch.group_ids) if g == batch.group_ids[0]]
+        run.runlog.image_grid(
+            epoch,
+            batch.source_images[first[0]],
+            batch.edited_images[first],
+            batch.edit_masks[first[0]],
+            [float(scores.rewards[i]) for i in first],
+            title=f"epoch {epoch}: {batch.instructions[first[0]]}",
+        )
+
+
+def checkpoint(run: Run, epoch: int) -> None:
+    """A complete checkpoint: learner state, and where the sampler and the policy version stand."""
+    extra = {"epoch": epoch, "policy_version": run.version, "sampler": run.rollouts.sampler_state()}
+    with run.guard.during("saving a checkpoint", epoch):
+        saved = run.learner.save(run.cfg.run.run_dir, extra, run.cfg.run.keep_checkpoints)
+    run.guard.saved(Path(saved))
+
+
+def metrics_row(
+    run: Run,
+    batch: RolloutBatch,
+    scores: Scores,
+    groups: GroupScores,
+    update: dict[str, float],
+    replicas: dict[str, int],
+    timer: StageTimer,
+) -> dict[str, float]:
+    """One epoch's logged scalars: learner, advantages, rewards, policy lag, stage times, counters."""
+    return {
+        **update,
+        **groups.metrics(),
+        **scores.metrics(),
+        **{f"services/{name}_replicas": float(n) for name, n in replicas.items()},
+        "policy/version": float(run.version),
+        "policy/lag": float(run.version - 1 - batch.policy_version),
+        **timer.metrics(),
+        "samples/edits": float(len(batch)),
+        "samples/sampled_total": float(run.rollouts.sampled),
+        "samples/resampled_shards": float(run.rollout.resampled_shards),
+        "services/replica_restarts": float(run.services.restarts_seen),
+    }
+
+
+def due(every: int, epoch: int, last: bool) -> bool:
+    """Every `every` epochs (0 = never) and at the last one."""
+    return bool(every) and (epoch % every == 0 or last)
+
+
+class StageTimer:
+    """Seconds of each named stage of one epoch (`with timer("sample"): ...`), and of the epoch so far."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = time.perf_counter() - t0
+
+    def metrics(self) -> dict[str, float]:
+        """`time/<stage>_s` for every stage, and `time/epoch_s` from the start to now."""
+        return {
+            **{f"time/{stage}_s": s for stage, s in self.seconds.items()},
+            "time/epoch_s": time.perf_counter() - self.start,
+        }
+
+
+@contextlib.contextmanager
+def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
+    """Start every part of a run (or join them to a checkpoint with `resume`); close them on exit."""
     ckpt = _checkpoint_to_resume(cfg) if resume else None  # before anything starts
     init_ray(cfg.run)
-    placement = Placement(cfg)  # first: fails within run.placement_timeout_s, naming the role
-    closing: list[Any] = [placement]
-    try:
+    with contextlib.ExitStack() as parts:
+        placement = _closing(
+            parts, Placement(cfg)
+        )  # first: fails within run.placement_timeout_s, naming the role
         cfg = resolve_models(cfg)
         items = {item.item_id: item for item in load_items(cfg.data)}
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
-        runlog = RunLog(cfg.run.run_dir, dump_config(cfg))
-        closing.insert(0, runlog)
-        learner = LearnerGroup(cfg.policy, cfg.learner, placement)
-        closing.insert(0, learner)
-        rollout = RolloutGroup(cfg.policy, cfg.rollout, placement)
-        closing.insert(0, rollout)
-        services = RewardServices(cfg.rewards)
-        closing.insert(0, services)
-        handles = {"rollout": rollout, "learner": learner, "services": services}
-        return _loop(cfg, ckpt, items, sampler, runlog, handles, progress, on_epoch_end)
-    finally:
-        for part in closing:
-            _close(part)
-
-
-def _loop(
-    cfg: Config,
-    ckpt: Optional[Path],
-    items: dict[str, EditItem],
-    sampler: EpochSampler,
-    runlog: RunLog,
-    handles: dict[str, Any],
-    progress: bool,
-    on_epoch_end: Optional[Hook],
-) -> list[dict[str, float]]:
-    rollout: RolloutGroup = handles["rollout"]
-    learner: LearnerGroup = handles["learner"]
-    services: RewardServices = handles["services"]
-    version, start = 0, 0
-    if ckpt is not None:
-        version, start = _resume(ckpt, learner, sampler)
-    guard = LearnerGuard(cfg, ckpt)
-    with guard.during("loading the sampling weights", start):
-        rollout.load(learner.sampling_weights(), version)
-
-    queue: collections.deque[Pending] = collections.deque()
-    next_draw = start
-    sampled = 0  # edits drawn for training by this invocation; the learner counts what it trained on
-
-    def refill(limit: int) -> None:
-        nonlocal next_draw
-        while len(queue) < limit and next_draw < cfg.run.epochs:
-            state = copy.deepcopy(sampler.state_dict())
-            batch_items = grouped_items(sampler.next_epoch(), items)
-            queue.append(Pending(rollout.sample_async(batch_items, version), state, next_draw))
-            next_draw += 1
-
-    fixed = fixed_eval_items(list(items.values()), cfg.run.eval_items, cfg.run.eval_seeds)
-    history: list[dict[str, float]] = []
-    bar = tqdm(
-        range(start, cfg.run.epochs), disable=not progress, desc="train", initial=start, total=cfg.run.epochs
-    )
-    refill(1)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        pending = queue.popleft()
-        batch = rollout.gather(pending.refs)  # sample
-        sampled += len(batch)
-        t_sample = time.perf_counter()
-        refill(cfg.rollout.max_staleness)  # next batches sample while this one is scored and trained on
-        outcomes = services.score(to_edits(batch))  # score
-        rewards, parts = combine(outcomes, cfg.rewards.weights)
-        t_score = time.perf_counter()
-        groups = score_groups(
-            torch.as_tensor(rewards, dtype=torch.float32), batch.group_ids, batch.item_ids, cfg.learner
+        runlog = _closing(parts, RunLog(cfg.run.run_dir, dump_config(cfg)))
+        learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
+        rollout = _closing(parts, RolloutGroup(cfg.policy, cfg.rollout, placement))
+        services = _closing(parts, RewardServices(cfg.rewards))
+        version, start = _resume(ckpt, learner, sampler) if ckpt is not None else (0, 0)
+        guard = LearnerGuard(cfg, ckpt)
+        with guard.during("loading the sampling weights", start):
+            rollout.load(learner.sampling_weights(), version)
+        yield Run(
+            cfg=cfg,
+            items=items,
+            sampler=sampler,
+            runlog=runlog,
+            learner=learner,
+            rollout=rollout,
+            services=services,
+            rollouts=RolloutQueue(rollout, sampler, items, start, cfg.run.epochs),
+            guard=guard,
+            fixed=fixed_eval_items(list(items.values()), cfg.run.eval_items, cfg.run.eval_seeds),
+            start=start,
+            version=version,
         )
-        sampler.ban([i for i in groups.banned_items if i not in sampler.banned])  # advantages
-        with guard.during("updating", epoch):
-            metrics = learner.update(batch, groups.advantages, groups.valid)  # update
-            weights = learner.sampling_weights()
-            trained = learner.trained_edits()
-        t_update = time.perf_counter()
-        version += 1
-        rollout.load(weights, version)  # sync
-        refill(1)
-        t_sync = time.perf_counter()
-        replicas = services.autoscale()
 
-        row = {
-            **metrics,
-            **groups.metrics(),
-            "reward/mean": float(np.mean(rewards)),
-            **{f"reward/{k}": float(np.mean(v)) for k, v in parts.items()},
-            **_component_means(outcomes),
-            **{f"services/{k}_replicas": float(n) for k, n in replicas.items()},
-            "policy/version": float(version),
-            "policy/lag": float(version - 1 - batch.policy_version),
-            "time/sample_s": t_sample - t0,
-            "time/score_s": t_score - t_sample,
-            "time/update_s": t_update - t_score,
-            "time/sync_s": t_sync - t_update,
-            "time/epoch_s": t_sync - t0,
-            "samples/edits": float(len(batch)),
-            "samples/sampled_total": float(sampled),
-            "samples/trained_total": float(trained),
-            "samples/resampled_shards": float(rollout.resampled_shards),
-            "services/replica_restarts": float(services.restarts_seen),
-        }
-        last = epoch == cfg.run.epochs - 1
-        if cfg.run.eval_every and (epoch % cfg.run.eval_every == 0 or last):
-            row.update(evaluate_fixed(rollout, services, fixed, version, cfg))  # evaluate
-        history.append(row)
-        runlog.scalars(epoch, row)
-        record_epoch(
-            epoch, row, len(queue), {name: len(services.addresses(name)) for name in services.clients}
-        )
-        bar.set_postfix(reward=f"{row['reward/mean']:.3f}", psnr=f"{row.get('pixel/psnr', float('nan')):.1f}")
-        if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == cfg.run.epochs - 1):
-            _log_group(runlog, epoch, batch, rewards)
-        if (cfg.run.checkpoint_every and (epoch + 1) % cfg.run.checkpoint_every == 0) or last:
-            next_state = queue[0].sampler_state if queue else sampler.state_dict()
-            with guard.during("saving a checkpoint", epoch):
-                saved = learner.save(
-                    cfg.run.run_dir,
-                    {"epoch": epoch, "policy_version": version, "sampler": next_state},
-                    cfg.run.keep_checkpoints,
-                )
-            guard.saved(Path(saved))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, handles)
-    return history
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict[str, float]]:
+    """Run cfg.run.epochs epochs (or the remaining ones with resume); returns each epoch's metrics."""
+    with start_run(cfg, resume) as run:
+        for _ in run_epochs(run, progress):
+            pass
+        return run.history
+
+
+def _closing(parts: contextlib.ExitStack, part: Any) -> Any:
+    """Close `part` when the run ends; a failure while closing is logged, never hides the run's own."""
+
+    def close() -> None:
+        try:
+            part.close()
+        except Exception as e:  # noqa: BLE001 - tearing down after a failure must not hide it
+            log.warning("closing %s: %s", type(part).__name__, e)
+
+    parts.callback(close)
+    return part
 
 
 class LearnerGuard:
@@ -223,21 +283,15 @@ class LearnerGuard:
                     f"overrides (run.run_dir={self.cfg.run.run_dir})"
                 )
             raise LearnerFailure(
-                f"the learner failed while {what} at epoch {epoch}: {type(e).__name__}: {_first_line(e)}. "
+                f"the learner failed while {what} at epoch {epoch}: {type(e).__name__}: {_last_line(e)}. "
                 f"The run stops; {how}"
             ) from e
 
 
-def _first_line(e: BaseException) -> str:
+def _last_line(e: BaseException) -> str:
+    """The last line of an exception's text (a Ray error ends with the remote exception's own message)."""
     text = str(e).strip().splitlines()
     return text[-1] if text else repr(e)
-
-
-def _close(part: Any) -> None:
-    try:
-        part.close()
-    except Exception as e:  # noqa: BLE001 - tearing down after a failure must not hide it
-        log.warning("closing %s: %s", type(part).__name__, e)
 
 
 def fixed_eval_items(items: list[EditItem], n_items: int, n_seeds: int) -> list[GroupedItem]:
@@ -247,61 +301,6 @@ def fixed_eval_items(items: list[EditItem], n_items: int, n_seeds: int) -> list[
         for j, item in enumerate(items[:n_items])
         for k in range(n_seeds)
     ]
-
-
-def evaluate_fixed(
-    rollout: RolloutGroup, services: RewardServices, fixed: list[GroupedItem], version: int, cfg: Config
-) -> dict[str, float]:
-    """Edit the fixed set with the current sampling policy and score it: `eval/*` metrics."""
-    batch = rollout.sample(fixed, version)
-    outcomes = services.score(to_edits(batch))
-    rewards, parts = combine(outcomes, cfg.rewards.weights)
-    return {
-        "eval/reward": float(np.mean(rewards)),
-        **{f"eval/{k}": float(np.mean(v)) for k, v in parts.items() if "/" not in k},
-        **{f"eval/{k}": v for k, v in _component_means(outcomes).items() if k.endswith(("psnr", "ssim"))},
-    }
-
-
-def to_edits(batch: RolloutBatch) -> list[Any]:
-    """The batch as reward-proto Edits (PNG-encoded images, the mask, the target when known)."""
-    masks = (batch.edit_masks[:, 0] * 255).round().to(torch.uint8)
-    return [
-        make_edit(
-            edit_id=batch.edit_ids[i],
-            group_id=batch.group_ids[i],
-            policy_version=batch.policy_version,
-            instruction=batch.instructions[i],
-            source_image=batch.source_images[i].permute(1, 2, 0).numpy(),
-            edited_image=batch.edited_images[i].permute(1, 2, 0).numpy(),
-            edit_mask=masks[i].numpy(),
-            target_image=None
-            if batch.target_images is None
-            else batch.target_images[i].permute(1, 2, 0).numpy(),
-        )
-        for i in range(len(batch))
-    ]
-
-
-def _component_means(outcomes: dict[str, list[Any]]) -> dict[str, float]:
-    sums: dict[str, list[float]] = collections.defaultdict(list)
-    for service, outs in outcomes.items():
-        for o in outs:
-            for k, v in o.components.items():
-                sums[f"{service}/{k}"].append(v)
-    return {k: float(np.mean(v)) for k, v in sums.items()}
-
-
-def _log_group(runlog: RunLog, epoch: int, batch: RolloutBatch, rewards: np.ndarray) -> None:
-    first = [i for i, g in enumerate(batch.group_ids) if g == batch.group_ids[0]]
-    runlog.image_grid(
-        epoch,
-        batch.source_images[first[0]],
-        batch.edited_images[first],
-        batch.edit_masks[first[0]],
-        [float(rewards[i]) for i in first],
-        title=f"epoch {epoch}: {batch.instructions[first[0]]}",
-    )
 
 
 def _checkpoint_to_resume(cfg: Config) -> Path:
@@ -362,12 +361,12 @@ def _print_summary(cfg: Config, history: list[dict[str, float]]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from cocoedit.cluster.cli import main as cli_main
+
     parser = argparse.ArgumentParser(prog="python -m cocoedit.cluster.train", description=__doc__)
     parser.add_argument("--config", default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("overrides", nargs="*")
-    from cocoedit.cluster.cli import main as cli_main
-
     args = parser.parse_args(argv)
     config = ["--config", args.config] if args.config else []
     return cli_main(["train", *config, *(["--resume"] if args.resume else []), *args.overrides])

@@ -4,7 +4,8 @@
     client.wait_ready(timeout_s=60)
     outcomes = client.score([make_edit("e0", "g0", 3, "make the cup red", src, out, mask)])
 
-Every call has a deadline (cfg.timeout_s). Requests of cfg.batch_edits edits go out in parallel to
+Every call has a deadline (cfg.timeout_s). Requests of up to cfg.batch_edits edits (and at most
+cfg.max_message_mb on the wire) go out in parallel to
 the least-loaded replica (ties round-robin). Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried,
 with exponential backoff, on another replica when there is one; every other error, and running out
 of retries, raises RewardServiceError naming the service, the addresses and the last error.
@@ -28,11 +29,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cocoedit.protos import reward_pb2, reward_pb2_grpc
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.config import ClientConfig
-from cocoedit.rewards.images import encode_png
+from cocoedit.rewards.images import WIRE_IMAGE_COMPRESS_LEVEL, encode_png
 from cocoedit.rewards.server import SERVICE_NAME, grpc_message_options
 from cocoedit.telemetry import record_reward_latency
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+# Bytes of a request's message kept free of edits when splitting by size (framing of each edit).
+REQUEST_SLACK_BYTES = 64 * 1024
 ImageLike = Union[np.ndarray, torch.Tensor]
 
 
@@ -89,18 +92,23 @@ def make_edit(
     edit_mask: Optional[ImageLike] = None,
     target_image: Optional[ImageLike] = None,
 ) -> reward_pb2.Edit:
-    """A wire Edit from uint8 [H, W, 3] images (numpy or torch) and an [H, W] mask (1/255/True = edit)."""
+    """A wire Edit from uint8 [H, W, 3] images (numpy or torch) and an [H, W] mask (1/255/True = edit).
+
+    Images are stored PNGs (WIRE_IMAGE_COMPRESS_LEVEL), the mask a compressed one (it shrinks ~100x).
+    """
+
+    def image(array: ImageLike, field: str) -> bytes:
+        return encode_png(_to_numpy_uint8(array, field), WIRE_IMAGE_COMPRESS_LEVEL)
+
     return reward_pb2.Edit(
         edit_id=edit_id,
         group_id=group_id,
         policy_version=int(policy_version),
         instruction=instruction,
-        source_image=encode_png(_to_numpy_uint8(source_image, "source_image")),
-        edited_image=encode_png(_to_numpy_uint8(edited_image, "edited_image")),
+        source_image=image(source_image, "source_image"),
+        edited_image=image(edited_image, "edited_image"),
         edit_mask=b"" if edit_mask is None else encode_png(_mask_uint8(edit_mask)),
-        target_image=b""
-        if target_image is None
-        else encode_png(_to_numpy_uint8(target_image, "target_image")),
+        target_image=b"" if target_image is None else image(target_image, "target_image"),
     )
 
 
@@ -278,8 +286,29 @@ class RewardClient:
             )
         return [outcome_from_proto(by_id[e.edit_id]) for e in edits]
 
+    def _requests(self, edits: list[reward_pb2.Edit]) -> list[list[reward_pb2.Edit]]:
+        """Consecutive edits in requests of at most cfg.batch_edits edits and cfg.max_message_mb bytes."""
+        limit = self.cfg.max_message_mb * 1024 * 1024 - REQUEST_SLACK_BYTES
+        requests: list[list[reward_pb2.Edit]] = [[]]
+        size = 0
+        for edit in edits:
+            n = edit.ByteSize()
+            if n > limit:
+                raise ValueError(
+                    f"edit {edit.edit_id!r} is {n / 2**20:.1f} MB on the wire, over rewards.client."
+                    f"max_message_mb={self.cfg.max_message_mb} (and the server's max_message_mb): send "
+                    "smaller images or raise both limits"
+                )
+            if requests[-1] and (len(requests[-1]) == self.cfg.batch_edits or size + n > limit):
+                requests.append([])
+                size = 0
+            requests[-1].append(edit)
+            size += n
+        return requests
+
     def score(self, edits: Sequence[reward_pb2.Edit]) -> list[EditOutcome]:
-        """Score any number of edits: requests of cfg.batch_edits, in parallel over the replicas."""
+        """Score any number of edits: requests of cfg.batch_edits edits at most (fewer where their
+        bytes would pass cfg.max_message_mb), in parallel over the replicas."""
         edits = list(edits)
         if not edits:
             return []
@@ -287,8 +316,7 @@ class RewardClient:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ValueError(f"duplicate edit_id {dup!r}: ids must be unique within one score() call")
-        b = self.cfg.batch_edits
-        chunks = [edits[i : i + b] for i in range(0, len(edits), b)]
+        chunks = self._requests(edits)
         if len(chunks) == 1:
             return self.score_request(chunks[0])
         workers = min(len(chunks), 2 * len(self.addresses))

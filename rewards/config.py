@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
+
+from cocoedit.ranges import Range
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,13 @@ class ServerConfig:
     max_batch_edits: int = 512
     decode_workers: int = 2  # threads decoding PNGs off the event loop
     grace_s: float = 5.0  # graceful shutdown on SIGTERM
+    # Bounded decoding (read from each PNG's header before anything is decoded): an image of more
+    # pixels than this is a per-edit error; so is every edit past the request's decoded-bytes budget.
+    max_image_pixels: Annotated[int, Range(ge=1)] = 4096 * 4096
+    max_request_decoded_mb: Annotated[int, Range(ge=1)] = 2048
+    # A request is decoded and scored in chunks of about this many decoded MB (at least one edit); the
+    # next chunk decodes while one is scored, so decoded images take at most ~2 chunks of memory.
+    chunk_decoded_mb: Annotated[int, Range(ge=1)] = 64
 
 
 @dataclass(frozen=True)
@@ -30,8 +39,8 @@ class PixelConfig:
     window: int = 11
     sigma: float = 1.5
     device: str = "cpu"
-    # CPU: chunks of a request are scored by this many threads, each running torch single-threaded
-    # (0 = one per core); the service sets torch.set_num_threads(1) in its process when it loads.
+    # CPU: the edits of a request are scored by this many threads, one edit each, OpenCV single-threaded
+    # (0 = one per core); the service sets cv2.setNumThreads(1) in its process when it loads.
     threads: int = 0
     replicas: int = 1  # at start
     min_replicas: int = 1  # autoscaling bounds

@@ -1,7 +1,10 @@
 """Masked image-consistency metrics: the pixel reward S_pix and the benchmark conventions.
 
-Pure torch, batched, CPU or GPU. Shapes: images [N, C, H, W] float32 in [0, 1] (C = 3 for RGB),
+Torch, batched, CPU or GPU. Shapes: images [N, C, H, W] float32 in [0, 1] (C = 3 for RGB),
 edit masks [N, 1, H, W] with 1 = region to EDIT (the keep region is B = {edit_mask < 0.5}).
+rewards/metrics_cv.py computes the same S_pix for one uint8 edit with OpenCV (no torch): the CPU
+path of the pixel service (several times faster than torch there, see bench/pixel_service.py);
+this module is the batched path for GPUs, the benchmark conventions and the reference.
 
 Training reward (ALGORITHM.md section 3), `pixel_reward(...)`:
   - compat="standard": MSE over the pixels and channels of B; PSNR = 10 log10(1 / max(MSE, 1e-8));
@@ -10,7 +13,8 @@ Training reward (ALGORITHM.md section 3), `pixel_reward(...)`:
   - compat="release": the authors' released arithmetic: channel-SUMMED squared error over the keep
     area (PSNR 10 log10(C) dB lower), Gaussian window sums divided by the box COUNT of kept pixels in
     the window, +1e-8 in every denominator.
-  - S_pix = 0.35 SSIM + 0.65 min(PSNR / 40, 1); an empty B gives S_pix = 0.
+  - S_pix = 0.35 SSIM + 0.65 clip(PSNR / 40, 0, 1); an empty B gives S_pix = 0. (Release PSNR is below
+    0 dB when the keep region is nearly inverted; the clip keeps S_pix in [0, 1] in both modes.)
 
 Benchmark conventions (ALGORITHM.md section 6), `masked_psnr_ssim(..., convention=...)`:
   - "keep-only": PSNR over the kept pixels; scikit-image's SSIM map (Gaussian, sigma 1.5,
@@ -30,25 +34,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cocoedit.rewards.metrics_cv import MSE_FLOOR, RELEASE_EPS, SSIM_C1, SSIM_C2, gaussian_taps
+
 Compat = Literal["standard", "release"]
 Convention = Literal["keep-only", "pie"]
 CONVENTIONS: tuple[str, ...] = ("keep-only", "pie")
-MSE_FLOOR = 1e-8
-SSIM_C1 = 0.01**2
-SSIM_C2 = 0.03**2
-RELEASE_EPS = 1e-8  # the released scorer adds this to the keep area and the window counts
 BAND_PIXELS = 2**15  # pixels (all images of a batch together) per row band of the SSIM pass
 
 
 def gaussian_kernel1d(window: int, sigma: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """Normalised Gaussian taps [window] centred on window // 2 (float32)."""
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"window={window} must be a positive odd number of pixels (default 11)")
-    if sigma <= 0:
-        raise ValueError(f"sigma={sigma} must be > 0 (default 1.5)")
-    x = torch.arange(window, dtype=torch.float64, device=device) - window // 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return (g / g.sum()).to(torch.float32)
+    return torch.from_numpy(gaussian_taps(window, sigma).copy()).to(device)
 
 
 def _check_batch(edited: torch.Tensor, source: torch.Tensor, edit_mask: torch.Tensor) -> None:
@@ -228,7 +224,7 @@ def pixel_reward(
     mse = masked_mse(edited, source, keep, compat)
     psnr = psnr_from_mse(mse)
     ssim = masked_ssim(edited, source, keep, compat, window, sigma)
-    score = ssim_weight * ssim + psnr_weight * (psnr / psnr_cap_db).clamp(max=1.0)
+    score = ssim_weight * ssim + psnr_weight * (psnr / psnr_cap_db).clamp(0.0, 1.0)
     score = torch.where(keep.sum(dim=(1, 2, 3)) > 0, score, torch.zeros_like(score))
     return {
         "score": score,

@@ -8,37 +8,49 @@ What every service gets from here, so they behave the same:
   - `grpc.aio`, explicit max message sizes, reflection, grpc.health.v1 (NOT_SERVING until
     `await scorer.load()` returned, then SERVING; NOT_SERVING again while shutting down);
   - at most `max_concurrent_calls` Score calls at once, further calls get RESOURCE_EXHAUSTED;
-  - PNG decoding and validation in a thread pool (not on the event loop);
-  - request errors (empty batch, too many edits, duplicate or empty edit ids) -> INVALID_ARGUMENT;
-    per-edit problems (undecodable bytes, size or channel mismatch, missing mask/target/instruction,
-    non-finite scores) -> a per-edit error naming the field; a scorer that raises -> INTERNAL for
-    that call only; while loading -> UNAVAILABLE (clients retry).
+  - bounded decoding: every PNG's header is read before anything is decoded; an image over
+    `max_image_pixels` and every edit past the request's `max_request_decoded_mb` get a per-edit error
+    naming the size and the limit; the request is decoded and scored in chunks of ~`chunk_decoded_mb`
+    (the next chunk decodes in a thread pool while the scorer works on one), so decoded images take
+    ~2 chunks of memory whatever the request holds;
+  - request errors (bytes that are not a ScoreRequest, empty batch, too many edits, duplicate or empty
+    edit ids) -> INVALID_ARGUMENT; per-edit problems (undecodable bytes, size or channel mismatch,
+    16-bit PNGs, missing mask/target/instruction, non-finite scores) -> a per-edit error naming the
+    field; a scorer that raises -> INTERNAL for that call only; while loading -> UNAVAILABLE (clients
+    retry);
+  - shutdown: calls still running after the grace period are cancelled and their decoding and
+    scoring stop within one image / row band, so the process exits right after the grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Union
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cocoedit.protos import reward_pb2, reward_pb2_grpc
 from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import ServerConfig
-from cocoedit.rewards.images import ImageDecodeError, decode_png
+from cocoedit.rewards.images import ImageDecodeError, PngHeader, check_png_header, decode_png, read_png_header
 from cocoedit.telemetry import record_server_request
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
+MB = 1024 * 1024
 
 
 def grpc_message_options(max_message_mb: int) -> list[tuple[str, int]]:
@@ -56,12 +68,82 @@ def _cocoedit_version() -> str:
         return "unknown (not installed)"
 
 
-def _decode_rgb(data: bytes, field: str, required: bool) -> Optional[np.ndarray]:
-    """[H, W, 3] uint8 from PNG bytes of RGB or grey; None when absent and not required."""
-    if not data:
-        if required:
-            raise ValueError(f"{field}: missing (empty bytes)")
-        return None
+def _header(data: bytes, field: str, max_pixels: int) -> PngHeader:
+    try:
+        return check_png_header(read_png_header(data), max_pixels)
+    except ImageDecodeError as e:
+        raise ValueError(f"{field}: {e}") from None
+
+
+def _same_size(header: PngHeader, field: str, source: PngHeader) -> None:
+    if (header.width, header.height) != (source.width, source.height):
+        raise ValueError(
+            f"{field}: {header.width}x{header.height} (WxH) does not match source_image "
+            f"{source.width}x{source.height}"
+        )
+
+
+def _image_header(data: bytes, field: str, max_pixels: int) -> PngHeader:
+    header = _header(data, field, max_pixels)
+    if header.color_type in (4, 6):
+        raise ValueError(
+            f"{field}: has {header.channels} channels ({header.describe()}); send RGB (3) or grey (1) PNGs "
+            "(drop the alpha channel)"
+        )
+    return header
+
+
+class _Images(NamedTuple):
+    """The PNG bytes of an edit, read once (every read of a bytes field of a message copies it)."""
+
+    source: bytes
+    edited: bytes
+    mask: bytes
+    target: bytes
+
+    @classmethod
+    def of(cls, edit: reward_pb2.Edit) -> _Images:
+        return cls(edit.source_image, edit.edited_image, edit.edit_mask, edit.target_image)
+
+
+def check_edit(edit: reward_pb2.Edit, scorer: Scorer, max_image_pixels: Optional[int] = None) -> int:
+    """Check an edit from its PNG headers alone (nothing is decoded); return the bytes its decoded images
+    will take. Raises ValueError naming the field: missing parts, non-PNG bytes, sizes that differ or are
+    over `max_image_pixels`, 16-bit or alpha images, a mask that is not single-channel."""
+    return _check(edit, _Images.of(edit), scorer, max_image_pixels)
+
+
+def _check(edit: reward_pb2.Edit, images: _Images, scorer: Scorer, max_image_pixels: Optional[int]) -> int:
+    limit = max_image_pixels or 2**62
+    if scorer.needs_instruction and not edit.instruction.strip():
+        raise ValueError(f"instruction: empty, but the {scorer.service} service needs the edit instruction")
+    for name, data in (("source_image", images.source), ("edited_image", images.edited)):
+        if not data:
+            raise ValueError(f"{name}: missing (empty bytes)")
+    source = _image_header(images.source, "source_image", limit)
+    _same_size(_image_header(images.edited, "edited_image", limit), "edited_image", source)
+    per_pixel = 3 + 3  # source and edited, uint8 RGB (grey is expanded)
+    if images.mask:
+        mask = _header(images.mask, "edit_mask", limit)
+        if mask.channels != 1:
+            raise ValueError(
+                f"edit_mask: has {mask.channels} channels ({mask.describe()}); send a single-channel (grey) "
+                "PNG, 255 = edit"
+            )
+        _same_size(mask, "edit_mask", source)
+        per_pixel += 1 + 4  # decoded uint8, kept as float32
+    elif scorer.needs_mask:
+        raise ValueError(f"edit_mask: missing, but the {scorer.service} service needs the edit mask")
+    if images.target:
+        _same_size(_image_header(images.target, "target_image", limit), "target_image", source)
+        per_pixel += 3
+    elif scorer.needs_target:
+        raise ValueError(f"target_image: missing, but the {scorer.service} service needs the target image")
+    return source.pixels * per_pixel
+
+
+def _decode_rgb(data: bytes, field: str) -> np.ndarray:
+    """[H, W, 3] uint8 from PNG bytes of RGB, grey or palette (header already checked)."""
     try:
         image = decode_png(data)
     except ImageDecodeError as e:
@@ -75,44 +157,28 @@ def _decode_rgb(data: bytes, field: str, required: bool) -> Optional[np.ndarray]
     return image
 
 
-def decode_edit(edit: reward_pb2.Edit, scorer: Scorer) -> DecodedEdit:
-    """Decode and validate one edit for `scorer`; raise ValueError naming the field on bad input."""
-    if scorer.needs_instruction and not edit.instruction.strip():
-        raise ValueError(f"instruction: empty, but the {scorer.service} service needs the edit instruction")
-    source = _decode_rgb(edit.source_image, "source_image", required=True)
-    edited = _decode_rgb(edit.edited_image, "edited_image", required=True)
-    if edited.shape != source.shape:
-        raise ValueError(
-            f"edited_image: {edited.shape[1]}x{edited.shape[0]} (WxH) does not match source_image "
-            f"{source.shape[1]}x{source.shape[0]}"
-        )
+def decode_edit(edit: reward_pb2.Edit, scorer: Scorer, max_image_pixels: Optional[int] = None) -> DecodedEdit:
+    """Check (check_edit) then decode one edit for `scorer`; raise ValueError naming the field on bad input."""
+    images = _Images.of(edit)
+    _check(edit, images, scorer, max_image_pixels)
+    source = _decode_rgb(images.source, "source_image")
+    edited = _decode_rgb(images.edited, "edited_image")
     warnings: list[str] = []
     mask = None
-    if edit.edit_mask:
+    if images.mask:
         try:
-            raw = decode_png(edit.edit_mask)
+            raw = decode_png(images.mask)
         except ImageDecodeError as e:
             raise ValueError(f"edit_mask: {e}") from None
         if raw.ndim != 2:
             raise ValueError(
                 f"edit_mask: has {raw.shape[2]} channels; send a single-channel (grey) PNG, 255 = edit"
             )
-        if raw.shape != source.shape[:2]:
-            raise ValueError(
-                f"edit_mask: {raw.shape[1]}x{raw.shape[0]} (WxH) does not match source_image "
-                f"{source.shape[1]}x{source.shape[0]}"
-            )
-        if not np.isin(raw, (0, 255)).all():
+        # raw + 1 wraps 255 to 0: only 0 and 255 stay <= 1 (one pass, unlike np.isin)
+        if np.any(raw + np.uint8(1) > 1):
             warnings.append("edit_mask was not binary (values other than 0 and 255); binarised at 0.5")
         mask = (raw >= 128).astype(np.float32)  # 128/255 >= 0.5 > 127/255
-    elif scorer.needs_mask:
-        raise ValueError(f"edit_mask: missing, but the {scorer.service} service needs the edit mask")
-    target = _decode_rgb(edit.target_image, "target_image", required=scorer.needs_target)
-    if target is not None and target.shape != source.shape:
-        raise ValueError(
-            f"target_image: {target.shape[1]}x{target.shape[0]} (WxH) does not match source_image "
-            f"{source.shape[1]}x{source.shape[0]}"
-        )
+    target = _decode_rgb(images.target, "target_image") if images.target else None
     return DecodedEdit(
         edit_id=edit.edit_id,
         group_id=edit.group_id,
@@ -126,14 +192,27 @@ def decode_edit(edit: reward_pb2.Edit, scorer: Scorer) -> DecodedEdit:
     )
 
 
-def _decode_many(edits: list[reward_pb2.Edit], scorer: Scorer) -> list[DecodedEdit | str]:
-    out: list[DecodedEdit | str] = []
-    for edit in edits:
+@dataclass(frozen=True)
+class _CorruptRequest:
+    """What the request deserializer returns for bytes that are not the expected message."""
+
+    message: str
+
+
+def _parser(message_type: type) -> Callable[[bytes], object]:
+    """A request deserializer that never raises (a raising one makes gRPC answer UNKNOWN)."""
+    name = message_type.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> object:
         try:
-            out.append(decode_edit(edit, scorer))
-        except ValueError as e:
-            out.append(str(e))
-    return out
+            return message_type.FromString(data)
+        except DecodeError as e:
+            return _CorruptRequest(
+                f"request bytes ({len(data)}) are not a valid {name} ({e}); build requests with "
+                "cocoedit.protos.reward_pb2 or RewardClient"
+            )
+
+    return parse
 
 
 def _check_outcome(outcome: EditOutcome) -> Optional[str]:
@@ -165,10 +244,30 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         self._decode_pool = ThreadPoolExecutor(
             max_workers=max(1, cfg.decode_workers), thread_name_prefix="png"
         )
+        self._closing = threading.Event()  # decoding threads stop between images once set
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Register Score and Info; requests that do not parse reach the handlers as _CorruptRequest."""
+        handlers = {
+            "Score": grpc.unary_unary_rpc_method_handler(
+                self.Score,
+                request_deserializer=_parser(reward_pb2.ScoreRequest),
+                response_serializer=reward_pb2.ScoreReply.SerializeToString,
+            ),
+            "Info": grpc.unary_unary_rpc_method_handler(
+                self.Info,
+                request_deserializer=_parser(reward_pb2.InfoRequest),
+                response_serializer=reward_pb2.InfoReply.SerializeToString,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
     async def Info(
-        self, request: reward_pb2.InfoRequest, context: grpc.aio.ServicerContext
+        self, request: Union[reward_pb2.InfoRequest, _CorruptRequest], context: grpc.aio.ServicerContext
     ) -> reward_pb2.InfoReply:
+        if isinstance(request, _CorruptRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         return reward_pb2.InfoReply(
             service=self.scorer.service,
             score_name=self.scorer.score_name,
@@ -178,9 +277,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         )
 
     async def Score(
-        self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+        self, request: Union[reward_pb2.ScoreRequest, _CorruptRequest], context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreReply:
         name = self.scorer.service
+        if isinstance(request, _CorruptRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         if self.load_error is not None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"{name} scorer failed to load: {self.load_error!r}"
@@ -224,59 +325,140 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             seen.add(e.edit_id)
         return None
 
+    def _plan(self, edits: list[reward_pb2.Edit]) -> tuple[dict[int, str], list[list[int]]]:
+        """From the PNG headers alone: per-edit errors by index, and the chunks (lists of indices, in
+        order) of the edits to decode, each of ~chunk_decoded_mb decoded bytes (at least one edit)."""
+        cfg = self.cfg
+        budget, chunk_bytes = cfg.max_request_decoded_mb * MB, cfg.chunk_decoded_mb * MB
+        errors: dict[int, str] = {}
+        chunks: list[list[int]] = []
+        spent = in_chunk = 0
+        for i, edit in enumerate(edits):
+            try:
+                size = check_edit(edit, self.scorer, cfg.max_image_pixels)
+            except ValueError as e:
+                errors[i] = str(e)
+                continue
+            if spent + size > budget:
+                errors[i] = (
+                    f"request over its decoded-bytes budget: this edit decodes to {size / MB:.1f} MB and the "
+                    f"edits before it to {spent / MB:.1f} MB, over max_request_decoded_mb="
+                    f"{cfg.max_request_decoded_mb}; send it in another request (fewer edits per request)"
+                )
+                continue
+            spent += size
+            if not chunks or in_chunk + size > chunk_bytes:
+                chunks.append([])
+                in_chunk = 0
+            chunks[-1].append(i)
+            in_chunk += size
+        return errors, chunks
+
+    def _decode_many(self, edits: list[reward_pb2.Edit]) -> list[DecodedEdit | str]:
+        out: list[DecodedEdit | str] = []
+        for edit in edits:
+            if self._closing.is_set():
+                out.append("server shutting down")
+                continue
+            try:
+                out.append(decode_edit(edit, self.scorer, self.cfg.max_image_pixels))
+            except ValueError as e:
+                out.append(str(e))
+        return out
+
+    async def _decode_chunk(self, edits: list[reward_pb2.Edit]) -> list[DecodedEdit | str]:
+        """Decode edits split over the decode threads; results in order."""
+        loop = asyncio.get_running_loop()
+        size = -(-len(edits) // max(1, min(self.cfg.decode_workers, len(edits))))
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._decode_pool, self._decode_many, edits[i : i + size])
+                for i in range(0, len(edits), size)
+            )
+        )
+        decoded = []
+        for part in parts:
+            decoded += part
+            part.clear()  # the executor's futures keep their results in reference cycles until a collection
+        return decoded
+
     async def _score(
         self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreReply:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         edits = list(request.edits)
-        parts = max(1, min(self.cfg.decode_workers, len(edits)))
-        size = -(-len(edits) // parts)
-        decoded_parts = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._decode_pool, _decode_many, edits[i : i + size], self.scorer)
-                for i in range(0, len(edits), size)
+        errors, chunks = await loop.run_in_executor(self._decode_pool, self._plan, edits)
+        results: dict[int, EditOutcome | str] = dict(errors)
+
+        def decode(k: int) -> Optional[asyncio.Task]:
+            return (
+                asyncio.ensure_future(self._decode_chunk([edits[i] for i in chunks[k]]))
+                if k < len(chunks)
+                else None
             )
-        )
-        decoded = [d for part in decoded_parts for d in part]
-        valid = [d for d in decoded if isinstance(d, DecodedEdit)]
-        outcomes: dict[str, EditOutcome] = {}
-        if valid:
-            try:
-                scored = await self.scorer.score(valid)
-            except Exception as e:  # one failing call must not take the server down
-                log.exception("%s scorer raised on %d edits", self.scorer.service, len(valid))
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"{self.scorer.service} scorer raised {type(e).__name__}: {e}"
-                )
-            ids = [o.edit_id for o in scored]
-            if ids != [d.edit_id for d in valid]:
-                await context.abort(
-                    grpc.StatusCode.INTERNAL,
-                    f"{self.scorer.service} scorer returned outcomes for {ids[:4]}... but was asked for "
-                    f"{[d.edit_id for d in valid][:4]}... (count {len(ids)} vs {len(valid)}, order must match)",
-                )
-            outcomes = {o.edit_id: o for o in scored}
+
+        pending = decode(0)
+        try:
+            for k, chunk in enumerate(chunks):
+                decoded = await pending
+                pending = decode(k + 1)  # decodes while this chunk is scored
+                valid, indices = [], []
+                for i, d in zip(chunk, decoded, strict=True):
+                    if isinstance(d, str):
+                        results[i] = d
+                    else:
+                        valid.append(d)
+                        indices.append(i)
+                if valid:
+                    results.update(zip(indices, await self._score_valid(valid, context), strict=True))
+                # this chunk's pixels go now, not when the collector breaks the futures' reference cycles
+                decoded.clear()
+                valid.clear()
+        finally:
+            if pending is not None:
+                pending.cancel()
         reply = reward_pb2.ScoreReply(service=self.scorer.service)
-        for edit, d in zip(edits, decoded, strict=True):
+        for i, edit in enumerate(edits):
             item = reply.scores.add(edit_id=edit.edit_id)
-            if isinstance(d, str):
-                item.error = d
+            result = results[i]
+            if isinstance(result, str):
+                item.error = result
                 continue
-            outcome = outcomes[edit.edit_id]
-            item.warnings.extend(outcome.warnings)
-            problem = _check_outcome(outcome)
+            item.warnings.extend(result.warnings)
+            problem = _check_outcome(result)
             if problem is not None:
                 item.error = problem
-            elif outcome.error is not None:
-                item.error = outcome.error
+            elif result.error is not None:
+                item.error = result.error
             else:
-                item.scored.score = float(min(max(outcome.score, 0.0), 1.0))
-                item.scored.components.update({k: float(v) for k, v in outcome.components.items()})
+                item.scored.score = float(min(max(result.score, 0.0), 1.0))
+                item.scored.components.update({k: float(v) for k, v in result.components.items()})
         reply.elapsed_s = time.perf_counter() - t0
         return reply
 
+    async def _score_valid(
+        self, valid: list[DecodedEdit], context: grpc.aio.ServicerContext
+    ) -> list[EditOutcome]:
+        """The scorer's outcomes for decoded edits, in order; INTERNAL for this call if it raises."""
+        try:
+            scored = await self.scorer.score(valid)
+        except Exception as e:  # one failing call must not take the server down
+            log.exception("%s scorer raised on %d edits", self.scorer.service, len(valid))
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"{self.scorer.service} scorer raised {type(e).__name__}: {e}"
+            )
+        ids = [o.edit_id for o in scored]
+        if ids != [d.edit_id for d in valid]:
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"{self.scorer.service} scorer returned outcomes for {ids[:4]}... but was asked for "
+                f"{[d.edit_id for d in valid][:4]}... (count {len(ids)} vs {len(valid)}, order must match)",
+            )
+        return scored
+
     def close(self) -> None:
+        self._closing.set()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -354,7 +536,7 @@ async def start_server(scorer: Scorer, cfg: ServerConfig, wait_loaded: bool = Tr
     server = grpc.aio.server(
         options=grpc_message_options(cfg.max_message_mb) + [("grpc.so_reuseport", 0)],
     )
-    reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, server)
+    servicer.add_to_server(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     from grpc_reflection.v1alpha import reflection
@@ -481,6 +663,9 @@ def run_standalone(scorer: Scorer, cfg: ServerConfig) -> int:
     """
 
     async def main() -> int:
+        # The objects of the imports live as long as the process: frozen, the collector skips them,
+        # also in its passes at exit (measured: ~0.4 s of the time from SIGTERM to exit on 2 busy cores).
+        gc.freeze()
         srv = await start_server(scorer, cfg, wait_loaded=False)
         print(f"{scorer.service} reward service listening on {srv.address}", flush=True)
         stop = asyncio.Event()

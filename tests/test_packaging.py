@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +14,16 @@ PARTS = ("actors", "rewards", "learner", "protos", "cluster")
 
 
 def test_the_wheel_holds_only_cocoedit_and_runs_outside_the_checkout(tmp_path: Path) -> None:
+    # Build from a copy of the files git knows: setuptools' build/ folder in the checkout could hold
+    # stale modules, and the copy is what a clean clone would package.
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    source = tmp_path / "source"
+    for name in files:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     build = subprocess.run(
         [
             "uv",
@@ -23,7 +34,7 @@ def test_the_wheel_holds_only_cocoedit_and_runs_outside_the_checkout(tmp_path: P
             sys.executable,
             "-o",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,

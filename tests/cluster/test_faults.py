@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.train import LearnerFailure, train
+from cocoedit.cluster.train import LearnerFailure, run_epochs, start_run
 from cocoedit.learner.checkpoint import latest_checkpoint
 from tests.cluster.test_train import TINY
 
@@ -39,25 +39,22 @@ def test_scaling_and_faults_mid_run_lose_no_sample(ray_local, cache: Path, tmp_p
         ],
     )
     seen: dict[str, object] = {}
-
-    def on_epoch_end(epoch: int, handles: dict) -> None:
-        services, rollout = handles["services"], handles["rollout"]
-        if epoch == 0:
-            services.scale("pixel", 2)
-            seen["added"] = services.stats("pixel")[1]["pid"]
-        if epoch == 1:
-            seen["pixel_calls_before_kill"] = [s["score_calls"] for s in services.stats("pixel")]
-            victim = services.stats("pixel")[0]
-            seen["killed_address"] = victim["address"]
-            os.kill(victim["pid"], signal.SIGKILL)  # a crash, not a polite stop
-            ray.kill(
-                rollout.workers[0], no_restart=False
-            )  # Ray restarts it; its shard in flight is re-sampled
-        if epoch == 3:
-            seen["final_stats"] = services.stats("pixel")
-            seen["addresses"] = services.addresses("pixel")
-
-    history = train(cfg, progress=False, on_epoch_end=on_epoch_end)
+    with start_run(cfg) as run:
+        services, rollout = run.services, run.rollout
+        for epoch, _ in run_epochs(run):  # the next epoch's batch is sampling while the body runs
+            if epoch == 0:
+                services.scale("pixel", 2)
+                seen["added"] = services.stats("pixel")[1]["pid"]
+            if epoch == 1:
+                seen["pixel_calls_before_kill"] = [s["score_calls"] for s in services.stats("pixel")]
+                victim = services.stats("pixel")[0]
+                seen["killed_address"] = victim["address"]
+                os.kill(victim["pid"], signal.SIGKILL)  # a crash, not a polite stop
+                ray.kill(rollout.workers[0], no_restart=False)  # restarted by Ray; its shard is re-sampled
+            if epoch == 3:
+                seen["final_stats"] = services.stats("pixel")
+                seen["addresses"] = services.addresses("pixel")
+        history = run.history
 
     assert len(history) == 4
     last = history[-1]
@@ -89,12 +86,10 @@ def test_learner_failure_names_the_checkpoint_to_resume_from(ray_local, cache: P
         ],
     )
 
-    def on_epoch_end(epoch: int, handles: dict) -> None:
-        if epoch == 0:
-            ray.kill(handles["learner"].ranks[0], no_restart=True)
-
-    with pytest.raises(LearnerFailure) as e:
-        train(cfg, progress=False, on_epoch_end=on_epoch_end)
+    with pytest.raises(LearnerFailure) as e, start_run(cfg) as run:
+        for epoch, _ in run_epochs(run):
+            if epoch == 0:
+                ray.kill(run.learner.ranks[0], no_restart=True)
     ckpt = latest_checkpoint(tmp_path / "run")
     assert ckpt is not None
     msg = str(e.value)

@@ -31,6 +31,22 @@ def test_requests_split_in_order_with_per_edit_errors_kept(pixel_server) -> None
         client.score([edits[0], edits[0]])
 
 
+def test_requests_split_by_bytes_below_the_message_limit(pixel_server) -> None:
+    edits = make_edits(6, 256, 256, seed=3)  # two stored 256 px RGB PNGs: ~0.38 MB an edit
+    sizes = [e.ByteSize() / 2**20 for e in edits]
+    assert all(0.34 < s < 0.5 for s in sizes), sizes
+    client = RewardClient([pixel_server.address], ClientConfig(batch_edits=64, max_message_mb=1), "pixel")
+    calls_before = pixel_server.server.servicer.score_calls
+    out = client.score(edits)
+    assert pixel_server.server.servicer.score_calls - calls_before == 3  # 2 edits (< 1 MB) a request
+    assert [o.edit_id for o in out] == [e.edit_id for e in edits] and all(o.error is None for o in out)
+    big = make_edits(1, 600, 600, prefix="big")
+    with pytest.raises(
+        ValueError, match=r"edit 'big0' is 2.1 MB on the wire, over rewards.client.max_message_mb=1"
+    ):
+        client.score(big)
+
+
 def test_balances_across_replicas_and_survives_a_killed_one(serve) -> None:
     a = serve(PixelScorer(PixelConfig(threads=1)))
     b = serve(PixelScorer(PixelConfig(threads=1)))

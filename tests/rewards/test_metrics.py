@@ -4,6 +4,7 @@ against scikit-image."""
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from cocoedit.rewards.metrics import (
     pixel_reward,
     uint8_to_unit,
 )
+from cocoedit.rewards.metrics_cv import ScoringStopped, pixel_reward_cv
 
 
 def batch(rng: np.random.Generator, n: int, h: int, w: int, noise: float = 0.05):
@@ -219,3 +221,72 @@ def test_row_bands_do_not_change_the_result(monkeypatch, band_pixels: int) -> No
         for i in range(4):
             ref = reference_s_pix(edited[i].numpy(), source[i].numpy(), masks[i, 0].numpy(), compat)
             assert out["ssim"][i].item() == pytest.approx(ref["ssim"], abs=1e-5)
+
+
+def uint8_batch(rng: np.random.Generator, n: int, h: int, w: int):
+    """edited, source [N, H, W, 3] uint8 and edit masks [N, H, W] float32 in {0, 1} from batch()."""
+    edited, source, masks = batch(rng, n, h, w)
+    to_u8 = lambda t: (t.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+    return to_u8(edited), to_u8(source), masks[:, 0].numpy()
+
+
+@pytest.mark.parametrize("compat", ["standard", "release"])
+@pytest.mark.parametrize("band_pixels", [1, 10**9])  # one band per 32 rows (halos cut), one band
+def test_opencv_path_matches_float64_reference(monkeypatch, compat: str, band_pixels: int) -> None:
+    import cocoedit.rewards.metrics_cv
+
+    monkeypatch.setattr(cocoedit.rewards.metrics_cv, "CV_BAND_PIXELS", band_pixels)
+    edited, source, masks = uint8_batch(np.random.default_rng(12), 4, 77, 29)
+    masks[0, :40] = 1  # a band with nothing kept is skipped
+    unit = lambda a: a.transpose(2, 0, 1).astype(np.float64) / 255  # noqa: E731
+    torch_out = pixel_reward(
+        uint8_to_unit(torch.from_numpy(edited)),
+        uint8_to_unit(torch.from_numpy(source)),
+        torch.from_numpy(masks)[:, None],
+        compat=compat,
+    )
+    for i in range(4):
+        out = pixel_reward_cv(edited[i], source[i], masks[i], compat=compat)
+        ref = reference_s_pix(unit(edited[i]), unit(source[i]), masks[i], compat)
+        assert out["ssim"] == pytest.approx(ref["ssim"], abs=1e-5)
+        assert out["score"] == pytest.approx(ref["score"], abs=1e-5)
+        assert out["psnr"] == pytest.approx(ref["psnr"], abs=1e-4)
+        assert out["mse"] == pytest.approx(ref["mse"], rel=1e-5)
+        assert out["keep_fraction"] == pytest.approx(1 - masks[i].mean())
+        for k in ("score", "ssim", "mse", "psnr"):  # the torch path, to float32 rounding
+            assert out[k] == pytest.approx(torch_out[k][i].item(), rel=1e-5, abs=1e-6)
+
+
+def test_opencv_path_empty_keep_region_and_stop() -> None:
+    edited, source, _ = uint8_batch(np.random.default_rng(13), 1, 16, 16)
+    out = pixel_reward_cv(edited[0], source[0], np.ones((16, 16), np.float32))
+    assert out["score"] == 0.0 and out["keep_fraction"] == 0.0
+    assert all(math.isnan(out[k]) for k in ("psnr", "ssim", "mse"))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ScoringStopped):
+        pixel_reward_cv(edited[0], source[0], np.zeros((16, 16), np.float32), stop=stop)
+    with pytest.raises(ValueError, match="uint8"):
+        pixel_reward_cv(edited[0].astype(np.float32), source[0], np.zeros((16, 16)))
+
+
+def test_release_score_is_not_negative_below_0_db() -> None:
+    """Black vs white keep region: the release PSNR (channel-summed MSE = 3) is -4.8 dB; its share of
+    S_pix is clipped at 0 as in standard mode, so S_pix = 0.35 SSIM (~0.017), not 0.35 SSIM - 0.078."""
+    white = np.full((1, 32, 32, 3), 255, np.uint8)
+    black = np.zeros_like(white)
+    mask = np.zeros((1, 32, 32), np.float32)
+    mask[:, 8:16, 8:16] = 1
+    out = pixel_reward(
+        uint8_to_unit(torch.from_numpy(black)),
+        uint8_to_unit(torch.from_numpy(white)),
+        torch.from_numpy(mask)[:, None],
+        compat="release",
+    )
+    assert out["psnr"].item() == pytest.approx(-10 * math.log10(3), abs=1e-4)
+    assert out["score"].item() == pytest.approx(0.35 * out["ssim"].item(), abs=1e-7)
+    assert 0.01 < out["score"].item() < 0.03
+    cv = pixel_reward_cv(black[0], white[0], mask[0], compat="release")
+    assert cv["score"] == pytest.approx(out["score"].item(), abs=1e-6)
+    standard = pixel_reward_cv(black[0], white[0], mask[0])
+    assert standard["psnr"] == pytest.approx(0.0) and standard["score"] >= 0
