@@ -219,12 +219,3 @@ def cli_check(args: argparse.Namespace) -> int:
     if keep < 0.5:
         print("warning: the keep region is under half the image on average; the masks may be inverted")
     return 0
-
-
-# Until cluster/train.py moves to load_index (the loop is being restructured): its imports, served by
-# the index, so training already reads items on the workers.
-from cocoedit.actors.epochs import EpochSampler, grouped_items  # noqa: E402, F401
-
-
-def load_items(cfg: DataConfig) -> list[EditItem | ItemRef]:
-    return list(load_index(cfg).values())

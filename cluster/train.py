@@ -29,8 +29,9 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
-from cocoedit.actors.data import EpochSampler, load_items
-from cocoedit.actors.types import EditItem, GroupedItem, RolloutBatch
+from cocoedit.actors.data import load_index
+from cocoedit.actors.epochs import EpochSampler
+from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
 from cocoedit.cluster.config import Config, dump_config
 from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
 from cocoedit.cluster.launch import init_ray, resolve_models
@@ -55,7 +56,7 @@ class Run:
     """The parts of one training run, as `start_run` built them."""
 
     cfg: Config
-    items: dict[str, EditItem]  # item_id -> item
+    items: dict[str, EditItem | ItemRef]  # item_id -> item (ItemRef: read by the rollout workers)
     sampler: EpochSampler
     runlog: RunLog
     learner: LearnerGroup
@@ -212,7 +213,7 @@ def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
             parts, Placement(cfg)
         )  # first: fails within run.placement_timeout_s, naming the role
         cfg = resolve_models(cfg)
-        items = {item.item_id: item for item in load_items(cfg.data)}
+        items = load_index(cfg.data)
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
         runlog = _closing(parts, RunLog(cfg.run.run_dir, dump_config(cfg)))
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
@@ -294,7 +295,7 @@ def _last_line(e: BaseException) -> str:
     return text[-1] if text else repr(e)
 
 
-def fixed_eval_items(items: list[EditItem], n_items: int, n_seeds: int) -> list[GroupedItem]:
+def fixed_eval_items(items: list[EditItem | ItemRef], n_items: int, n_seeds: int) -> list[GroupedItem]:
     """The first n_items items, each with n_seeds fixed noise seeds (outside the training seed range)."""
     return [
         GroupedItem(item, f"eval:{item.item_id}", f"eval:{item.item_id}:{k}", 2**30 + j * n_seeds + k)
