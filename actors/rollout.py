@@ -87,6 +87,10 @@ class RolloutWorker:
         """Start reading the files of items this worker will sample next; returns at once."""
         self._items.prefetch(items)
 
+    def reads(self) -> dict[str, int]:
+        """Items this worker took from a prefetch and items it had to read when asked to sample them."""
+        return {"prefetched": self._items.hits, "read_on_the_spot": self._items.misses}
+
     @torch.no_grad()
     def sample(self, items: list[GroupedItem], policy_version: int) -> RolloutBatch:
         """Sample one edit per GroupedItem with theta_old, in micro-batches of rollout.batch_size."""
