@@ -1,12 +1,13 @@
 """`cocoedit edit`: edit one image with the STOCK diffusers pipeline of a model directory (+ a LoRA).
 
-    cocoedit edit --model DIR [--lora FILE] --image IN --instruction TEXT --out OUT \
+    cocoedit edit --model DIR [--lora FILE|DIR] --image IN --instruction TEXT --out OUT \
         [--steps N] [--seed S] [--size PX]
 
 The family (FLUX.1-Kontext, Qwen-Image-Edit, Qwen-Image-Edit-2509) comes from DIR/model_index.json.
-A LoRA written by `actors.policies.lora.export_diffusers_lora` (or any diffusers LoRA) is applied with
-`pipe.load_lora_weights`. `--size` center-crops the input to a square and resizes it to PX with the
-same function that prepares training items; the edit has the input's size. bf16 on a GPU, float32 on CPU.
+A LoRA written by training (`RUN_DIR/lora`, a checkpoint's `lora/`, `cocoedit export`) or any diffusers
+LoRA file or directory is applied with `pipe.load_lora_weights`. `--size` center-crops the input to a
+square and resizes it to PX with the same function that prepares training items; the edit has the
+input's size. bf16 on a GPU, float32 on CPU.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def build_pipeline(model: str | Path, lora: Optional[str | Path] = None) -> tupl
     )
     pipe.to("cuda" if cuda else "cpu")
     if lora is not None:
-        if not Path(lora).is_file():
+        if not Path(lora).exists():
             raise FileNotFoundError(f"--lora {lora} does not exist")
         pipe.load_lora_weights(str(lora))
     return pipe, family

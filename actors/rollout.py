@@ -7,10 +7,11 @@ A plain class; `cluster/` makes it a Ray actor (`ray.remote(RolloutWorker)`), te
     batch = worker.sample(grouped_items, policy_version=0)     # RolloutBatch
     worker.load_weights(learner_sampling_state, version=1)     # new theta_old
 
-Each edit's initial noise comes from its own `GroupedItem.seed` (a CPU generator, drawn on the VAE
-latent grid [1, C, h, w] and packed, as the diffusers pipelines draw it for batch size 1), so an edit's
-result does not depend on which worker samples it or on its batch-mates. Items given as ItemRefs are
-read by the worker that samples them (actors.items), ahead of time when it was told to `prefetch` them.
+Each edit's initial noise comes from its own `GroupedItem.seed` (`samplers.initial_noise`: a CPU
+generator, drawn as the diffusers pipelines draw it for batch size 1), so an edit's result does not
+depend on which worker samples it or on its batch-mates. The batch holds each group's condition once.
+Items given as ItemRefs are read by the worker that samples them (actors.items), ahead of time when it
+was told to `prefetch` them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from cocoedit.actors.config import PolicyConfig, RolloutConfig
 from cocoedit.actors.items import ItemPrefetcher
 from cocoedit.actors.policies.base import EditPolicy
-from cocoedit.actors.samplers import SAMPLERS, sample, shifted_sigmas
+from cocoedit.actors.samplers import SAMPLERS, initial_noise, sample, shifted_sigmas
 from cocoedit.actors.types import Condition, GroupedItem, RolloutBatch
 from cocoedit.telemetry import record_sample
 
@@ -73,15 +74,7 @@ class RolloutWorker:
     def sigmas(self, height: int, width: int) -> torch.Tensor:
         """The sampler's sigma schedule [T + 1] for height x width images."""
         length, _ = self.policy.latent_shape(height, width)
-        return shifted_sigmas(self.rollout_cfg.num_steps, length, dict(self.policy.pipe.scheduler.config))
-
-    def initial_noise(self, generator: torch.Generator, height: int, width: int) -> torch.Tensor:
-        """x_1 of one edit: [L, D] float32, drawn from `generator` (CPU, seeded with the edit's seed)."""
-        policy = self.policy
-        policy.check_size(height, width)
-        h, w = height // policy.vae_scale_factor, width // policy.vae_scale_factor
-        grid = torch.randn((1, policy.latent_channels, h, w), generator=generator, dtype=torch.float32)
-        return policy.pack(grid)[0]
+        return shifted_sigmas(self.rollout_cfg.num_steps, length, self.policy.scheduler_config())
 
     def prefetch(self, items: list[GroupedItem]) -> None:
         """Start reading the files of items this worker will sample next; returns at once."""
@@ -121,14 +114,15 @@ class RolloutWorker:
                 group_index[gi.group_id] = len(per_group)
                 per_group.append(policy.encode_condition([gi.item.instruction], gi.item.source_image[None]))
         groups = policy.merge_conditions(per_group)
-        condition = groups.select([group_index[gi.group_id] for gi in items])
+        rows = torch.tensor([group_index[gi.group_id] for gi in items], dtype=torch.long)
         timings["encode_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
         sigmas = self.sigmas(height, width)
         # One generator per edit: the initial noise, then (sde) the noise of every step, continue its stream.
         generators = [torch.Generator().manual_seed(gi.seed) for gi in items]
-        noise = torch.stack([self.initial_noise(g, height, width) for g in generators])
+        noise = torch.stack([initial_noise(policy, g, height, width) for g in generators])
+        on_device = groups.to(policy.device)
         x0, edited, trajectory, log_probs = [], [], [], []
         decode_s = 0.0
         for lo in range(0, len(items), cfg.batch_size):
@@ -136,7 +130,7 @@ class RolloutWorker:
             with policy.adapter("old"):
                 result = sample(
                     policy,
-                    condition.select(idx).to(policy.device),
+                    on_device.select(rows[idx]),
                     noise[idx].to(policy.device),
                     sigmas,
                     cfg.sampler,
@@ -164,8 +158,9 @@ class RolloutWorker:
             instructions=[gi.item.instruction for gi in items],
             policy_version=self._version,
             x0=torch.cat(x0),
-            source_latents=policy.source_latents(condition).float().cpu(),
-            condition=condition.to("cpu"),
+            source_latents=policy.source_latents(groups).float().cpu(),
+            condition=groups.to("cpu"),
+            group_index=rows,
             edited_images=torch.cat(edited),
             source_images=torch.stack([gi.item.source_image for gi in items]),
             edit_masks=torch.stack([gi.item.edit_mask for gi in items]).float(),

@@ -8,6 +8,7 @@ Shapes: N edits, L packed tokens, D packed channels, T steps. Latents are float3
 - `euler`: the ODE step of FlowMatchEulerDiscreteScheduler (reproduces the stock pipelines).
 - `dpm2`: deterministic 2nd-order multistep DPM-Solver++ on the x0-prediction (CoCoEdit's rollout sampler).
 - `sde`: the Flow-GRPO SDE step with its Gaussian log-probability (`sde_step`, also used by the learner).
+- `initial_noise`: x_1 of one edit, drawn as the diffusers pipelines draw it (rollout and evaluation).
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def calculate_shift(
     """mu of the resolution-dependent shift: linear in the image token count (diffusers calculate_shift)."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return image_seq_len * m + (base_shift - m * base_seq_len)
+
+
+def initial_noise(policy: Any, generator: torch.Generator, height: int, width: int) -> torch.Tensor:
+    """x_1 of one edit: [L, D] float32 packed, drawn from `generator` (CPU, seeded per edit) on the VAE
+    latent grid [1, C, h, w] and then packed, as the diffusers pipelines draw it for batch size 1, so a
+    seed gives the stock pipeline's edit and an edit does not depend on its batch-mates."""
+    channels, h, w = policy.latent_grid(height, width)
+    grid = torch.randn((1, channels, h, w), generator=generator, dtype=torch.float32)
+    return policy.pack(grid)[0]
 
 
 def shifted_sigmas(num_steps: int, image_seq_len: int, scheduler_config: dict[str, Any]) -> torch.Tensor:

@@ -65,7 +65,8 @@ class GroupedItem:
 
 @dataclass
 class Condition:
-    """Per-edit conditioning tensors of a policy family (batched on dim 0, CPU between processes).
+    """Conditioning tensors of a policy family, batched on dim 0 (one row per edit, or per group in a
+    RolloutBatch), CPU between processes.
 
     FLUX-Kontext: prompt_embeds [N, S, 4096*], pooled_prompt_embeds [N, 768*], text_ids [S, 3],
     image_latents [N, L_src, D], image_ids [L_src, 3], guidance [N].
@@ -75,6 +76,9 @@ class Condition:
 
     tensors: dict[str, torch.Tensor]
     batched: frozenset[str]  # names of tensors whose dim 0 is the edit index
+
+    def __len__(self) -> int:
+        return next(v.shape[0] for k, v in self.tensors.items() if k in self.batched)
 
     def select(self, index: torch.Tensor | list[int]) -> Condition:
         idx = torch.as_tensor(index, dtype=torch.long)
@@ -105,7 +109,13 @@ class Condition:
 
 @dataclass
 class RolloutBatch:
-    """What rollout workers return for a list of GroupedItems (everything the learner and rewards need)."""
+    """What rollout workers return for a list of GroupedItems (everything the learner and rewards need).
+
+    The edits of a group share their source and instruction, so the condition (prompt embeddings,
+    source latents: ~7.5 MB per row for FLUX at 512 px in bf16) is stored once per group: G rows, and
+    edit i uses row `group_index[i]`. The learner expands rows per micro-batch on its device
+    (`edit_condition`, `edit_source_latents`). `per_edit()` gives the layout with one row per edit.
+    """
 
     edit_ids: list[str]
     item_ids: list[str]
@@ -113,8 +123,9 @@ class RolloutBatch:
     instructions: list[str]
     policy_version: int
     x0: torch.Tensor  # [N, L, D] float32, final clean latents of the edits (packed)
-    source_latents: torch.Tensor  # [N, L, D] float32, packed latents of the source images (x_src)
-    condition: Condition
+    source_latents: torch.Tensor  # [G, L, D] float32, packed latents of the source images (x_src), per row
+    condition: Condition  # G rows
+    group_index: torch.Tensor  # [N] int64, edit i's row in condition and source_latents
     edited_images: torch.Tensor  # [N, 3, H, W] uint8, decoded x0
     source_images: torch.Tensor  # [N, 3, H, W] uint8
     edit_masks: torch.Tensor  # [N, 1, H, W] float32, 1 = edit
@@ -129,12 +140,30 @@ class RolloutBatch:
     log_probs: Optional[torch.Tensor] = None  # [N, T]
     timings: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        n, rows = len(self.edit_ids), len(self.condition)
+        if self.group_index.shape != (n,) or self.source_latents.shape[0] != rows:
+            raise ValueError(
+                f"RolloutBatch of {n} edits needs group_index [{n}] and source_latents with one row per "
+                f"condition row ({rows}); got {tuple(self.group_index.shape)} and "
+                f"{tuple(self.source_latents.shape)}"
+            )
+
     def __len__(self) -> int:
         return len(self.edit_ids)
 
+    def edit_condition(self, index: list[int] | torch.Tensor) -> Condition:
+        """The condition of the edits at `index`, one row per edit."""
+        return self.condition.select(self.group_index[torch.as_tensor(index, dtype=torch.long)])
+
+    def edit_source_latents(self, index: list[int] | torch.Tensor) -> torch.Tensor:
+        """x_src of the edits at `index`: [len(index), L, D]."""
+        return self.source_latents[self.group_index[torch.as_tensor(index, dtype=torch.long)]]
+
     def select(self, index: list[int]) -> RolloutBatch:
-        """The edits at `index` (in that order), as a new batch."""
+        """The edits at `index` (in that order), as a new batch holding only the rows they use."""
         idx = torch.as_tensor(index, dtype=torch.long)
+        rows, group_index = torch.unique(self.group_index[idx], return_inverse=True)
         return dataclasses.replace(
             self,
             **{name: [getattr(self, name)[i] for i in index] for name in _PER_EDIT_LISTS},
@@ -143,7 +172,19 @@ class RolloutBatch:
                 for name in _PER_EDIT_TENSORS
                 if getattr(self, name) is not None
             },
-            condition=self.condition.select(idx),
+            source_latents=self.source_latents[rows],
+            condition=self.condition.select(rows),
+            group_index=group_index,
+        )
+
+    def per_edit(self) -> RolloutBatch:
+        """The same batch with one condition row per edit (the layout without sharing)."""
+        every = torch.arange(len(self))
+        return dataclasses.replace(
+            self,
+            source_latents=self.edit_source_latents(every),
+            condition=self.edit_condition(every),
+            group_index=every,
         )
 
     @staticmethod
@@ -166,6 +207,9 @@ class RolloutBatch:
         for b in batches:
             for k, v in b.timings.items():
                 timings[k] = max(timings.get(k, 0.0), v)  # shards run in parallel
+        offsets = [0]
+        for b in batches[:-1]:
+            offsets.append(offsets[-1] + len(b.condition))
         return dataclasses.replace(
             first,
             **{name: [x for b in batches for x in getattr(b, name)] for name in _PER_EDIT_LISTS},
@@ -174,7 +218,9 @@ class RolloutBatch:
                 for name in _PER_EDIT_TENSORS
                 if getattr(first, name) is not None
             },
+            source_latents=torch.cat([b.source_latents for b in batches]),
             condition=Condition.cat([b.condition for b in batches]),
+            group_index=torch.cat([b.group_index + o for b, o in zip(batches, offsets, strict=True)]),
             timings=timings,
         )
 
@@ -182,7 +228,6 @@ class RolloutBatch:
 _PER_EDIT_LISTS = ("edit_ids", "item_ids", "group_ids", "instructions", "seeds")
 _PER_EDIT_TENSORS = (
     "x0",
-    "source_latents",
     "edited_images",
     "source_images",
     "edit_masks",

@@ -2,6 +2,8 @@
 
     python bench/learner_update.py                  # s/update, DeepSpeed engine vs a plain torch AdamW loop (tiny, CPU)
     python bench/learner_update.py regularizer      # keep-region error of the positive branch, lam_pos > 0 vs 0
+    python bench/learner_update.py bf16             # bf16 base, ZeRO-0 and -2: one small Adam step and the soft
+                                             # update of theta_old against float64 (errors in float32 ulps)
     python bench/learner_update.py gpu              # full-size FLUX.1-Kontext transformer, random bf16 weights,
                                              # LoRA r=32: fwd+bwd s/sample at 512x512 and MFU (needs CUDA)
 
@@ -143,6 +145,60 @@ def bench_regularizer(args: argparse.Namespace) -> None:
             f"lam_pos={lam:g} vs {rows[0][0]:g}: final keep error ratio {curve[-1] / base[-1]:.4f}, "
             f"drop {(base[-1] - curve[-1]) / base[0] * 100:+.2f}% of the start value more"
         )
+
+
+def bench_bf16(args: argparse.Namespace) -> None:
+    """A tiny FLUX-Kontext with a bf16 base, LoRA weights ~N(0, 0.3^2): one AdamW step of lr (each weight
+    moves by ~lr), then theta_old <- d theta_old + (1 - d) theta, each against the float64 result from
+    the same inputs (the step from the optimizer's own moments). Reports the worst error as a fraction
+    of the step / of the soft update's change, and the weights that did not move at all."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    torch.set_num_threads(args.threads)
+    model_dir = common.build_model(tempfile.mkdtemp(prefix="bench_bf16_"))
+    for stage in (0, 2):
+        for lr, d in ((1e-5, 0.5), (1e-3, 0.5), (1e-3, 0.999)):
+            policy = common.load(model_dir, dtype="bfloat16")
+            g = torch.Generator().manual_seed(0)
+            start = {
+                k: 0.3 * torch.randn(v.shape, generator=g)
+                for k, v in policy.lora_state_dict("default").items()
+            }
+            policy.load_lora_state_dict(start, "default")
+            policy.load_lora_state_dict(start, "old")
+            cfg = common.learner_config(
+                zero_stage=stage, lr=lr, ema_rate=d, ema_max=d, train_timesteps=1, micro_batch_size=4
+            )
+            learner = Learner(policy.cfg, cfg, policy=policy)  # type: ignore[attr-defined]
+            batch = common.make_batch(policy)
+            theta0 = {k: v.double() for k, v in policy.lora_state_dict("default").items()}
+            learner.update(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, dtype=torch.bool))
+            theta1 = {k: v.double() for k, v in policy.lora_state_dict("default").items()}
+            old1 = {k: v.double() for k, v in policy.lora_state_dict("old").items()}
+            b1, b2 = cfg.betas
+            err, step, frozen, n = 0.0, 0.0, 0, 0
+            for (k, t0), p in zip(theta0.items(), policy.trainable_parameters(), strict=True):
+                moments = []
+                for key in ("exp_avg", "exp_avg_sq"):
+                    state = safe_get_full_optimizer_state(p, key)
+                    state = learner.engine.optimizer.state[p][key] if state is None else state
+                    moments.append(state.detach().double().cpu().view(t0.shape))
+                upd = lr * (moments[0] / (1 - b1)) / ((moments[1] / (1 - b2)).sqrt() + 1e-8)
+                expected = t0 * (1 - lr * cfg.weight_decay) - upd
+                err, step = (
+                    max(err, (theta1[k] - expected).abs().max().item()),
+                    max(step, upd.abs().max().item()),
+                )
+                frozen, n = frozen + int((theta1[k] == t0).sum()), n + t0.numel()
+            blend = {k: d * theta0[k] + (1 - d) * theta1[k] for k in theta0}  # theta_old started at theta0
+            change = max((blend[k] - theta0[k]).abs().max().item() for k in blend)
+            err_old = max((old1[k] - blend[k]).abs().max().item() for k in blend)
+            stuck = sum(int(((old1[k] == theta0[k]) & (blend[k] != theta0[k])).sum()) for k in blend)
+            print(
+                f"ZeRO-{stage} lr={lr:g} d={d}: theta error {err / step:.2g} of the step ({frozen}/{n} weights "
+                f"unmoved); theta_old error {err_old / change:.2g} of its change ({stuck}/{n} unmoved)",
+                flush=True,
+            )
 
 
 TEXT_STREAM = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff_context", "context_embedder")
@@ -290,7 +346,7 @@ def bench_gpu(args: argparse.Namespace) -> None:
 def main() -> None:
     apply_loopback_env()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", nargs="?", default="engine", choices=["engine", "regularizer", "gpu"])
+    p.add_argument("mode", nargs="?", default="engine", choices=["engine", "regularizer", "bf16", "gpu"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--edits", type=int, default=8)
     p.add_argument("--timesteps", type=int, default=3)
@@ -312,7 +368,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM dense bf16")
     args = p.parse_args()
-    {"engine": bench_engine, "regularizer": bench_regularizer, "gpu": bench_gpu}[args.mode](args)
+    modes = {"engine": bench_engine, "regularizer": bench_regularizer, "bf16": bench_bf16, "gpu": bench_gpu}
+    modes[args.mode](args)
 
 
 if __name__ == "__main__":

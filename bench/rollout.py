@@ -6,6 +6,10 @@
     python bench/rollout.py --gpu       # full-size FLUX.1-Kontext transformer (its config, random bf16
                                         # weights, LoRA r=32 on the `old` adapter; no downloads):
                                         # seconds per 10-step dpm2 group of 12 at 512x512.
+    python bench/rollout.py --bytes [--config FILE] [key=value ...]
+                                        # bytes per epoch through the object store (workers -> driver ->
+                                        # learner ranks), conditions once per group vs once per edit,
+                                        # for a config's epoch (default: the tiny config).
 
 Both paths run the same computation per edit: encode once per group, 10 transformer passes, decode.
 The worker and the pipeline are interleaved so machine load hits both alike; medians are reported.
@@ -14,6 +18,8 @@ The worker and the pipeline are interleaved so machine load hits both alike; med
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import pickle
 import statistics
 import sys
 import tempfile
@@ -28,15 +34,15 @@ from cocoedit.actors.config import PolicyConfig, RolloutConfig  # noqa: E402
 from cocoedit.actors.types import EditItem, GroupedItem  # noqa: E402
 
 
-def group(size: int, n: int, channels: int = 3) -> list[GroupedItem]:
-    g = torch.Generator().manual_seed(0)
+def group(size: int, n: int, channels: int = 3, item_id: str = "bench", seed: int = 0) -> list[GroupedItem]:
+    g = torch.Generator().manual_seed(seed)
     item = EditItem(
-        item_id="bench",
+        item_id=item_id,
         instruction="make the square blue",
         source_image=torch.randint(0, 256, (channels, size, size), dtype=torch.uint8, generator=g),
         edit_mask=torch.ones(1, size, size),
     )
-    return [GroupedItem(item, "0:bench", f"0:bench:{k}", seed=k) for k in range(n)]
+    return [GroupedItem(item, f"0:{item_id}", f"0:{item_id}:{k}", seed=1000 * seed + k) for k in range(n)]
 
 
 def bench_tiny(repeats: int, size: int, group_size: int, steps: int) -> None:
@@ -186,11 +192,70 @@ def bench_gpu(repeats: int, size: int, group_size: int, steps: int) -> None:
     print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
+def bench_bytes(config: str | None, overrides: list[str]) -> None:
+    """One epoch of the config (n_items x group_size edits, its image size, sampler and model
+    architecture with random weights: the bytes depend on shapes only) sampled by rollout.num_workers
+    shards and cut into learner.world_size rank shards, as RolloutGroup / LearnerGroup move them.
+    Bytes are the pickled sizes (protocol 5, what Ray stores for these tensors)."""
+    from cocoedit.actors.policies.tiny import build_tiny_model
+    from cocoedit.actors.rollout import RolloutWorker
+    from cocoedit.actors.types import RolloutBatch
+    from cocoedit.cluster.config import load_config
+    from cocoedit.cluster.groups import shard_bounds
+
+    cfg = load_config(config, overrides)
+    model = cfg.policy.model_path
+    if model is None:  # tiny mode: the tiny editor's architecture (cfg.pretrain), random weights
+        p = cfg.pretrain
+        model = build_tiny_model(
+            cfg.policy.family,
+            tempfile.mkdtemp(prefix="bench_bytes_"),
+            num_layers=p.num_layers,
+            num_single_layers=p.num_single_layers,
+            num_attention_heads=p.num_attention_heads,
+            attention_head_dim=p.attention_head_dim,
+            text_dim=p.text_dim,
+            vae_channels=p.vae_channels,
+            vae_blocks=p.vae_blocks,
+        )
+    pcfg = dataclasses.replace(cfg.policy, model_path=str(model), device="cpu")
+    worker = RolloutWorker(pcfg, cfg.rollout)
+    d = cfg.data
+    items = [
+        gi for k in range(d.n_items) for gi in group(d.image_size, d.group_size, item_id=f"item{k}", seed=k)
+    ]
+    shards = [worker.sample(items[a:b], 0) for a, b in shard_bounds(len(items), cfg.rollout.num_workers)]
+
+    def epoch_bytes(shards: list[RolloutBatch]) -> tuple[int, int]:
+        batch = RolloutBatch.cat(shards)
+        ranks = shard_bounds(len(batch), cfg.learner.world_size)
+        to_driver = sum(len(pickle.dumps(s, protocol=5)) for s in shards)
+        to_ranks = sum(len(pickle.dumps(batch.select(list(range(a, b))), protocol=5)) for a, b in ranks)
+        return to_driver, to_ranks
+
+    after = epoch_bytes(shards)
+    before = epoch_bytes([s.per_edit() for s in shards])
+    n = len(items)
+    print(
+        f"{cfg.policy.family}, {d.n_items} groups x {d.group_size} edits at {d.image_size}px, "
+        f"{cfg.rollout.num_workers} rollout worker(s), {cfg.learner.world_size} learner rank(s)"
+    )
+    for name, (a, b) in (("condition per edit (before)", before), ("condition per group (after)", after)):
+        print(
+            f"  {name}: workers->driver {a / 2**20:8.2f} MiB, driver->ranks {b / 2**20:8.2f} MiB, "
+            f"total {(a + b) / 2**20:8.2f} MiB per epoch ({(a + b) / n / 1024:.1f} KiB per edit)"
+        )
+    print(f"  ratio after / before: {sum(after) / sum(before):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--bytes", action="store_true", help="object-store bytes per epoch")
+    parser.add_argument("--config", default=None, help="--bytes: experiment YAML (default: the tiny config)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="--bytes: config overrides")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument(
@@ -202,7 +267,9 @@ def main() -> None:
     from cocoedit.loopback import apply_loopback_env
 
     apply_loopback_env()
-    if args.gpu:
+    if args.bytes:
+        bench_bytes(args.config, args.overrides)
+    elif args.gpu:
         bench_gpu(args.repeats or 3, 512, 12, args.steps)
     else:
         bench_tiny(args.repeats or 5, 32, 8, args.steps)

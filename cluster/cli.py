@@ -3,10 +3,11 @@
     cocoedit data synth --out DIR --num N --size PX --seed S
     cocoedit data check MANIFEST [--format F] [--root DIR]
     cocoedit config show [--config FILE] [key=value ...]
-    cocoedit train [--config FILE] [--resume] [key=value ...]
+    cocoedit train [--config FILE] [--resume [CHECKPOINT]] [key=value ...]
     cocoedit pretrain-tiny --out DIR
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
-    cocoedit edit --model DIR [--lora FILE] --image IN --instruction TEXT --out OUT
+    cocoedit edit --model DIR [--lora FILE|DIR] --image IN --instruction TEXT --out OUT
+    cocoedit export --checkpoint DIR --out DIR [--view default|old]
     cocoedit eval [run] --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE ...] [--out DIR]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
 
@@ -21,6 +22,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "pretrain-tiny": ("cocoedit.cluster.cli", "cli_pretrain", True),
     "serve": ("cocoedit.cluster.cli", "cli_serve", True),
     "edit": ("cocoedit.actors.edit", "cli_edit", False),
+    "export": ("cocoedit.learner.export", "cli_export", False),
     "eval run": ("cocoedit.cluster.evaluate", "cli_eval", True),
     "eval compare": ("cocoedit.cluster.evaluate", "cli_compare", False),
 }
@@ -78,7 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the options when --help is given together with --config/overrides; `cocoedit config show` prints it too.",
     )
     _add_config_args(train)
-    train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from the latest complete checkpoint of run.run_dir, or from CHECKPOINT (a checkpoint "
+        "directory, or a run directory: its latest); the config may differ only in run length and logging",
+    )
 
     pre = sub.add_parser(
         "pretrain-tiny", help="pre-train the tiny editor on the synthetic task (CPU, minutes)"
@@ -95,13 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = sub.add_parser("edit", help="edit one image with the stock diffusers pipeline (+ LoRA)")
     edit.add_argument("--model", required=True)
-    edit.add_argument("--lora", default=None)
+    edit.add_argument("--lora", default=None, help="LoRA file, or a directory such as RUN_DIR/lora")
     edit.add_argument("--image", required=True)
     edit.add_argument("--instruction", required=True)
     edit.add_argument("--out", required=True)
     edit.add_argument("--steps", type=int, default=None)
     edit.add_argument("--seed", type=int, default=0)
     edit.add_argument("--size", type=int, default=None)
+
+    export = sub.add_parser(
+        "export", help="write a checkpoint's LoRA in the diffusers format (pipe.load_lora_weights(DIR))"
+    )
+    export.add_argument("--checkpoint", required=True, help="RUN_DIR/checkpoints/step_NNNNNNNN")
+    export.add_argument("--out", required=True, help="directory for pytorch_lora_weights.safetensors")
+    export.add_argument(
+        "--view", choices=["default", "old"], default="default", help="theta (default) or theta_old (old)"
+    )
 
     ev_parent = sub.add_parser("eval", help="evaluate an editor on GEdit-Bench / ImgEdit-Bench / a manifest")
     ev_sub = ev_parent.add_subparsers(dest="eval_command", required=True)
@@ -149,6 +169,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         args.overrides = [*args.overrides, *extra]
+    resume = getattr(args, "resume", None)
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        # `--resume key=value`: the override is not a checkpoint path
+        args.overrides, args.resume = [resume, *args.overrides], True
     module_name, func_name, takes_config = COMMANDS[_command(args)]
     # The config first: a bad value fails in well under a second, before torch or Ray is imported.
     cfg = _load_config(args.config, args.overrides) if takes_config else None

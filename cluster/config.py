@@ -13,13 +13,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 
 from cocoedit.actors.config import DataConfig, PolicyConfig, PretrainConfig, RolloutConfig
 from cocoedit.cluster.eval_config import EvalConfig
 from cocoedit.learner.config import LearnerConfig
+from cocoedit.ranges import Range
 from cocoedit.rewards.config import RewardsConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -58,6 +59,22 @@ class RunConfig:
     colocate: bool = False
     seed: int = 0
     tiny: bool = False  # build the tiny editor / tiny judge in code when no model_path is given
+    # Experiment trackers (cluster/runlog.py): each gets the same scalars, image grids, the resolved
+    # config as parameters and the LoRA at the end. W&B stays offline (files under run_dir/wandb, no
+    # network) unless wandb_mode=online; MLflow writes a file store under run_dir/mlruns unless a
+    # tracking URI is given.
+    trackers: tuple[Literal["tensorboard", "wandb", "mlflow"], ...] = ("tensorboard",)
+    wandb_project: str = "cocoedit"
+    wandb_mode: Literal["offline", "online"] = "offline"
+    mlflow_tracking_uri: Optional[str] = None
+    mlflow_experiment: str = "cocoedit"
+    # Joining a cluster (run.ray_address / RAY_ADDRESS) gives up after this long with a message
+    # instead of waiting on the address of a stopped cluster.
+    ray_connect_timeout_s: Annotated[float, Range(gt=0)] = 30.0
+    # Pin learner ranks and rollout workers to disjoint cores of this machine (one-node clusters, not
+    # with colocate), so that sampling the next batch overlaps the update instead of competing for the
+    # same cores (bench/train_loop.py measures both).
+    pin_cpus: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,15 @@
 
 Generation defaults follow each family's stock pipeline: FLUX.1-Kontext 28 Euler steps with distilled
 guidance 2.5; Qwen-Image-Edit 40 Euler steps with true CFG 4.0 against the negative prompt " ".
-`None` means "the family's default" (FAMILY_DEFAULTS), resolved by `resolved_settings`.
+`None` means "the family's default" (FAMILY_DEFAULTS), resolved by `generation_settings`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
+
+from cocoedit.actors.config import PolicyConfig
 
 # family -> stock pipeline settings used when the config leaves them unset
 FAMILY_DEFAULTS: dict[str, dict[str, float]] = {
@@ -42,3 +44,21 @@ class EvalConfig:
     judge_attempts: int = 1  # tries per question before the edit counts as a judge failure
     judge_batch: int = 32  # edits per engine round (all their questions in flight together)
     gallery_size: int = 6  # best and worst items shown in the HTML report
+
+
+def generation_settings(policy_cfg: PolicyConfig, cfg: EvalConfig) -> dict[str, Any]:
+    """The resolved stock-pipeline settings of the policy's family (eval.* overrides the defaults)."""
+    defaults = FAMILY_DEFAULTS[policy_cfg.family]
+    return {
+        "family": policy_cfg.family,
+        "sampler": cfg.sampler,
+        "num_steps": int(cfg.num_steps if cfg.num_steps is not None else defaults["num_steps"]),
+        "guidance": float(cfg.guidance if cfg.guidance is not None else defaults["guidance"]),
+        "true_cfg_scale": float(
+            cfg.true_cfg_scale if cfg.true_cfg_scale is not None else defaults["true_cfg_scale"]
+        ),
+        "negative_prompt": cfg.negative_prompt,
+        "seed": cfg.seed,
+        "image_size": cfg.image_size,
+        "dtype": policy_cfg.dtype,
+    }

@@ -28,7 +28,7 @@ from typing import Any, Optional
 import ray
 from ray.exceptions import RayActorError
 
-from cocoedit.cluster.placement import PlacementError, check_available
+from cocoedit.cluster.placement import PlacementError, check_available, use_cpus
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.client import RewardServiceError
 from cocoedit.rewards.config import RewardsConfig
@@ -43,6 +43,11 @@ class RewardReplica:
         from cocoedit.rewards.serve import SERVICES as BUILDERS
         from cocoedit.rewards.server import BackgroundServer
 
+        section = cfg.service(service)
+        threads = use_cpus(section.cpus_per_replica)
+        if getattr(section, "threads", None) == 0:
+            # "one thread per core" means the cores this replica reserved, not every core of the node
+            cfg = dataclasses.replace(cfg, **{service: dataclasses.replace(section, threads=threads)})
         scorer, server_cfg = BUILDERS[service](cfg)
         if server_cfg.host == "node":  # reachable from other nodes of the Ray cluster
             server_cfg = dataclasses.replace(server_cfg, host=ray.util.get_node_ip_address())

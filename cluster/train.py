@@ -1,6 +1,6 @@
 """The training loop: sample, score, advantages, update, sync, evaluate, log, checkpoint.
 
-    cocoedit train [--config cluster/configs/tiny_cpu.yaml] [--resume] [key=value ...]
+    cocoedit train [--config cluster/configs/tiny_cpu.yaml] [--resume [CHECKPOINT]] [key=value ...]
     python -m cocoedit.cluster.train --config cluster/configs/flux_kontext_8gpu.yaml     # under `ray job submit`
 
     with start_run(cfg) as run:             # every part started; closed in reverse order on exit
@@ -32,10 +32,11 @@ from tqdm import tqdm
 from cocoedit.actors.data import load_index
 from cocoedit.actors.epochs import EpochSampler
 from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
-from cocoedit.cluster.config import Config, dump_config
+from cocoedit.cluster.config import Config
 from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
-from cocoedit.cluster.launch import init_ray, resolve_models
+from cocoedit.cluster.launch import RayConnectError, init_ray, resolve_models
 from cocoedit.cluster.placement import Placement, PlacementError
+from cocoedit.cluster.resume import Resume, ResumeConfigError, resume_from
 from cocoedit.cluster.rollouts import RolloutQueue
 from cocoedit.cluster.runlog import RunLog
 from cocoedit.cluster.scores import Scores, score_batch
@@ -204,9 +205,10 @@ class StageTimer:
 
 
 @contextlib.contextmanager
-def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
-    """Start every part of a run (or join them to a checkpoint with `resume`); close them on exit."""
-    ckpt = _checkpoint_to_resume(cfg) if resume else None  # before anything starts
+def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
+    """Start every part of a run (or join them to a checkpoint with `resume`: True for the latest, or a
+    path); close them on exit."""
+    ckpt = resume_from(cfg, resume)  # before anything starts: the checkpoint, its config checked
     init_ray(cfg.run)
     with contextlib.ExitStack() as parts:
         placement = _closing(
@@ -215,7 +217,7 @@ def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
         cfg = resolve_models(cfg)
         items = load_index(cfg.data)
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
-        runlog = _closing(parts, RunLog(cfg.run.run_dir, dump_config(cfg)))
+        runlog = _closing(parts, RunLog(cfg, resume=ckpt is not None))
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
         rollout = _closing(parts, RolloutGroup(cfg.policy, cfg.rollout, placement))
         services = _closing(parts, RewardServices(cfg.rewards))
@@ -239,7 +241,7 @@ def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
         )
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict[str, float]]:
+def train(cfg: Config, resume: Resume = False, progress: bool = True) -> list[dict[str, float]]:
     """Run cfg.run.epochs epochs (or the remaining ones with resume); returns each epoch's metrics."""
     with start_run(cfg, resume) as run:
         for _ in run_epochs(run, progress):
@@ -304,15 +306,6 @@ def fixed_eval_items(items: list[EditItem | ItemRef], n_items: int, n_seeds: int
     ]
 
 
-def _checkpoint_to_resume(cfg: Config) -> Path:
-    ckpt = latest_checkpoint(cfg.run.run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(
-            f"--resume: no complete checkpoint under {cfg.run.run_dir}/checkpoints; start without --resume"
-        )
-    return ckpt
-
-
 def _resume(ckpt: Path, learner: LearnerGroup, sampler: EpochSampler) -> tuple[int, int]:
     """Restore learner and sampler from `ckpt`; returns (policy version, first epoch to run)."""
     extra = learner.load(str(ckpt))
@@ -324,11 +317,11 @@ def _resume(ckpt: Path, learner: LearnerGroup, sampler: EpochSampler) -> tuple[i
 
 
 def cli_train(args: argparse.Namespace, cfg: Config) -> int:
-    """`cocoedit train [--config FILE] [--resume] [key=value ...]` (the CLI loads the config)."""
+    """`cocoedit train [--config FILE] [--resume [CHECKPOINT]] [key=value ...]` (the CLI loads the config)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         history = train(cfg, resume=args.resume)
-    except (PlacementError, LearnerFailure, FileNotFoundError) as e:
+    except (PlacementError, LearnerFailure, FileNotFoundError, RayConnectError, ResumeConfigError) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1
     _print_summary(cfg, history)
@@ -362,15 +355,10 @@ def _print_summary(cfg: Config, history: list[dict[str, float]]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m cocoedit.cluster.train ARGS` is `cocoedit train ARGS`."""
     from cocoedit.cluster.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="python -m cocoedit.cluster.train", description=__doc__)
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    config = ["--config", args.config] if args.config else []
-    return cli_main(["train", *config, *(["--resume"] if args.resume else []), *args.overrides])
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

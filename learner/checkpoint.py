@@ -4,12 +4,14 @@ ZeRO partitions are handled), step, RNG states and the caller's `extra_state`, w
 Layout of one checkpoint, `run_dir/checkpoints/step_00000012/`:
     deepspeed/               engine.save_checkpoint(tag="deepspeed"): trainable LoRA, optimizer, scheduler
     lora_default.safetensors lora_old.safetensors   (policy.lora_state_dict, peft key names)
+    lora/ lora.json          theta in the family's diffusers format, and what re-exports need (learner.export)
     learner_state.pt         step, world size, RNG states of rank 0, extra_state
     rng_rank{r}.pt           RNG states of every rank
     COMPLETE                 written last; a directory without it is never picked
 
 Everything is written into `.tmp_step_...` and renamed when complete, so a killed save leaves no
-directory that `latest_checkpoint` could pick. `keep_last` complete checkpoints are kept.
+directory that `latest_checkpoint` could pick. `keep_last` complete checkpoints are kept. After each
+save `run_dir/lora/` holds that checkpoint's theta (replaced atomically).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def save_checkpoint(
     """Collective: every rank calls it. Returns the final checkpoint directory."""
     from safetensors.torch import save_file
 
+    from cocoedit.learner.export import publish_lora, save_lora
+
     if keep_last < 1:
         raise ValueError(f"keep_last={keep_last} must be >= 1 (the checkpoint just written is kept)")
     own = learner.state_dict()
@@ -114,6 +118,7 @@ def save_checkpoint(
                 {k: v.contiguous() for k, v in learner.policy.lora_state_dict(adapter).items()},  # type: ignore[arg-type]
                 str(tmp / f"lora_{adapter}.safetensors"),
             )
+        save_lora(learner.policy, tmp)
         torch.save(
             {**own, "rng": rng_state(), "extra_state": extra_state},
             tmp / "learner_state.pt",
@@ -127,6 +132,7 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
+        publish_lora(final, run_dir)
         for old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old)
     _barrier(learner)

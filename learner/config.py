@@ -9,7 +9,7 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    objective: Literal["nft", "grpo"] = "nft"
+    objective: str = "nft"  # a key of learner.objectives.OBJECTIVES (nft, grpo), checked by the Learner
     # advantages and filtering (section 4)
     adv_std_eps: float = 1e-4
     adv_clip: float = 5.0

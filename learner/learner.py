@@ -1,6 +1,7 @@
 """The learner: a DeepSpeed engine over the LoRA (`default` adapter) of an EditPolicy, one optimizer step
-per epoch on the DiffusionNFT objective with CoCoEdit's region regularizer (ALGORITHM.md s5), or on the
-Flow-GRPO clipped objective (s7), then the soft update of `old` (the sampling policy).
+per epoch on a registered objective (learner.objectives: DiffusionNFT with CoCoEdit's region
+regularizer or Flow-GRPO, docs/algorithm.md sections 5 and 7), then the soft update of `old` (the
+sampling policy).
 
     learner = Learner(policy_cfg, learner_cfg)                      # rank 0 of 1 on this machine
     scores = score_groups(rewards, batch.group_ids, batch.item_ids, learner_cfg)
@@ -16,12 +17,9 @@ same data, up to float summation order. On CPU DeepSpeed runs with its CPU accel
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,32 +27,11 @@ import torch
 
 from cocoedit.actors.config import PolicyConfig
 from cocoedit.actors.policies.base import EditPolicy
-from cocoedit.actors.samplers import sde_step
-from cocoedit.actors.types import Condition, RolloutBatch
+from cocoedit.actors.types import RolloutBatch
 from cocoedit.learner.advantages import optimality_probability
 from cocoedit.learner.config import LearnerConfig
-from cocoedit.learner.losses import (
-    RegionWeights,
-    grpo_kl,
-    grpo_loss,
-    nft_objective,
-    r_metrics,
-    region_weights,
-)
-
-
-@dataclass
-class _Micro:
-    """One micro-batch of valid edits, on the learner's device."""
-
-    idx: list[int]  # positions in the (shard) batch
-    cond: Condition
-    adv: torch.Tensor  # [m]
-    x0: torch.Tensor  # [m, L, D] float32
-    x_src: torch.Tensor  # [m, L, D] float32
-    weights: Optional[RegionWeights]  # latent-grid regions, None without the regularizer
-    steps: torch.Tensor  # [m, train_t] indices into the rollout's sigmas
-    noise: Optional[torch.Tensor]  # [m, train_t, L, D] fresh eps (nft)
+from cocoedit.learner.losses import r_metrics
+from cocoedit.learner.objectives import MicroBatch, Views, make_objective
 
 
 class Learner:
@@ -68,6 +45,8 @@ class Learner:
         world_size: int = 1,
         policy: Optional[EditPolicy] = None,
     ) -> None:
+        """Loads the transformer of policy_cfg.model_path with its LoRA views (no text encoder or VAE:
+        the learner never encodes or decodes), or trains `policy`."""
         if cfg.zero_stage not in (0, 1, 2):
             raise ValueError(
                 f"learner.zero_stage={cfg.zero_stage} is not supported: use 0, 1 or 2 (the trained LoRA is "
@@ -81,6 +60,7 @@ class Learner:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.cfg = cfg
+        self.objective = make_objective(cfg)
         self.policy_cfg = policy_cfg
         self.rank = rank
         self.world_size = world_size
@@ -91,9 +71,9 @@ class Learner:
         if policy is None:
             from cocoedit.actors.policies import load_policy
 
-            policy = load_policy(policy_cfg, seed=cfg.seed)
+            policy = load_policy(policy_cfg, seed=cfg.seed, parts="transformer")
         self.policy = policy
-        self.autocast = device.type == "cuda" and cfg.bf16
+        self.views = Views(policy, _autocast_dtype(policy, cfg, device))
         self._pairs = _adapter_pairs(policy)
         self._grad_norm = float("nan")
         self.engine = self._build_engine()
@@ -132,6 +112,12 @@ class Learner:
         params = self.policy.trainable_parameters()
         if not params:
             raise ValueError("policy.trainable_parameters() is empty: the `default` LoRA adapter is missing")
+        low = sorted({str(p.dtype) for p in params if p.dtype != torch.float32})
+        if low:
+            raise ValueError(
+                f"the trained LoRA parameters are {low}, not float32: small updates round away in low "
+                "precision; build the policy with actors.policies.lora.add_lora (float32 adapters)"
+            )
         warmup = self.cfg.warmup_steps
 
         def schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -176,11 +162,61 @@ class Learner:
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
         """One optimizer step on this rank's shard of the epoch. advantages: [N] float, valid: [N] bool.
 
-        NFT: for each valid edit, `train_timesteps` of its rollout timesteps (a permutation seeded by
+        For each valid edit, `objective.passes` of its rollout timesteps (a permutation seeded by
         (seed, step, edit_id)), micro-batches of `micro_batch_size` edits, gradient accumulation over
         micro-batches x timesteps, one step, then theta_old <- d theta_old + (1 - d) theta.
         Returns metrics averaged over passes and ranks, plus timings (seconds)."""
         t_start = time.perf_counter()
+        advantages, valid = self._check_inputs(batch, advantages, valid)
+        passes = self.objective.passes(batch)
+        local = torch.nonzero(valid).flatten().tolist()
+        micro = [
+            local[i : i + self.cfg.micro_batch_size] for i in range(0, len(local), self.cfg.micro_batch_size)
+        ]
+        # Normalise by the global count so that every rank layout gives the same gradient.
+        n_valid = int(self._all_reduce(torch.tensor([float(len(local))], dtype=torch.float64), "sum").item())
+        n_passes = int(self._all_reduce(torch.tensor([float(len(micro))]), "max").item()) * passes
+        if n_valid == 0:
+            return {
+                "learner/skipped": 1.0,
+                "learner/step": float(self._step),
+                "learner/n_valid": 0.0,
+                "time/update_s": time.perf_counter() - t_start,
+            }
+        t0 = time.perf_counter()
+        sums, n_recorded = self._accumulate(batch, advantages, micro, passes, n_valid)
+        self._pad_passes(batch, advantages, n_passes - len(micro) * passes)
+        t1 = time.perf_counter()
+        grad_norm, lr = self._optimizer_step()
+        t2 = time.perf_counter()
+        decay = self._soft_update_old()
+        t3 = time.perf_counter()
+        metrics = self._reduce_metrics(sums, n_recorded)
+        r_all = self._gather_values(optimality_probability(advantages[valid], self.cfg.adv_clip))
+        metrics.update(r_metrics(r_all, torch.ones_like(r_all, dtype=torch.bool)))
+        metrics.update(
+            {
+                "learner/step": float(self._step),
+                "learner/grad_norm": grad_norm,
+                "learner/lr": lr,
+                "learner/ema_decay": decay,
+                "learner/n_valid": float(n_valid),
+                "learner/valid_fraction_local": float(valid.float().mean().item()),
+                "learner/passes": float(n_passes),
+                "time/forward_backward_s": t1 - t0,
+                "time/optimizer_step_s": t2 - t1,
+                "time/soft_update_s": t3 - t2,
+                "time/update_s": time.perf_counter() - t_start,
+            }
+        )
+        return metrics
+
+    # ------------------------------------------------------------------------------------------------
+    # the parts of an update
+
+    def _check_inputs(
+        self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(batch)
         advantages = torch.as_tensor(advantages, dtype=torch.float32).flatten()
         valid = torch.as_tensor(valid).flatten().bool()
@@ -194,186 +230,72 @@ class Learner:
                 "update got an empty shard: give every learner rank at least one edit (the ranks meet in "
                 "collectives, invalid edits are fine)"
             )
-        n_steps = batch.sigmas.shape[0] - 1
-        if self.cfg.objective == "nft" and self.cfg.train_timesteps > n_steps:
-            raise ValueError(
-                f"learner.train_timesteps={self.cfg.train_timesteps} exceeds the rollout's {n_steps} steps; "
-                "lower it or raise rollout.num_steps"
-            )
-        if self.cfg.objective == "grpo" and (batch.trajectory is None or batch.log_probs is None):
-            raise ValueError(
-                "learner.objective=grpo needs the SDE trajectory and log_probs in the batch: sample with "
-                "rollout.sampler=sde"
-            )
-        train_t = min(self.cfg.train_timesteps, n_steps)
-        local_idx = torch.nonzero(valid).flatten().tolist()
-        micro = [
-            local_idx[i : i + self.cfg.micro_batch_size]
-            for i in range(0, len(local_idx), self.cfg.micro_batch_size)
-        ]
-        # Normalise by the global count so that every rank layout gives the same gradient.
-        counts = self._all_reduce(torch.tensor([len(local_idx), len(micro)], dtype=torch.float64), "sum")
-        n_valid_global = int(counts[0].item())
-        n_passes = int(self._all_reduce(torch.tensor([float(len(micro))]), "max").item()) * train_t
-        if n_valid_global == 0:
-            return {
-                "learner/skipped": 1.0,
-                "learner/step": float(self._step),
-                "learner/n_valid": 0.0,
-                "time/update_s": time.perf_counter() - t_start,
-            }
+        return advantages, valid
 
+    def _accumulate(
+        self,
+        batch: RolloutBatch,
+        advantages: torch.Tensor,
+        micro: list[list[int]],
+        passes: int,
+        n_valid: int,
+    ) -> tuple[dict[str, float], int]:
+        """Backward of every (micro-batch, timestep) pass, each weighted so that the accumulated gradient
+        is the mean over the GLOBAL valid edits x timesteps. Returns per-edit metric sums and their count."""
         self.engine.train()
         sums: dict[str, float] = {}
         n_recorded = 0
-        t_fb = time.perf_counter()
         for idx in micro:
-            mb = self._plan(batch, idx, n_steps, train_t, advantages)
-            for j in range(train_t):
-                loss, m = self._pass(batch, mb, j)
-                weight = len(idx) * self.world_size / (n_valid_global * train_t)
+            mb = self._plan(batch, idx, passes, advantages)
+            for j in range(passes):
+                loss, m = self.objective.loss(self.views, batch, mb, j)
+                weight = len(idx) * self.world_size / (n_valid * passes)
                 self.engine.backward(loss * weight, scale_wrt_gas=False)
                 for k, v in m.items():  # weighted by edits: per-edit means over ranks and micro-batches
                     if not k.startswith("nft/r_"):
                         sums[k] = sums.get(k, 0.0) + v * len(idx)
                 n_recorded += len(idx)
-        # ZeRO-2 reduces on every backward (a collective): ranks with fewer passes pad with zero-weight ones.
-        for _ in range(n_passes - len(micro) * train_t):
-            idx = [0]
-            loss, _ = self._pass(batch, self._plan(batch, idx, n_steps, 1, advantages), 0)
-            self.engine.backward(loss * 0.0, scale_wrt_gas=False)
-        t_fb = time.perf_counter() - t_fb
+        return sums, n_recorded
 
-        t_opt = time.perf_counter()
+    def _pad_passes(self, batch: RolloutBatch, advantages: torch.Tensor, count: int) -> None:
+        """ZeRO-2 reduces on every backward (a collective): a rank with fewer passes than the busiest
+        one runs zero-weight passes so that every rank meets the same collectives."""
+        for _ in range(count):
+            loss, _ = self.objective.loss(self.views, batch, self._plan(batch, [0], 1, advantages), 0)
+            self.engine.backward(loss * 0.0, scale_wrt_gas=False)
+
+    def _optimizer_step(self) -> tuple[float, float]:
+        """engine.step() (gradient clipping inside); returns (gradient norm before clipping, lr)."""
         self.engine.step()
         self._step += 1
         grad_norm = self.engine.get_global_grad_norm() if self.cfg.zero_stage > 0 else self._grad_norm
-        lr = self.engine.get_lr()[0]
-        t_opt = time.perf_counter() - t_opt
+        return (float(grad_norm) if grad_norm is not None else float("nan")), float(self.engine.get_lr()[0])
 
-        t_sync = time.perf_counter()
-        decay = self._soft_update_old()
-        t_sync = time.perf_counter() - t_sync
-
-        metrics = self._reduce_metrics(sums, n_recorded)
-        r_all = self._gather_values(optimality_probability(advantages[valid], self.cfg.adv_clip))
-        metrics.update(r_metrics(r_all, torch.ones_like(r_all, dtype=torch.bool)))
-        metrics.update(
-            {
-                "learner/step": float(self._step),
-                "learner/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                "learner/lr": float(lr),
-                "learner/ema_decay": decay,
-                "learner/n_valid": float(n_valid_global),
-                "learner/valid_fraction_local": float(valid.float().mean().item()) if n else 0.0,
-                "learner/passes": float(n_passes),
-                "time/forward_backward_s": t_fb,
-                "time/optimizer_step_s": t_opt,
-                "time/soft_update_s": t_sync,
-                "time/update_s": time.perf_counter() - t_start,
-            }
-        )
-        return metrics
-
-    # ------------------------------------------------------------------------------------------------
-    # one forward/backward pass
-
-    def _plan(
-        self, batch: RolloutBatch, idx: list[int], n_steps: int, train_t: int, adv: torch.Tensor
-    ) -> _Micro:
-        """One micro-batch on the device: its tensors, region weights, per-edit timestep indices
-        [m, train_t] and fresh noise [m, train_t, L, D] (both seeded per edit)."""
+    def _plan(self, batch: RolloutBatch, idx: list[int], passes: int, adv: torch.Tensor) -> MicroBatch:
+        """One micro-batch on the device: its tensors, per-edit timestep indices [m, passes] and (if the
+        objective asks) fresh noise [m, passes, L, D], both seeded per edit. The batch holds one
+        condition row per group; the rows these edits use travel to the device once, then expand there."""
         dev = self.device
+        n_steps = batch.sigmas.shape[0] - 1
         steps, noise = [], []
         for i in idx:
             g = _edit_generator(self.cfg.seed, self._step, batch.edit_ids[i])
-            steps.append(torch.randperm(n_steps, generator=g)[:train_t])
-            if self.cfg.objective == "nft":
-                noise.append(torch.randn((train_t, *batch.x0.shape[1:]), generator=g, dtype=torch.float32))
-        weights = None
-        if self.cfg.objective == "nft" and self.cfg.use_reg:
-            grid = self.policy.unpack(batch.x0[:1].to(dev), batch.height, batch.width).shape[-2:]
-            weights = region_weights(
-                batch.edit_masks[idx].to(dev),
-                (int(grid[0]), int(grid[1])),
-                self.cfg.erode_radius,
-                self.cfg.ring_weight,
-                self.cfg.binarize_mask,
-            )
-        return _Micro(
+            steps.append(torch.randperm(n_steps, generator=g)[:passes])
+            if self.objective.fresh_noise:
+                noise.append(torch.randn((passes, *batch.x0.shape[1:]), generator=g, dtype=torch.float32))
+        rows, per_edit = torch.unique(batch.group_index[idx], return_inverse=True)
+        per_edit = per_edit.to(dev)
+        mb = MicroBatch(
             idx=idx,
-            cond=batch.condition.select(idx).to(dev),
+            cond=batch.condition.select(rows).to(dev).select(per_edit),
             adv=adv[idx].to(dev),
             x0=batch.x0[idx].to(dev, torch.float32),
-            x_src=batch.source_latents[idx].to(dev, torch.float32),
-            weights=weights,
+            x_src=batch.source_latents[rows].to(dev, torch.float32)[per_edit],
             steps=torch.stack(steps),
             noise=torch.stack(noise).to(dev) if noise else None,
         )
-
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.autocast:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                yield
-        else:
-            yield
-
-    def _velocity(self, adapter: str, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        with self.policy.adapter(adapter), self._autocast():  # type: ignore[arg-type]
-            return self.policy.velocity(x, t, cond).float()
-
-    def _pass(self, batch: RolloutBatch, mb: _Micro, j: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of micro-batch `mb` at its edits' j-th training timestep (all edits valid)."""
-        valid = torch.ones(len(mb.idx), dtype=torch.bool, device=self.device)
-        steps = mb.steps[:, j]
-        if self.cfg.objective == "grpo":
-            return self._grpo_pass(batch, mb, steps, valid)
-        assert mb.noise is not None
-        t = batch.sigmas.to(torch.float32)[steps].to(self.device)
-        te = t.view(-1, 1, 1)
-        x_t = (1.0 - te) * mb.x0 + te * mb.noise[:, j]
-        with torch.no_grad():
-            v_old = self._velocity("old", x_t, t, mb.cond)
-            v_ref = self._velocity("ref", x_t, t, mb.cond) if self.cfg.kl_weight > 0 else None
-        v = self._velocity("default", x_t, t, mb.cond)
-        r = optimality_probability(mb.adv, self.cfg.adv_clip)
-
-        def unpack(p: torch.Tensor) -> torch.Tensor:
-            return self.policy.unpack(p, batch.height, batch.width)
-
-        return nft_objective(self.cfg, x_t, t, mb.x0, mb.x_src, v, v_old, v_ref, r, valid, mb.weights, unpack)
-
-    def _grpo_pass(
-        self, batch: RolloutBatch, mb: _Micro, steps: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        assert batch.trajectory is not None and batch.log_probs is not None
-        dev = self.device
-        cond, adv = mb.cond, mb.adv
-        rows = torch.arange(len(mb.idx))
-        traj = batch.trajectory[mb.idx]
-        x = traj[rows, steps].to(dev, torch.float32)
-        x_next = traj[rows, steps + 1].to(dev, torch.float32)
-        old_lp = batch.log_probs[mb.idx][rows, steps].to(dev, torch.float32)
-        sigmas = batch.sigmas.to(torch.float32)
-        sigma, sigma_next = sigmas[steps].to(dev), sigmas[steps + 1].to(dev)
-        sigma_max = float(sigmas[1])
-        a = self.cfg.sde_noise_level
-        v = self._velocity("default", x, sigma, cond)
-        # the rollout's own SDE step, re-evaluated on the stored (detached) x'
-        _, lp, mean, std = sde_step(x, v, sigma, sigma_next, a, prev_sample=x_next, sigma_max=sigma_max)
-        loss, metrics = grpo_loss(lp, old_lp, adv, valid, self.cfg.grpo_clip, self.cfg.adv_clip)
-        if self.cfg.grpo_kl_beta > 0:
-            with torch.no_grad():
-                v_ref = self._velocity("ref", x, sigma, cond)
-                _, _, mean_ref, _ = sde_step(
-                    x, v_ref, sigma, sigma_next, a, prev_sample=x_next, sigma_max=sigma_max
-                )
-            kl, m = grpo_kl(mean, mean_ref, std, valid, self.cfg.grpo_kl_beta)
-            loss = loss + kl
-            metrics.update(m)
-        metrics["loss/total"] = loss.item()
-        return loss, metrics
+        mb.state = self.objective.prepare(self.views, batch, mb)
+        return mb
 
     # ------------------------------------------------------------------------------------------------
     # after the step
@@ -382,8 +304,8 @@ class Learner:
     def _soft_update_old(self) -> float:
         """theta_old <- d theta_old + (1 - d) theta with d = min(ema_rate * step, ema_max). Returns d."""
         d = min(self.cfg.ema_rate * self._step, self.cfg.ema_max)
-        for default, old in self._pairs:
-            old.mul_(d).add_(default.detach().to(old.dtype), alpha=1.0 - d)
+        for default, old in self._pairs:  # both float32 (lora.add_lora): the blend does not round away
+            old.mul_(d).add_(default.detach(), alpha=1.0 - d)
         return d
 
     def _all_reduce(self, x: torch.Tensor, op: str) -> torch.Tensor:
@@ -485,6 +407,13 @@ def _init_distributed(device: torch.device, rank: int, world_size: int) -> None:
         world_size=world_size,
         verbose=False,
     )
+
+
+def _autocast_dtype(policy: EditPolicy, cfg: LearnerConfig, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast where the base is bf16/fp16 (any device), and in bf16 on a GPU when learner.bf16."""
+    if policy.dtype in (torch.bfloat16, torch.float16):
+        return policy.dtype
+    return torch.bfloat16 if device.type == "cuda" and cfg.bf16 else None
 
 
 def _adapter_pairs(policy: EditPolicy) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cocoedit.actors.config import PolicyConfig
-from cocoedit.actors.policies.base import EditPolicy
+from cocoedit.actors.policies.base import EditPolicy, Parts
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,10 @@ def read_family(model_path: str | Path) -> str:
     return by_pipeline[name]
 
 
-def load_policy(cfg: PolicyConfig, seed: int = 0) -> EditPolicy:
+def load_policy(cfg: PolicyConfig, seed: int = 0, parts: Parts = "all") -> EditPolicy:
     """Build the EditPolicy of cfg.family from the local diffusers directory cfg.model_path, with LoRA
-    adapters `default` and `old` (seed: the gaussian LoRA init)."""
+    adapters `default` and `old` (seed: the gaussian LoRA init). parts="transformer" loads only the
+    transformer (+ scheduler), what a learner rank uses; "all" adds the text encoder(s) and VAE."""
     fam = family(cfg.family)
     if not cfg.model_path:
         raise ValueError(
@@ -85,4 +86,4 @@ def load_policy(cfg: PolicyConfig, seed: int = 0) -> EditPolicy:
         raise ValueError(
             f"policy.family={cfg.family!r} but {cfg.model_path} holds a {found!r} model; set policy.family: {found}"
         )
-    return fam.policy_class()(cfg, seed=seed)
+    return fam.policy_class()(cfg, seed=seed, parts=parts)  # type: ignore[call-arg]

@@ -6,6 +6,10 @@ latent grid, which the region regularizer needs.
 
 LoRA: one transformer carries two peft adapters, `default` (theta, trained) and `old` (theta_old,
 samples); the reference policy is the transformer with adapters disabled.
+
+Parts: a policy loaded with `parts="transformer"` (a learner rank: it never encodes or decodes) holds
+the transformer and its LoRA views only; `encode_condition` and `decode` then refuse. `components()`
+names the modules a policy holds.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from torch import nn
 from cocoedit.actors.types import Condition
 
 AdapterName = Literal["default", "old", "ref"]
+Parts = Literal["all", "transformer"]
+PARTS = ("all", "transformer")
 
 
 class EditPolicy(ABC):
@@ -27,6 +33,32 @@ class EditPolicy(ABC):
     device: torch.device
     dtype: torch.dtype
     family: str
+    parts: Parts
+
+    @classmethod
+    @abstractmethod
+    def pipeline_class(cls) -> type:
+        """The stock diffusers pipeline class of this family (what loads an exported LoRA)."""
+
+    @abstractmethod
+    def components(self) -> dict[str, nn.Module]:
+        """The modules this policy holds, by pipeline component name (e.g. transformer, vae)."""
+
+    @abstractmethod
+    def scheduler_config(self) -> dict:
+        """The flow-matching scheduler's config (shift parameters; see samplers.shifted_sigmas)."""
+
+    @abstractmethod
+    def check_size(self, height: int, width: int) -> None:
+        """Raise ValueError naming the required multiple when height x width cannot be encoded."""
+
+    @abstractmethod
+    def latent_grid(self, height: int, width: int) -> tuple[int, int, int]:
+        """(C, h, w) of the VAE latent grid of a height x width image (before 2x2 packing)."""
+
+    def merge_conditions(self, conditions: list[Condition]) -> Condition:
+        """Concatenate per-item Conditions along the edit dimension."""
+        return Condition.cat(conditions)
 
     @abstractmethod
     def encode_condition(self, instructions: list[str], source_images: torch.Tensor) -> Condition:

@@ -1,8 +1,11 @@
-"""What every diffusers-backed edit policy shares: device/dtype resolution, the LoRA views, 2x2 packing."""
+"""What every diffusers-backed edit policy shares: device/dtype resolution, loading the parts a role
+needs, the LoRA views, 2x2 packing."""
 
 from __future__ import annotations
 
+import json
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -10,8 +13,7 @@ from torch import nn
 
 from cocoedit.actors.config import PolicyConfig
 from cocoedit.actors.policies import lora
-from cocoedit.actors.policies.base import AdapterName, EditPolicy
-from cocoedit.actors.types import Condition
+from cocoedit.actors.policies.base import PARTS, AdapterName, EditPolicy, Parts
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,34 +49,64 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
+MODULES = ("text_encoder", "text_encoder_2", "vae", "transformer")  # pipeline components with weights
+
+
 class DiffusersEditPolicy(EditPolicy):
-    """Shared part of FluxKontextPolicy and QwenImageEditPolicy (`self.pipe` is the stock pipeline)."""
+    """Shared part of FluxKontextPolicy and QwenImageEditPolicy (`self.pipe` is the stock pipeline,
+    with None in place of the components a `parts="transformer"` policy does not load)."""
 
     pipe: Any
     vae_scale_factor: int
     latent_channels: int
+    # components a parts="transformer" policy skips (passed as None to from_pretrained)
+    ENCODING: tuple[str, ...] = ()
 
-    def _setup(self, cfg: PolicyConfig, seed: int) -> None:
+    def _load_pipeline(self, cfg: PolicyConfig, parts: Parts) -> Any:
+        if parts not in PARTS:
+            raise ValueError(f"parts={parts!r} must be one of {PARTS}")
+        skip = {} if parts == "all" else dict.fromkeys(self.ENCODING)
+        return self.pipeline_class().from_pretrained(require_model_path(cfg), dtype=self.dtype, **skip)
+
+    def _setup(self, cfg: PolicyConfig, seed: int, parts: Parts) -> None:
         self.cfg = cfg
-        for name in ("text_encoder", "text_encoder_2", "vae", "transformer"):
-            module = getattr(self.pipe, name, None)
-            if module is not None:
-                module.eval().requires_grad_(False)
+        self.parts = parts
+        for module in self.components().values():
+            module.eval().requires_grad_(False)
+        vae = getattr(self.pipe, "vae", None)
+        if vae is None and cfg.model_path:
+            # the latent grid of a policy without its VAE still follows the VAE's config
+            vae_config = json.loads((Path(cfg.model_path) / "vae" / "config.json").read_text())
+            self.vae_scale_factor, self.latent_channels = self.latent_geometry(vae_config)
+        else:
+            self.vae_scale_factor, self.latent_channels = (
+                self.pipe.vae_scale_factor,
+                self.pipe.latent_channels,
+            )
         self.transformer = self.pipe.transformer
         lora.add_lora(
             self.transformer, cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets), cfg.lora_init, seed
         )
-        self._active: str = "default"
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
 
-    @classmethod
-    def pipeline_class(cls) -> type:
+    @staticmethod
+    def latent_geometry(vae_config: dict) -> tuple[int, int]:
+        """(VAE down-sampling factor, latent channels) from the VAE's config.json (as the pipeline)."""
         raise NotImplementedError
 
-    def merge_conditions(self, conditions: list[Condition]) -> Condition:
-        """Concatenate per-item Conditions along the edit dimension."""
-        return Condition.cat(conditions)
+    def _require_all(self, what: str) -> None:
+        if self.parts != "all":
+            raise RuntimeError(
+                f"{what} needs the text encoder and VAE, but this {self.family} policy was loaded with "
+                f"parts={self.parts!r} (a learner rank's); load it with parts='all'"
+            )
+
+    def components(self) -> dict[str, nn.Module]:
+        return {n: m for n in MODULES if (m := getattr(self.pipe, n, None)) is not None}
+
+    def scheduler_config(self) -> dict:
+        return dict(self.pipe.scheduler.config)
 
     def check_size(self, height: int, width: int) -> None:
         multiple = self.vae_scale_factor * 2
@@ -84,10 +116,13 @@ class DiffusersEditPolicy(EditPolicy):
                 f"{self.vae_scale_factor} x 2x2 packing) for {self.family}; resize the data (data.image_size)"
             )
 
-    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+    def latent_grid(self, height: int, width: int) -> tuple[int, int, int]:
         self.check_size(height, width)
-        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
-        return (h // 2) * (w // 2), self.latent_channels * 4
+        return self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+        c, h, w = self.latent_grid(height, width)
+        return (h // 2) * (w // 2), c * 4
 
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
         n, c, h, w = latents.shape

@@ -13,10 +13,10 @@ from typing import Any, Optional
 import torch
 
 from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.policies.base import Parts
 from cocoedit.actors.policies.common import (
     DTYPES,
     DiffusersEditPolicy,
-    require_model_path,
     resolve_device,
     to_uint8,
     to_unit_float,
@@ -28,26 +28,26 @@ BATCHED = frozenset({"prompt_embeds", "pooled_prompt_embeds", "image_latents", "
 
 class FluxKontextPolicy(DiffusersEditPolicy):
     family = "flux_kontext"
+    ENCODING = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
 
-    def __init__(self, cfg: PolicyConfig, seed: int = 0, pipe: Optional[Any] = None) -> None:
-        """Loads cfg.model_path, or wraps `pipe` (a FluxKontextPipeline already built, e.g. a
-        transformer-only one for benchmarks; it is moved to cfg's device/dtype)."""
-        from diffusers import FluxKontextPipeline
-
+    def __init__(
+        self, cfg: PolicyConfig, seed: int = 0, pipe: Optional[Any] = None, parts: Parts = "all"
+    ) -> None:
+        """Loads cfg.model_path (with parts="transformer": the transformer and scheduler only), or wraps
+        `pipe` (a FluxKontextPipeline already built, e.g. a transformer-only one for benchmarks; it is
+        moved to cfg's device/dtype)."""
         self.device = resolve_device(cfg.device)
         self.dtype = DTYPES[cfg.dtype]
         if pipe is None:
-            pipe = FluxKontextPipeline.from_pretrained(require_model_path(cfg), dtype=self.dtype)
+            pipe = self._load_pipeline(cfg, parts)
         self.pipe = pipe.to(self.device, self.dtype)
         self.pipe.set_progress_bar_config(disable=True)
-        self.vae_scale_factor = self.pipe.vae_scale_factor
-        self.latent_channels = self.pipe.latent_channels
         # T5 cannot use more tokens than its tokenizer allows (512 for FLUX, 32 for the tiny model).
         tokenizer_2 = self.pipe.tokenizer_2
         limit = tokenizer_2.model_max_length if tokenizer_2 is not None else cfg.max_sequence_length
         self.max_sequence_length = min(cfg.max_sequence_length, limit)
         self.guidance = cfg.guidance
-        self._setup(cfg, seed)
+        self._setup(cfg, seed, parts)
 
     @classmethod
     def pipeline_class(cls) -> type:
@@ -55,8 +55,13 @@ class FluxKontextPolicy(DiffusersEditPolicy):
 
         return FluxKontextPipeline
 
+    @staticmethod
+    def latent_geometry(vae_config: dict) -> tuple[int, int]:
+        return 2 ** (len(vae_config["block_out_channels"]) - 1), vae_config["latent_channels"]
+
     @torch.no_grad()
     def encode_condition(self, instructions: list[str], source_images: torch.Tensor) -> Condition:
+        self._require_all("encode_condition")
         n, _, height, width = source_images.shape
         if len(instructions) != n:
             raise ValueError(f"{len(instructions)} instructions for {n} source images")
@@ -109,6 +114,7 @@ class FluxKontextPolicy(DiffusersEditPolicy):
 
     @torch.no_grad()
     def decode(self, x0: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        self._require_all("decode")
         vae = self.pipe.vae
         latents = self.unpack(x0.to(self.device), height, width)
         latents = latents / vae.config.scaling_factor + vae.config.shift_factor

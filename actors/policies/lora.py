@@ -2,24 +2,32 @@
 
 Adapters: `default` (theta, trained, gaussian init), `old` (theta_old, samples; starts equal to
 `default`); the reference policy is the transformer with adapters disabled. Only `default` is trainable.
+Both adapters are float32 whatever the base dtype (peft would create them in the base's bf16): the
+optimizer updates float32 masters, as diffusers' LoRA training scripts keep them, and the soft update
+of theta_old does not round away (bf16 resolves 1 part in 256; an Adam step of 1e-5 on a weight of 0.3
+is 1 part in 30000). peft casts a layer's input to the adapter's dtype and the sum back to the base's.
 
 `export_diffusers_lora` writes a safetensors file that the stock pipeline's `load_lora_weights(path)`
 accepts (keys `transformer.<module>.lora_A.weight`, the LoraConfig in the file's metadata so alpha/r is
-kept), so a trained adapter runs in plain diffusers.
+kept), so a trained adapter runs in plain diffusers; `write_lora_dir` writes the same from saved
+weights (no model needed) into a directory that `load_lora_weights(dir)` reads.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 ADAPTERS = ("default", "old")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file name load_lora_weights(dir) looks for
 
 
 def lora_target_modules(transformer: nn.Module, targets: tuple[str, ...]) -> list[str]:
@@ -68,6 +76,9 @@ def add_lora(
         # peft warns that a second adapter is being added to the same model: that is the design here.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         transformer.add_adapter(config, adapter_name="old")
+    for adapter in ADAPTERS:
+        for p in _adapter_params(transformer, adapter).values():
+            p.data = p.data.float()
     load_adapter_state(transformer, adapter_state(transformer, "default"), "old")
     set_active_adapter(transformer, "default")
 
@@ -153,18 +164,49 @@ def adapter_metadata(transformer: nn.Module, adapter: str) -> dict:
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
 
 
-def export_diffusers_lora(policy, adapter: Literal["default", "old"], path: str | Path) -> Path:
+def export_diffusers_lora(policy: Any, adapter: Literal["default", "old"], path: str | Path) -> Path:
     """Write `adapter` of `policy` as a diffusers LoRA file; the stock pipeline loads it with
     `pipe.load_lora_weights(path)` and then computes what the policy computes with that adapter."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"LoRA export path {path} must end in .safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    pipeline_cls = policy.pipeline_class()
-    pipeline_cls.save_lora_weights(
-        save_directory=str(path.parent),
-        transformer_lora_layers=policy.lora_state_dict(adapter),
-        weight_name=path.name,
-        transformer_lora_adapter_metadata=adapter_metadata(policy.transformer, adapter),
+    _save_lora(
+        policy.lora_state_dict(adapter),
+        adapter_metadata(policy.transformer, adapter),
+        policy.pipeline_class(),
+        path.parent,
+        path.name,
     )
     return path
+
+
+def write_lora_dir(
+    state: dict[str, torch.Tensor], metadata: dict, pipeline_class: type, out_dir: str | Path
+) -> Path:
+    """Write saved adapter weights (peft key names, as `adapter_state` gives them) with their LoraConfig
+    `metadata` (`adapter_metadata`) as `out_dir/pytorch_lora_weights.safetensors`, the diffusers LoRA
+    format of `pipeline_class`; `pipe.load_lora_weights(out_dir)` reads it. The file is replaced
+    atomically, so a reader of out_dir never sees half of one. Returns the file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    _save_lora(state, metadata, pipeline_class, tmp, LORA_WEIGHT_NAME)
+    os.replace(tmp / LORA_WEIGHT_NAME, out / LORA_WEIGHT_NAME)
+    shutil.rmtree(tmp)
+    return out / LORA_WEIGHT_NAME
+
+
+def _save_lora(
+    state: dict[str, torch.Tensor], metadata: dict, pipeline_class: type, directory: Path, weight_name: str
+) -> None:
+    """The pipeline's own LoRA writer: keys `transformer.<module>.lora_{A,B}.weight`, LoraConfig in the
+    file's metadata (so the rank/alpha scale is applied on load)."""
+    pipeline_class.save_lora_weights(
+        save_directory=str(directory),
+        transformer_lora_layers={k: v.contiguous() for k, v in state.items()},
+        weight_name=weight_name,
+        transformer_lora_adapter_metadata=metadata,
+    )

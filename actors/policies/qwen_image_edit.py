@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.policies.base import Parts
 from cocoedit.actors.policies.common import (
     DTYPES,
     DiffusersEditPolicy,
-    require_model_path,
     resolve_device,
     to_uint8,
     to_unit_float,
@@ -54,28 +54,32 @@ def _pad_text(
 class QwenImageEditPolicy(DiffusersEditPolicy):
     family = "qwen_image_edit"
     plus = False
+    ENCODING = ("text_encoder", "tokenizer", "processor", "vae")
 
-    def __init__(self, cfg: PolicyConfig, seed: int = 0) -> None:
+    def __init__(self, cfg: PolicyConfig, seed: int = 0, parts: Parts = "all") -> None:
+        """Loads cfg.model_path (with parts="transformer": the transformer and scheduler only)."""
         self.device = resolve_device(cfg.device)
         self.dtype = DTYPES[cfg.dtype]
-        self.pipe = self.pipeline_class().from_pretrained(require_model_path(cfg), dtype=self.dtype)
+        self.pipe = self._load_pipeline(cfg, parts)
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
-        self.vae_scale_factor = self.pipe.vae_scale_factor
-        self.latent_channels = self.pipe.latent_channels
         self.text_length = cfg.max_sequence_length  # text tokens are padded (masked) to this length
         if cfg.true_cfg_scale != 1.0:
             raise ValueError(
                 f"policy.true_cfg_scale={cfg.true_cfg_scale}: rollouts of Qwen-Image-Edit run without CFG "
                 "(CoCoEdit's setting); set it to 1.0"
             )
-        self._setup(cfg, seed)
+        self._setup(cfg, seed, parts)
 
     @classmethod
     def pipeline_class(cls) -> type:
         from diffusers import QwenImageEditPipeline
 
         return QwenImageEditPipeline
+
+    @staticmethod
+    def latent_geometry(vae_config: dict) -> tuple[int, int]:
+        return 2 ** len(vae_config["temperal_downsample"]), vae_config["z_dim"]
 
     def _text_image(self, image: torch.Tensor) -> Image.Image:
         """The source image as the text encoder sees it."""
@@ -89,6 +93,7 @@ class QwenImageEditPolicy(DiffusersEditPolicy):
 
     @torch.no_grad()
     def encode_condition(self, instructions: list[str], source_images: torch.Tensor) -> Condition:
+        self._require_all("encode_condition")
         n, _, height, width = source_images.shape
         if len(instructions) != n:
             raise ValueError(f"{len(instructions)} instructions for {n} source images")
@@ -160,6 +165,7 @@ class QwenImageEditPolicy(DiffusersEditPolicy):
 
     @torch.no_grad()
     def decode(self, x0: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        self._require_all("decode")
         vae = self.pipe.vae
         latents = self.pipe._unpack_latents(x0.to(self.device), height, width, self.vae_scale_factor)
         z = vae.config.z_dim

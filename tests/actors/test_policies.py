@@ -229,3 +229,35 @@ def test_qwen_euler_matches_stock_pipeline(family, tiny_model_dir, monkeypatch):
     assert len(Condition.cat([cond, cond2]).tensors["prompt_embeds_mask"]) == 3
     images = policy.decode(ours, SIZE, SIZE)
     assert images.shape == (1, 3, SIZE, SIZE) and images.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("family", ["flux_kontext", "qwen_image_edit"])
+def test_transformer_only_policy_has_the_same_grid_and_velocity(family, tiny_model_dir):
+    """parts="transformer" (a learner rank): no text encoder or VAE, the latent grid read from the VAE's
+    config, the same velocity as the full policy; encoding and decoding refuse with the fix."""
+    cfg = policy_config(tiny_model_dir(family), family=family)
+    full, lean = load_policy(cfg), load_policy(cfg, parts="transformer")
+    assert set(lean.components()) == {"transformer"} and "vae" in full.components()
+    assert lean.latent_grid(SIZE, SIZE) == full.latent_grid(SIZE, SIZE)
+    assert (lean.vae_scale_factor, lean.latent_channels) == (full.vae_scale_factor, full.latent_channels)
+    cond = full.encode_condition(["remove the circle"], source_image(3))
+    length, dim = full.latent_shape(SIZE, SIZE)
+    x = torch.randn(1, length, dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(
+            lean.velocity(x, torch.tensor([0.6]), cond), full.velocity(x, torch.tensor([0.6]), cond)
+        )
+    with pytest.raises(RuntimeError, match="parts='transformer'.*load it with parts='all'"):
+        lean.encode_condition(["x"], source_image(3))
+    with pytest.raises(RuntimeError, match="decode needs the text encoder and VAE"):
+        lean.decode(x, SIZE, SIZE)
+    with pytest.raises(ValueError, match="parts='vae' must be one of"):
+        load_policy(cfg, parts="vae")  # type: ignore[arg-type]
+
+
+def test_lora_adapters_are_float32_over_a_bf16_base(tiny_model_dir):
+    policy = load_policy(policy_config(tiny_model_dir("flux_kontext"), dtype="bfloat16"))
+    lora = {p.dtype for n, p in policy.transformer.named_parameters() if ".lora_" in n}
+    base = {p.dtype for n, p in policy.transformer.named_parameters() if ".lora_" not in n}
+    assert lora == {torch.float32} and base == {torch.bfloat16}
+    assert all(v.dtype == torch.float32 for v in policy.lora_state_dict("old").values())

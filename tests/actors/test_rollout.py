@@ -11,7 +11,7 @@ from PIL import Image
 from cocoedit.actors.config import PolicyConfig, RolloutConfig
 from cocoedit.actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
 from cocoedit.actors.rollout import RolloutWorker
-from cocoedit.actors.samplers import sde_step
+from cocoedit.actors.samplers import initial_noise, sde_step
 from cocoedit.actors.types import EditItem, GroupedItem
 
 SIZE = 32
@@ -114,16 +114,17 @@ def test_rollout_batch_contents(flux_worker):
     assert batch.edit_ids == [gi.edit_id for gi in items] and batch.seeds == [gi.seed for gi in items]
     assert batch.group_ids == ["0:item0"] * 3 + ["0:item1"] * 3
     assert batch.x0.shape == (n, length, dim) and batch.x0.dtype == torch.float32
-    assert batch.source_latents.shape == (n, length, dim)
+    assert batch.source_latents.shape == (2, length, dim)  # one row per group
+    assert batch.group_index.tolist() == [0, 0, 0, 1, 1, 1]
     assert batch.edited_images.shape == (n, 3, SIZE, SIZE) and batch.edited_images.dtype == torch.uint8
     assert torch.equal(batch.source_images[0], items[0].item.source_image)
     assert batch.edit_masks.shape == (n, 1, SIZE, SIZE) and batch.target_images.shape == (n, 3, SIZE, SIZE)
     assert batch.sigmas.shape == (7,) and batch.sigmas[0] == 1 and batch.sigmas[-1] == 0
     assert batch.trajectory is None and batch.log_probs is None
-    assert batch.condition.tensors["prompt_embeds"].shape[0] == n
-    # Same source and instruction inside a group: identical conditions, x_src; distinct noise -> distinct x0.
-    assert torch.equal(batch.source_latents[0], batch.source_latents[2])
-    assert not torch.equal(batch.source_latents[0], batch.source_latents[3])
+    assert batch.condition.tensors["prompt_embeds"].shape[0] == 2
+    # Same source and instruction inside a group: one condition row, x_src; distinct noise -> distinct x0.
+    x_src = batch.edit_source_latents(list(range(n)))
+    assert torch.equal(x_src[0], x_src[2]) and not torch.equal(x_src[0], x_src[3])
     assert (batch.x0[0] - batch.x0[1]).abs().max() > 1e-3
     assert set(batch.timings) >= {"encode_s", "sample_s", "decode_s", "edits_per_s"}
     # Deterministic, and independent of micro-batching and of the other edits of the call.
@@ -143,12 +144,12 @@ def test_sde_rollout_stores_trajectory_and_reproducible_log_probs(flux_worker):
     assert batch.log_probs.shape == (n, steps) and torch.isfinite(batch.log_probs).all()
     assert torch.equal(batch.trajectory[:, -1], batch.x0)
     first = torch.stack(
-        [worker.initial_noise(torch.Generator().manual_seed(s), SIZE, SIZE) for s in batch.seeds]
+        [initial_noise(worker.policy, torch.Generator().manual_seed(s), SIZE, SIZE) for s in batch.seeds]
     )
     assert torch.equal(batch.trajectory[:, 0], first)
     # The learner's re-evaluation of a stored transition under theta_old gives the stored log-prob.
     policy, s = worker.policy, batch.sigmas
-    cond = batch.condition
+    cond = batch.edit_condition(list(range(n)))
     with torch.no_grad(), policy.adapter("old"):
         for i in range(steps):
             x = batch.trajectory[:, i]

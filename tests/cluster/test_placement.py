@@ -148,3 +148,62 @@ def test_shipped_cluster_configs_fit_the_clusters_they_name(name: str, nodes: in
     assert gpus == 8 * nodes  # every GPU has a role, none is asked twice
     with pytest.raises(PlacementError, match="short by"):
         check_cluster(demands(cfg), {"CPU": 96.0 * nodes, "GPU": 8.0 * nodes - 1}, [node] * nodes)
+
+
+def _threads_and_cores(actor) -> tuple[int, list[int]]:  # noqa: ANN001
+    import os
+
+    import torch
+
+    return ray.get(
+        actor.__ray_call__.remote(lambda self: (torch.get_num_threads(), sorted(os.sched_getaffinity(0))))
+    )
+
+
+def test_actors_use_the_cpus_they_reserved(ray_local) -> None:  # noqa: ANN001
+    """A process environment with OMP_NUM_THREADS=1 (as Ray gives actors with fractional asks, and as
+    clusters often set) must not make a role that reserved 2 CPUs single-threaded."""
+    from cocoedit.cluster.groups import LearnerRank
+    from cocoedit.cluster.services import RewardReplica
+
+    one_thread = {"env_vars": {"OMP_NUM_THREADS": "1"}}
+    rank = ray.remote(LearnerRank).options(num_cpus=2, runtime_env=one_thread).remote(0, 1, 2.0)
+    try:
+        assert _threads_and_cores(rank)[0] == 2
+    finally:
+        ray.kill(rank)
+    cfg = load_config(None, ["rewards.pixel.cpus_per_replica=1", "rewards.pixel.threads=0"]).rewards
+    replica = ray.remote(RewardReplica).options(num_cpus=1).remote("pixel", cfg)
+    try:
+        # the pixel scorer's "one thread per core" (threads=0) means the 1 CPU the replica reserved,
+        # not every core of the node
+        threads = ray.get(
+            replica.__ray_call__.remote(lambda self: self.server.server.servicer.scorer.threads)
+        )
+        assert threads == 1 and _threads_and_cores(replica)[0] == 1
+    finally:
+        ray.get(replica.stop.remote())
+        ray.kill(replica)
+
+
+def test_pinned_roles_get_disjoint_cores(ray_local) -> None:  # noqa: ANN001
+    import os
+
+    from cocoedit.cluster.groups import LearnerRank
+    from cocoedit.cluster.placement import cpu_sets
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("pinning two roles apart needs two cores")
+    cfg = load_config(None, ["run.pin_cpus=true"])  # tiny: learner 0.5 CPU, rollout 0.5 CPU
+    sets = cpu_sets(cfg)
+    assert sets == {"learner ranks": [[cores[0]]], "rollout workers": [[cores[1]]]}
+    rank = ray.remote(LearnerRank).options(num_cpus=0.5).remote(0, 1, 0.5, sets["learner ranks"][0])
+    try:
+        assert _threads_and_cores(rank) == (1, [cores[0]])
+    finally:
+        ray.kill(rank)
+    with pytest.raises(PlacementError, match="not with run.colocate"):
+        cpu_sets(load_config(None, ["run.pin_cpus=true", "run.colocate=true"]))
+    with pytest.raises(PlacementError, match=f"needs {len(cores) + 1} cores"):
+        cpu_sets(load_config(None, ["run.pin_cpus=true", f"learner.cpus_per_rank={len(cores)}"]))

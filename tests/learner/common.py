@@ -23,13 +23,13 @@ def build_model(out_dir: str | Path) -> Path:
     return build_tiny_model("flux_kontext", out_dir, seed=0, **MODEL_KWARGS)
 
 
-def policy_config(model_dir: str | Path, lora_rank: int = 4) -> PolicyConfig:
+def policy_config(model_dir: str | Path, lora_rank: int = 4, dtype: str = "float32") -> PolicyConfig:
     from cocoedit.actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH
 
     return PolicyConfig(
         family="flux_kontext",
         model_path=str(model_dir),
-        dtype="float32",
+        dtype=dtype,  # type: ignore[arg-type]
         device="cpu",
         lora_rank=lora_rank,
         lora_alpha=2 * lora_rank,
@@ -38,10 +38,10 @@ def policy_config(model_dir: str | Path, lora_rank: int = 4) -> PolicyConfig:
     )
 
 
-def load(model_dir: str | Path, seed: int = 0) -> EditPolicy:
+def load(model_dir: str | Path, seed: int = 0, dtype: str = "float32") -> EditPolicy:
     from cocoedit.actors.policies import load_policy
 
-    return load_policy(policy_config(model_dir), seed=seed)
+    return load_policy(policy_config(model_dir, dtype=dtype), seed=seed)
 
 
 def learner_config(**overrides: object) -> LearnerConfig:
@@ -51,29 +51,33 @@ def learner_config(**overrides: object) -> LearnerConfig:
 
 
 def make_batch(policy: EditPolicy, n: int = 4, num_steps: int = 4, seed: int = 0) -> RolloutBatch:
-    """A rollout batch of n edits in groups of 2: random sources, a centred square edit mask, and x0 =
-    the source latent with the edit square replaced by noise (a perfect keep region)."""
+    """A rollout batch of n edits in groups of 2 (one condition row per group, as workers send it):
+    random sources, a centred square edit mask, and x0 = the source latent with the edit square replaced
+    by noise (a perfect keep region)."""
     g = torch.Generator().manual_seed(seed)
-    src = torch.randint(0, 256, (n, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
-    instructions = ["paint the square red" if i % 4 < 2 else "remove the circle" for i in range(n)]
+    groups = (n + 1) // 2
+    src = torch.randint(0, 256, (groups, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    instructions = ["paint the square red" if k % 2 == 0 else "remove the circle" for k in range(groups)]
     cond = policy.encode_condition(instructions, src).to("cpu")
     x_src = policy.source_latents(cond).float()
+    group_index = torch.arange(n) // 2
     mask = torch.zeros(n, 1, SIZE, SIZE)
     mask[:, :, 8:24, 8:24] = 1.0
-    grid_src = policy.unpack(x_src, SIZE, SIZE)
+    grid_src = policy.unpack(x_src[group_index], SIZE, SIZE)
     grid_mask = torch.nn.functional.interpolate(mask, size=grid_src.shape[-2:], mode="nearest")
     grid_x0 = grid_src * (1 - grid_mask) + torch.randn(grid_src.shape, generator=g) * grid_mask
     return RolloutBatch(
         edit_ids=[f"e{i}" for i in range(n)],
         item_ids=[f"item{i // 2}" for i in range(n)],
         group_ids=[f"0:item{i // 2}" for i in range(n)],
-        instructions=instructions,
+        instructions=[instructions[i // 2] for i in range(n)],
         policy_version=0,
         x0=policy.pack(grid_x0),
         source_latents=x_src,
         condition=cond,
-        edited_images=src,
-        source_images=src,
+        group_index=group_index,
+        edited_images=src[group_index],
+        source_images=src[group_index],
         edit_masks=mask,
         sigmas=torch.linspace(1.0, 0.0, num_steps + 1),
         sampler="dpm2",
@@ -95,7 +99,7 @@ def keep_error(policy: EditPolicy, batch: RolloutBatch, probes: list[tuple[float
         tt = torch.full((len(batch),), t)
         x_t = (1 - t) * batch.x0 + t * eps
         with policy.adapter("default"):
-            v = policy.velocity(x_t, tt, batch.condition)
+            v = policy.velocity(x_t, tt, batch.edit_condition(list(range(len(batch)))))
         x0_pos = x_t - t * v
         unpack = lambda p: policy.unpack(p, batch.height, batch.width)  # noqa: E731
         out.append(weighted_sq_dist(unpack(x0_pos), unpack(batch.x0), w.w_pos).mean().item())

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from cocoedit.actors.samplers import sde_step
+from cocoedit.actors.types import RolloutBatch
 from cocoedit.learner.checkpoint import COMPLETE, checkpoint_dir, latest_checkpoint
 from cocoedit.learner.learner import Learner
+from cocoedit.learner.objectives import OBJECTIVES, MicroBatch, Objective, Views
 from cocoedit.loopback import free_port
 from tests.learner import common
 
@@ -207,7 +209,7 @@ def test_grpo_on_policy_ratio_is_one(model_dir: Path) -> None:
     sig = batch.sigmas
     with torch.no_grad(), policy.adapter("old"):
         for j in range(4):
-            v = policy.velocity(x, sig[j].expand(4), batch.condition)
+            v = policy.velocity(x, sig[j].expand(4), batch.edit_condition([0, 1, 2, 3]))
             x, lp, _, _ = sde_step(x, v, sig[j], sig[j + 1], 0.7, generator=g, sigma_max=sig[1])
             traj.append(x)
             lps.append(lp)
@@ -238,3 +240,172 @@ def test_regularizer_lowers_keep_region_error(model_dir: Path) -> None:
     print(f"keep-region error: start {start:.5f}, lam_pos=0 {final[0.0]:.5f}, lam_pos=5 {final[5.0]:.5f}")
     assert final[5.0] < start, (start, final)
     assert final[5.0] < final[0.0], (start, final)
+
+
+# --------------------------------------------------------------------------------------------------
+# bf16 base: float32 LoRA masters, a soft update that does not round away
+
+
+def _adam_state(engine, param: torch.nn.Parameter, key: str) -> torch.Tensor:
+    """The optimizer's float32 state of one LoRA parameter (ZeRO-1/2 partitions or plain AdamW)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    state = safe_get_full_optimizer_state(param, key)
+    if state is None:
+        state = engine.optimizer.state[param][key]
+    return state.detach().double().cpu().view(param.shape)
+
+
+def _as64(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.double() for k, v in state.items()}
+
+
+def _ulp_error(
+    actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], start: dict[str, torch.Tensor]
+) -> float:
+    """max |actual - expected| in float32 ulps of the operands (the larger of |expected| and |start|)."""
+    eps = torch.finfo(torch.float32).eps
+    return max(
+        (
+            (actual[k].double() - expected[k]).abs()
+            / (eps * torch.maximum(expected[k].abs(), start[k].double().abs()))
+        )
+        .max()
+        .item()
+        for k in expected
+    )
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_bf16_base_keeps_small_updates_and_the_soft_update(model_dir: Path, zero_stage: int) -> None:
+    """bf16 resolves ~1/256 of a weight: an Adam step of lr = 1e-5 on weights of ~0.3 and a soft update
+    with d = 0.999 change them by ~1/30000 and were lost entirely before the adapters were float32
+    (bench/learner_update.py bf16 measures it). Now theta after one step equals the update computed in
+    float64 from the optimizer's state, and theta_old after soft updates with d = 0.5 and d = 0.999 the
+    float64 blend, both within 2 float32 ulps."""
+    policy = common.load(model_dir, dtype="bfloat16")
+    g = torch.Generator().manual_seed(0)
+    start = {k: 0.3 * torch.randn(v.shape, generator=g) for k, v in policy.lora_state_dict("default").items()}
+    policy.load_lora_state_dict(start, "default")  # B != 0: every weight gets a gradient
+    policy.load_lora_state_dict(start, "old")
+    lr = 1e-5
+    # d = min(0.5 * step, 0.999): 0.5 after the first update, 0.999 after the second
+    learner = Learner(
+        policy.cfg,  # type: ignore[attr-defined]
+        common.learner_config(zero_stage=zero_stage, lr=lr, ema_rate=0.5, ema_max=0.999, train_timesteps=1),
+        policy=policy,
+    )
+    assert learner.views.autocast == torch.bfloat16
+    assert {p.dtype for p in policy.trainable_parameters()} == {torch.float32}
+    assert {v.dtype for v in learner.sampling_weights().values()} == {torch.float32}
+    batch = common.make_batch(policy)
+    adv, valid = torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, dtype=torch.bool)
+    for d in (0.5, 0.999):
+        # theta_old well away from theta, so that (1 - d)(theta - theta_old) is many float32 ulps
+        old0 = {
+            k: v + 0.01 * torch.randn(v.shape, generator=g)
+            for k, v in policy.lora_state_dict("default").items()
+        }
+        policy.load_lora_state_dict(old0, "old")
+        theta0 = _as64(policy.lora_state_dict("default"))
+        m = learner.update(batch, adv, valid)
+        assert m["learner/ema_decay"] == pytest.approx(d)
+        theta1 = _as64(policy.lora_state_dict("default"))
+        if d == 0.5:  # the first AdamW step: m_hat / sqrt(v_hat) from the optimizer's own state
+            b1, b2 = learner.cfg.betas
+            expected = {}
+            for (k, t0), p in zip(theta0.items(), policy.trainable_parameters(), strict=True):
+                m1 = _adam_state(learner.engine, p, "exp_avg") / (1 - b1)
+                v1 = _adam_state(learner.engine, p, "exp_avg_sq") / (1 - b2)
+                expected[k] = t0 * (1 - lr * learner.cfg.weight_decay) - lr * m1 / (v1.sqrt() + 1e-8)
+            step = max((expected[k] - theta0[k]).abs().max().item() for k in theta0)
+            assert step == pytest.approx(lr, rel=1e-3)
+            assert _ulp_error(theta1, expected, theta0) <= 2.0
+        blend = {k: d * old0[k].double() + (1 - d) * theta1[k] for k in theta1}
+        change = min((blend[k] - old0[k].double()).abs().max().item() for k in blend)
+        assert change > 1e-6  # >> a float32 ulp of these weights, ~100x below a bf16 one
+        assert _ulp_error(policy.lora_state_dict("old"), blend, old0) <= 2.0
+
+
+# --------------------------------------------------------------------------------------------------
+# lean roles, conditions once per group, the objective registry
+
+
+def test_learner_rank_loads_only_the_transformer(model_dir: Path) -> None:
+    lean = Learner(common.policy_config(model_dir), common.learner_config())  # as a LearnerRank builds it
+    assert set(lean.policy.components()) == {"transformer"}
+    pipe = lean.policy.pipe  # type: ignore[attr-defined]
+    assert pipe.text_encoder is None and pipe.text_encoder_2 is None and pipe.vae is None
+    with pytest.raises(RuntimeError, match="parts='transformer'"):
+        lean.policy.encode_condition(["x"], torch.zeros(1, 3, common.SIZE, common.SIZE, dtype=torch.uint8))
+    full = _learner(model_dir)  # a rollout worker's policy: everything
+    assert set(full.policy.components()) == {"text_encoder", "text_encoder_2", "vae", "transformer"}
+    # the lean learner trains exactly like one holding the whole pipeline
+    batch = common.make_batch(full.policy)
+    adv, valid = torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, dtype=torch.bool)
+    m_lean, m_full = lean.update(batch, adv, valid), full.update(batch, adv, valid)
+    assert m_lean["loss/total"] == m_full["loss/total"]
+    for adapter in ("default", "old"):
+        assert (
+            common.lora_max_diff(lean.policy.lora_state_dict(adapter), full.policy.lora_state_dict(adapter))
+            == 0
+        )
+
+
+def test_conditions_once_per_group_train_like_one_per_edit(model_dir: Path) -> None:
+    """A batch with one condition row per group gives the losses and weights of the same batch with one
+    row per edit (what workers sent before); micro-batches of 4 straddle the groups of 2."""
+    grouped, flat = _learner(model_dir, micro_batch_size=4), _learner(model_dir, micro_batch_size=4)
+    batch = common.make_batch(grouped.policy, n=6)
+    per_edit = batch.per_edit()
+    assert len(batch.condition) == 3 and len(per_edit.condition) == 6
+    adv, valid = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.2, -0.2]), torch.tensor([1, 1, 0, 1, 1, 1]).bool()
+    for _ in range(2):
+        m_group, m_flat = grouped.update(batch, adv, valid), flat.update(per_edit, adv, valid)
+        for key in ("loss/total", "loss/policy", "loss/reg", "loss/kl", "learner/grad_norm"):
+            assert m_group[key] == pytest.approx(m_flat[key], rel=1e-6, abs=1e-9), key
+    for adapter in ("default", "old"):
+        assert (
+            common.lora_max_diff(
+                grouped.policy.lora_state_dict(adapter), flat.policy.lora_state_dict(adapter)
+            )
+            < 1e-7
+        )
+
+
+class BlendRegression(Objective):
+    """A toy objective: from the midpoint of source and edit latents, predict the edit (x0) in one step."""
+
+    def passes(self, batch: RolloutBatch) -> int:
+        return 1
+
+    def loss(self, views: Views, batch: RolloutBatch, mb: MicroBatch, j: int) -> tuple[torch.Tensor, dict]:
+        x_t = 0.5 * (mb.x0 + mb.x_src)
+        t = torch.full((len(mb.idx),), 0.5, device=mb.x0.device)
+        x0_hat = x_t - 0.5 * views.velocity("default", x_t, t, mb.cond)
+        loss = ((x0_hat - mb.x0) ** 2).mean()
+        return loss, {"loss/total": loss.item()}
+
+
+def test_a_toy_objective_trains_with_one_registry_line(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(OBJECTIVES, "blend", BlendRegression)  # the one registry line
+    learner = _learner(model_dir, objective="blend", micro_batch_size=4, lr=1e-4)
+    policy = learner.policy
+    batch = common.make_batch(policy)
+    every = list(range(len(batch)))
+
+    @torch.no_grad()
+    def blend_loss() -> float:
+        x_t = 0.5 * (batch.x0 + batch.edit_source_latents(every))
+        v = policy.velocity(x_t, torch.full((len(batch),), 0.5), batch.edit_condition(every))
+        return ((x_t - 0.5 * v - batch.x0) ** 2).mean().item()
+
+    before = blend_loss()
+    m = learner.update(batch, torch.zeros(4), torch.ones(4, dtype=torch.bool))
+    assert learner.step == 1 and m["learner/passes"] == 1
+    assert m["loss/total"] == pytest.approx(before, rel=1e-5)
+    assert blend_loss() < before  # one AdamW step descended the toy loss
+    with pytest.raises(ValueError, match=r"learner.objective='nope' is unknown; expected one of \['blend'"):
+        Learner(learner.policy_cfg, common.learner_config(objective="nope"), policy=policy)
