@@ -2,6 +2,7 @@
 
     cocoedit data synth --out DIR --num N --size PX --seed S
     cocoedit data check MANIFEST [--format F] [--root DIR]
+    cocoedit data curate --input IN [IN ...] --out DIR [--num N] [--format manifest|cocoedit40k] [key=value ...]
     cocoedit config show [--config FILE] [key=value ...]
     cocoedit train [--config FILE] [--resume [CHECKPOINT]] [key=value ...]
     cocoedit pretrain-tiny --out DIR
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str, bool]] = {
     "data synth": ("cocoedit.actors.synth", "cli_synth", False),
     "data check": ("cocoedit.actors.data", "cli_check", False),
+    "data curate": ("cocoedit.cluster.curate", "cli_curate", True),
     "config show": ("cocoedit.cluster.cli", "cli_show_config", True),
     "train": ("cocoedit.cluster.train", "cli_train", True),
     "pretrain-tiny": ("cocoedit.cluster.cli", "cli_pretrain", True),
@@ -69,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=["manifest", "cocoedit40k", "benchmask"], default="manifest")
     check.add_argument("--mask-polarity", choices=["edit_white", "keep_white"], default=None)
     check.add_argument("--root", default=None, help="folder the paths are relative to (default: the file's)")
+    curate = data_sub.add_parser(
+        "curate", help="turn editing datasets (source, target, instruction) into a masked training set"
+    )
+    curate.add_argument("--input", nargs="+", required=True, help="JSONL / Parquet files or folders of them")
+    curate.add_argument("--out", required=True, help="output folder; a rerun resumes an interrupted run")
+    curate.add_argument(
+        "--num", type=int, default=None, help="N items balanced over edit types (default: all)"
+    )
+    curate.add_argument(
+        "--format",
+        choices=["manifest", "cocoedit40k"],
+        default=None,
+        help="manifest.jsonl (white = edit) or CoCoEdit-40K metadata.jsonl (white = keep); default curate.output_format",
+    )
+    _add_config_args(curate)
 
     config = sub.add_parser("config", help="show the resolved config")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -97,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True)
     _add_config_args(pre)
 
+    from cocoedit.rewards.serve import SERVICES
+
     serve = sub.add_parser("serve", help="run one reward service as a standalone gRPC server")
-    serve.add_argument("service", choices=["pixel", "mllm", "synthetic"])
+    serve.add_argument("service", choices=sorted(SERVICES))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
     serve.add_argument("--model", default=None, help="mllm: local model directory")
@@ -214,13 +233,13 @@ def cli_serve(args: argparse.Namespace, cfg: Config) -> int:
     """`cocoedit serve pixel|mllm|synthetic`: one reward service as a standalone gRPC server."""
     from cocoedit.rewards.serve import serve
 
+    section = cfg.rewards.service(args.service)
     if args.model is not None:
         if args.service != "mllm":
             print(f"--model applies to the mllm service only, not {args.service}", file=sys.stderr)
             return 2
-        mllm = dataclasses.replace(cfg.rewards.mllm, model_path=args.model)
-        cfg = dataclasses.replace(cfg, rewards=dataclasses.replace(cfg.rewards, mllm=mllm))
-    return serve(args.service, cfg.rewards, args.host, args.port)
+        section = dataclasses.replace(section, model_path=args.model)
+    return serve(args.service, section, args.host, args.port)
 
 
 def _print_train_help(rest: list[str]) -> None:

@@ -176,8 +176,7 @@ def resolve_models(cfg: Config) -> Config:
         from cocoedit.rewards.mllm import resolve_model_path
 
         judge = dataclasses.replace(judge, model_path=str(resolve_model_path(judge)))  # builds it once
-    rewards = dataclasses.replace(cfg.rewards, mllm=judge)
-    return dataclasses.replace(cfg, policy=policy, rewards=rewards)
+    return dataclasses.replace(cfg, policy=policy, rewards=cfg.rewards.with_service("mllm", judge))
 
 
 def _cached(kind: str, settings: dict, build) -> Path:  # noqa: ANN001 - build: Callable[[Path], None]

@@ -2,9 +2,8 @@
 before anything starts, then reserved as placement groups.
 
 Roles: rollout workers (`rollout.num_workers` x cpus/gpus_per_worker), learner ranks
-(`learner.world_size` x cpus/gpus_per_rank) and each reward service's replicas
-(`rewards.<name>.replicas` x cpus/gpus_per_replica). With `run.colocate`, rollout worker i and learner
-rank i share bundle i (one GPU between them, the time-sliced layout of verl/OpenRLHF's hybrid engine).
+(`learner.world_size` x cpus/gpus_per_rank) and each reward service's replicas (`rewards.<name>.scaling`:
+replicas x cpus/gpus_per_replica). With `run.colocate`, rollout worker i and learner rank i share bundle i (one GPU between them, the time-sliced layout of verl/OpenRLHF's hybrid engine).
 
 Two checks keep a run from hanging on resources the cluster does not have:
 1. `check_cluster`, immediately: one actor larger than every node, or all roles together more than the
@@ -76,8 +75,7 @@ def demands(cfg: Any) -> list[Demand]:
             "rollout.num_workers / rollout.cpus_per_worker / rollout.gpus_per_worker",
         ),
     ]
-    if cfg.run.colocate:  # the two roles share bundles: one demand of the pair
-        _check_colocate(cfg)
+    if cfg.run.colocate:  # the two roles share bundles: one demand of the pair (checked at load)
         out = [
             Demand(
                 "colocated rollout workers + learner ranks",
@@ -90,32 +88,17 @@ def demands(cfg: Any) -> list[Demand]:
     for name in cfg.rewards.weights:
         if name in cfg.rewards.addresses:
             continue  # an external service: not ours to place
-        section = cfg.rewards.service(name)
+        scaling = cfg.rewards.service(name).scaling
         out.append(
             Demand(
                 f"reward service {name} replicas",
-                section.replicas,
-                section.cpus_per_replica,
-                getattr(section, "gpus_per_replica", 0.0),
-                f"rewards.{name}.replicas / rewards.{name}.cpus_per_replica",
+                scaling.replicas,
+                scaling.cpus_per_replica,
+                scaling.gpus_per_replica,
+                f"rewards.{name}.scaling.replicas / .cpus_per_replica / .gpus_per_replica",
             )
         )
     return out
-
-
-def _check_colocate(cfg: Any) -> None:
-    rollout, learner = cfg.rollout, cfg.learner
-    if rollout.num_workers != learner.world_size:
-        raise PlacementError(
-            f"run.colocate pairs rollout worker i with learner rank i: rollout.num_workers={rollout.num_workers} "
-            f"must equal learner.world_size={learner.world_size}"
-        )
-    if rollout.gpus_per_worker + learner.gpus_per_rank > 1.0:
-        raise PlacementError(
-            f"run.colocate shares one GPU between a rollout worker and a learner rank: "
-            f"rollout.gpus_per_worker ({rollout.gpus_per_worker:g}) + learner.gpus_per_rank "
-            f"({learner.gpus_per_rank:g}) must be <= 1, e.g. 0.5 each"
-        )
 
 
 def check_cluster(wanted: list[Demand], total: dict[str, float], nodes: list[dict[str, float]]) -> None:
@@ -169,7 +152,6 @@ class Placement:
         rollout, learner = cfg.rollout, cfg.learner
         self.groups: dict[str, PlacementGroup] = {}
         if cfg.run.colocate:
-            _check_colocate(cfg)
             shared = _bundle(
                 rollout.cpus_per_worker + learner.cpus_per_rank,
                 rollout.gpus_per_worker + learner.gpus_per_rank,

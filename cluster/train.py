@@ -43,6 +43,7 @@ from cocoedit.cluster.scores import Scores, score_batch
 from cocoedit.cluster.services import RewardServices
 from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint
+from cocoedit.rewards.weighting import RewardError
 from cocoedit.telemetry import record_epoch
 
 log = logging.getLogger("cocoedit.train")
@@ -83,7 +84,7 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
             batch = run.rollouts.next()
         run.rollouts.fill(cfg.rollout.max_staleness, run.version)  # sampled while this one trains
         with timer("score"):
-            scores = score_batch(run.services, batch, cfg.rewards.weights)
+            scores = score_batch(run.services, batch, cfg.rewards)
         groups = advantages(run, batch, scores)
         with timer("update"), run.guard.during("updating", epoch):
             update = run.learner.update(batch, groups.advantages, groups.valid)
@@ -103,8 +104,9 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
 
 def advantages(run: Run, batch: RolloutBatch, scores: Scores) -> GroupScores:
     """Group-normalised advantages and validity; items whose group is solved are banned from sampling."""
-    rewards = torch.as_tensor(scores.rewards, dtype=torch.float32)
-    groups = score_groups(rewards, batch.group_ids, batch.item_ids, run.cfg.learner)
+    rewards = torch.as_tensor(scores.rewards.total, dtype=torch.float32)
+    scored = torch.as_tensor(scores.rewards.scored)  # edits a service could not score count nowhere
+    groups = score_groups(rewards, batch.group_ids, batch.item_ids, run.cfg.learner, scored)
     run.sampler.ban([i for i in groups.banned_items if i not in run.sampler.banned])
     return groups
 
@@ -121,7 +123,7 @@ def sync(run: Run, epoch: int) -> None:
 def evaluate_fixed(run: Run) -> dict[str, float]:
     """Edit the fixed set with the current sampling policy and score it: `eval/*` metrics."""
     batch = run.rollout.sample(run.fixed, run.version)
-    return score_batch(run.services, batch, run.cfg.rewards.weights).eval_metrics()
+    return score_batch(run.services, batch, run.cfg.rewards).eval_metrics()
 
 
 def log_epoch(
@@ -138,7 +140,7 @@ def log_epoch(
             batch.source_images[first[0]],
             batch.edited_images[first],
             batch.edit_masks[first[0]],
-            [float(scores.rewards[i]) for i in first],
+            [float(scores.rewards.total[i]) for i in first],
             title=f"epoch {epoch}: {batch.instructions[first[0]]}",
         )
 
@@ -321,7 +323,14 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         history = train(cfg, resume=args.resume)
-    except (PlacementError, LearnerFailure, FileNotFoundError, RayConnectError, ResumeConfigError) as e:
+    except (
+        PlacementError,
+        LearnerFailure,
+        FileNotFoundError,
+        RayConnectError,
+        ResumeConfigError,
+        RewardError,
+    ) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1
     _print_summary(cfg, history)

@@ -25,7 +25,7 @@ from cocoedit.actors.types import GroupedItem, RolloutBatch
 from cocoedit.cluster.config import load_config
 from cocoedit.cluster.launch import resolve_models
 from cocoedit.rewards.base import DecodedEdit
-from cocoedit.rewards.serve import SERVICES
+from cocoedit.rewards.serve import service
 
 
 def decoded(batch: RolloutBatch, i: int) -> DecodedEdit:
@@ -58,7 +58,7 @@ def main() -> None:
     worker = RolloutWorker(cfg.policy, dataclasses.replace(cfg.rollout, batch_size=args.group))
     scorers = {}
     for name in cfg.rewards.weights:
-        scorer, _ = SERVICES[name](cfg.rewards)
+        scorer = service(name).scorer(cfg.rewards.service(name))
         asyncio.run(scorer.load())
         scorers[name] = scorer
 

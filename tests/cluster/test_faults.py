@@ -33,7 +33,7 @@ def test_scaling_and_faults_mid_run_lose_no_sample(ray_local, cache: Path, tmp_p
             "run.eval_every=0",
             "run.image_every=0",
             "run.checkpoint_every=0",
-            "rewards.pixel.replicas=1",
+            "rewards.pixel.scaling.replicas=1",
             "rewards.client.batch_edits=2",  # 4 requests per epoch: both replicas get work
             f"run.run_dir={tmp_path / 'run'}",
         ],
