@@ -271,10 +271,9 @@ def vocabulary() -> list[str]:
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
+    from cocoedit.rewards.images import encode_png
 
-    # no metadata chunks and a fixed compression level: identical bytes on every run
-    Image.fromarray(array).save(path, format="PNG", compress_level=6)
+    path.write_bytes(encode_png(array))  # same pixels -> same bytes: identical files on every run
 
 
 def write_synthetic_dataset(out_dir: str | Path, num: int, size: int, seed: int) -> Path:

@@ -229,6 +229,7 @@ def learner_check(policy: Any, dev: Device, args: argparse.Namespace, peak_tf: f
         x0=torch.randn(m, length, dim, generator=g),
         source_latents=cond.tensors["image_latents"].float(),
         condition=cond,
+        group_index=torch.arange(m),  # one condition row per edit
         edited_images=images,
         source_images=images,
         edit_masks=masks,

@@ -1,6 +1,11 @@
-"""Time per epoch of the tiny training loop, split by stage, and the speed-up of sampling the next
-batch while the current one is scored and trained on (rollout.max_staleness=1) over strictly
-sequential stages (max_staleness=0). Both runs happen in this one process, on one Ray cluster.
+"""Time per epoch of the tiny training loop, split by stage, and what sampling the next batch while the
+current one is scored and trained on (rollout.max_staleness=1) gains over strictly sequential stages
+(max_staleness=0), on the same cores twice:
+
+  contended  the rollout worker and the learner rank share every core (each sized to its CPU ask)
+  separated  run.pin_cpus: the learner rank and the rollout worker pinned to disjoint cores
+
+All four runs happen in this one process, on one Ray cluster; the figures are ratios within the run.
 
     .venv/bin/python bench/train_loop.py [--epochs 8] [key=value ...]
 """
@@ -14,9 +19,10 @@ import numpy as np
 
 from cocoedit.cluster.config import load_config
 from cocoedit.cluster.launch import init_ray
-from cocoedit.cluster.train import train
+from cocoedit.cluster.train import run_epochs, start_run
 
 STAGES = ("time/sample_s", "time/score_s", "time/update_s", "time/sync_s", "time/epoch_s")
+LAYOUTS = {"contended": [], "separated": ["run.pin_cpus=true"]}
 
 
 def run(overrides: list[str], staleness: int, epochs: int, run_dir: str) -> dict[str, float]:
@@ -29,10 +35,12 @@ def run(overrides: list[str], staleness: int, epochs: int, run_dir: str) -> dict
             f"run.run_dir={run_dir}",
             "run.image_every=0",
             "run.checkpoint_every=0",
+            "run.eval_every=0",
         ],
     )
-    history = train(cfg, progress=False)[1:]  # epoch 0 includes actor start-up
-    return {k: float(np.mean([h[k] for h in history])) for k in STAGES} | {"epochs": len(history)}
+    with start_run(cfg) as loop:
+        rows = [row for epoch, row in run_epochs(loop) if epoch > 0]  # epoch 0 includes actor start-up
+    return {k: float(np.mean([row[k] for row in rows])) for k in STAGES}
 
 
 def main() -> None:
@@ -43,17 +51,23 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     init_ray(load_config(None, args.overrides).run)
+    results: dict[tuple[str, int], dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        seq = run(args.overrides, 0, args.epochs, f"{tmp}/seq")
-        asy = run(args.overrides, 1, args.epochs, f"{tmp}/async")
+        for layout, extra in LAYOUTS.items():
+            for staleness in (0, 1):
+                results[layout, staleness] = run(
+                    [*args.overrides, *extra], staleness, args.epochs, f"{tmp}/{layout}_{staleness}"
+                )
+    columns = [(layout, s) for layout in LAYOUTS for s in (0, 1)]
     print(
-        f"{'stage':<16}{'sequential':>12}{'async(1)':>12}   (mean seconds per epoch, epochs 1..{args.epochs - 1})"
+        f"mean seconds per epoch, epochs 1..{args.epochs - 1} (absolute times: upper bounds on a shared machine)"
     )
+    print(f"{'stage':<16}" + "".join(f"{f'{layout} s={s}':>17}" for layout, s in columns))
     for k in STAGES:
-        print(f"{k:<16}{seq[k]:>12.3f}{asy[k]:>12.3f}")
-    print(
-        f"speed-up of the asynchronous path (sequential / async epoch time): {seq['time/epoch_s'] / asy['time/epoch_s']:.2f}x"
-    )
+        print(f"{k:<16}" + "".join(f"{results[c][k]:>17.3f}" for c in columns))
+    for layout in LAYOUTS:
+        seq, asy = results[layout, 0]["time/epoch_s"], results[layout, 1]["time/epoch_s"]
+        print(f"overlap speed-up, {layout:<10} (max_staleness 0 / 1 epoch time): {seq / asy:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The `cocoedit` command line.
 
     cocoedit data synth --out DIR --num N --size PX --seed S
-    cocoedit data check MANIFEST
+    cocoedit data check MANIFEST [--format F] [--root DIR]
+    cocoedit data curate --input IN [IN ...] --out DIR [--num N] [--format manifest|cocoedit40k] [key=value ...]
     cocoedit config show [--config FILE] [key=value ...]
-    cocoedit train [--config FILE] [--resume] [--dry-run] [key=value ...]
+    cocoedit train [--config FILE] [--resume [CHECKPOINT]] [--dry-run] [key=value ...]
     cocoedit pretrain-tiny --out DIR
     cocoedit plan [--config FILE] [--gpu-memory GiB] [--dry-run] [key=value ...]
     cocoedit build-model --family F [--dims tiny|real] [--depth N] --out DIR
@@ -24,6 +25,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str, bool]] = {
     "data synth": ("cocoedit.actors.synth", "cli_synth", False),
     "data check": ("cocoedit.actors.data", "cli_check", False),
+    "data curate": ("cocoedit.cluster.curate", "cli_curate", True),
     "config show": ("cocoedit.cluster.cli", "cli_show_config", True),
     "train": ("cocoedit.cluster.train", "cli_train", True),
     "pretrain-tiny": ("cocoedit.cluster.cli", "cli_pretrain", True),
@@ -80,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("manifest")
     check.add_argument("--format", choices=["manifest", "cocoedit40k", "benchmask"], default="manifest")
     check.add_argument("--mask-polarity", choices=["edit_white", "keep_white"], default=None)
+    check.add_argument("--root", default=None, help="folder the paths are relative to (default: the file's)")
+    curate = data_sub.add_parser(
+        "curate", help="turn editing datasets (source, target, instruction) into a masked training set"
+    )
+    curate.add_argument("--input", nargs="+", required=True, help="JSONL / Parquet files or folders of them")
+    curate.add_argument("--out", required=True, help="output folder; a rerun resumes an interrupted run")
+    curate.add_argument(
+        "--num", type=int, default=None, help="N items balanced over edit types (default: all)"
+    )
+    curate.add_argument(
+        "--format",
+        choices=["manifest", "cocoedit40k"],
+        default=None,
+        help="manifest.jsonl (white = edit) or CoCoEdit-40K metadata.jsonl (white = keep); default curate.output_format",
+    )
+    _add_config_args(curate)
 
     config = sub.add_parser("config", help="show the resolved config")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -94,7 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the options when --help is given together with --config/overrides; `cocoedit config show` prints it too.",
     )
     _add_config_args(train)
-    train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from the latest complete checkpoint of run.run_dir, or from CHECKPOINT (a checkpoint "
+        "directory, or a run directory: its latest); the config may differ only in run length and logging",
+    )
     _add_dry_run_arg(train)
 
     plan = sub.add_parser(
@@ -133,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True)
     _add_config_args(pre)
 
+    from cocoedit.rewards.serve import SERVICES
+
     serve = sub.add_parser("serve", help="run one reward service as a standalone gRPC server")
-    serve.add_argument("service", choices=["pixel", "mllm", "synthetic"])
+    serve.add_argument("service", choices=sorted(SERVICES))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
     serve.add_argument("--model", default=None, help="mllm: local model directory")
@@ -205,6 +234,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         args.overrides = [*args.overrides, *extra]
+    resume = getattr(args, "resume", None)
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        # `--resume key=value`: the override is not a checkpoint path
+        args.overrides, args.resume = [resume, *args.overrides], True
     module_name, func_name, takes_config = COMMANDS[_command(args)]
     # The config first: a bad value fails in well under a second, before torch or Ray is imported.
     cfg = _load_config(args.config, args.overrides, getattr(args, "dry_run", False)) if takes_config else None
@@ -251,13 +284,13 @@ def cli_serve(args: argparse.Namespace, cfg: Config) -> int:
     """`cocoedit serve pixel|mllm|synthetic`: one reward service as a standalone gRPC server."""
     from cocoedit.rewards.serve import serve
 
+    section = cfg.rewards.service(args.service)
     if args.model is not None:
         if args.service != "mllm":
             print(f"--model applies to the mllm service only, not {args.service}", file=sys.stderr)
             return 2
-        mllm = dataclasses.replace(cfg.rewards.mllm, model_path=args.model)
-        cfg = dataclasses.replace(cfg, rewards=dataclasses.replace(cfg.rewards, mllm=mllm))
-    return serve(args.service, cfg.rewards, args.host, args.port)
+        section = dataclasses.replace(section, model_path=args.model)
+    return serve(args.service, section, args.host, args.port)
 
 
 def _print_train_help(rest: list[str]) -> None:

@@ -1,9 +1,11 @@
 """The experiment config: one frozen dataclass per component, composed here, loaded from one YAML.
 
-    cfg = load_config("cluster/configs/tiny_cpu.yaml", ["learner.lr=1e-4", "rollout.num_steps=8"])
+    cfg = load_config("cluster/configs/tiny_cpu.yaml", ["learner.lr=1e-4", "rollout.num_steps=12"])
 
-Unknown keys and values of the wrong type are errors that name the key and the file. The rest of the
-code sees only these dataclasses.
+Unknown keys, values of the wrong type and values outside a field's declared range (`Annotated[...,
+Range(...)]`, cocoedit/ranges.py) are errors that name the key, the value and the file; so are broken
+rules between fields, which a section states in its `check()` method. All of it happens here, before
+Ray or any model starts. The rest of the code sees only these dataclasses.
 """
 
 from __future__ import annotations
@@ -13,16 +15,21 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 
 from cocoedit.actors.config import DataConfig, PolicyConfig, PretrainConfig, RolloutConfig
+from cocoedit.cluster.curate_config import CurateConfig
 from cocoedit.cluster.eval_config import EvalConfig
 from cocoedit.learner.config import LearnerConfig
-from cocoedit.rewards.config import RewardsConfig
+from cocoedit.ranges import Range, check
+from cocoedit.rewards.config import ClientConfig, ServiceConfig
+from cocoedit.rewards.serve import SERVICES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# libyaml's safe loader where installed: the same documents, parsed ~10x faster than pure Python
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_CONFIG = CONFIG_DIR / "tiny_cpu.yaml"
 
 
@@ -31,33 +38,118 @@ class RunConfig:
     """The driver: epochs, logging, checkpoints, the Ray cluster."""
 
     name: str = "cocoedit"
-    epochs: int = 100
+    epochs: Annotated[int, Range(ge=1)] = 100
     run_dir: str = "runs/${name}"  # ${name} is replaced by run.name
-    log_every: int = 1
-    image_every: int = 10
-    checkpoint_every: int = 10
-    keep_checkpoints: int = 3
+    log_every: Annotated[int, Range(ge=1)] = 1
+    image_every: Annotated[int, Range(ge=0)] = 10  # 0 = never
+    checkpoint_every: Annotated[int, Range(ge=0)] = 10  # 0 = only after the last epoch
+    keep_checkpoints: Annotated[int, Range(ge=1)] = 3
     # Every eval_every epochs (and at the last) the current sampling policy edits a FIXED set (the first
     # eval_items items x eval_seeds noise seeds) and the reward services score it: a learning curve free
     # of the noise of which items an epoch happened to draw. 0 = never.
-    eval_every: int = 0
-    eval_items: int = 8
-    eval_seeds: int = 2
+    eval_every: Annotated[int, Range(ge=0)] = 0
+    eval_items: Annotated[int, Range(ge=1)] = 8
+    eval_seeds: Annotated[int, Range(ge=1)] = 2
     ray_address: Optional[str] = None  # None = the job's cluster under `ray job submit`, else a local one
     # Port of the local cluster's Prometheus metrics export (cocoedit/telemetry.py), on 127.0.0.1.
     # None = Ray picks one (logged at start); ignored when joining a cluster (`ray start --metrics-export-port`).
-    metrics_export_port: Optional[int] = None
-    ray_num_cpus: Optional[int] = None
+    metrics_export_port: Optional[Annotated[int, Range(ge=1, le=65535)]] = None
+    ray_num_cpus: Optional[Annotated[int, Range(ge=1)]] = None
     # Placement (cluster/placement.py): every role's actors are reserved as placement groups before
     # anything starts; a reservation the cluster cannot satisfy fails after this many seconds.
-    placement_timeout_s: float = 30.0
+    placement_timeout_s: Annotated[float, Range(gt=0)] = 30.0
     # Compare what the roles ask for with the cluster's resources first (fails at once, naming the role);
     # false on autoscaling clusters where nodes join on demand.
     check_resources: bool = True
     # Rollout worker i and learner rank i share one bundle (one GPU: gpus_per_worker + gpus_per_rank <= 1).
     colocate: bool = False
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0)] = 0
     tiny: bool = False  # build the tiny editor / tiny judge in code when no model_path is given
+    # Experiment trackers (cluster/runlog.py): each gets the same scalars, image grids, the resolved
+    # config as parameters and the LoRA at the end. W&B stays offline (files under run_dir/wandb, no
+    # network) unless wandb_mode=online; MLflow writes a file store under run_dir/mlruns unless a
+    # tracking URI is given.
+    trackers: tuple[Literal["tensorboard", "wandb", "mlflow"], ...] = ("tensorboard",)
+    wandb_project: str = "cocoedit"
+    wandb_mode: Literal["offline", "online"] = "offline"
+    mlflow_tracking_uri: Optional[str] = None
+    mlflow_experiment: str = "cocoedit"
+    # Joining a cluster (run.ray_address / RAY_ADDRESS) gives up after this long with a message
+    # instead of waiting on the address of a stopped cluster.
+    ray_connect_timeout_s: Annotated[float, Range(gt=0)] = 30.0
+    # Pin learner ranks and rollout workers to disjoint cores of this machine (one-node clusters, not
+    # with colocate), so that sampling the next batch overlaps the update instead of competing for the
+    # same cores (bench/train_loop.py measures both).
+    pin_cpus: bool = False
+
+
+def _default_sections() -> dict[str, ServiceConfig]:
+    return {name: s.config() for name, s in SERVICES.items()}
+
+
+@dataclass(frozen=True)
+class RewardsConfig:
+    """The reward side: R = sum_k weights[k] S_k, the services computing the S_k, and their client.
+
+    Every service registered in cocoedit.rewards.serve.SERVICES has its section `rewards.<name>` in the
+    YAML, read as `cfg.rewards.pixel` or `cfg.rewards.service("pixel")`.
+    """
+
+    # R = sum_k weights[k] * S_k; names are services' score names (registered, or given an address).
+    weights: dict[str, Annotated[float, Range(ge=0)]] = field(
+        default_factory=lambda: {"mllm": 0.9, "pixel": 0.1}
+    )
+    addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)  # external services by name
+    client: ClientConfig = field(default_factory=ClientConfig)
+    # An edit a service could not score (per-edit error) is dropped from the epoch's batch; more than
+    # this fraction of an epoch's edits dropped fails the epoch (a broken service is not trained around).
+    max_dropped_fraction: Annotated[float, Range(ge=0, le=1)] = 0.1
+    # Likewise for edits scored with a service's neutral fallback (the judge's unparseable text answers).
+    max_fallback_fraction: Annotated[float, Range(ge=0, le=1)] = 0.1
+    # One section per registered service; in the YAML they sit directly under `rewards:`.
+    sections: dict[str, ServiceConfig] = field(
+        default_factory=_default_sections,
+        metadata={"sections": lambda: {n: s.config for n, s in SERVICES.items()}},
+    )
+
+    def __getattr__(self, name: str) -> Any:
+        # cfg.rewards.pixel is the section of service "pixel": the registry, not this class, lists them
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or reward service section {name!r}")
+
+    def service(self, name: str) -> ServiceConfig:
+        """The config section of reward service `name` (its scorer settings, scaling and server)."""
+        if name not in self.sections:
+            raise ValueError(f"unknown reward service {name!r}; known: {sorted(self.sections)}")
+        return self.sections[name]
+
+    def with_service(self, name: str, section: ServiceConfig) -> RewardsConfig:
+        """A copy with the section of service `name` replaced."""
+        self.service(name)
+        return dataclasses.replace(self, sections={**self.sections, name: section})
+
+    def check(self) -> None:
+        """Rules between fields (the config loader calls this)."""
+        total = sum(self.weights.values())
+        if not total > 0:
+            raise ValueError(
+                f"weights={self.weights} must be >= 0 with a positive sum: R would be 0 for every edit"
+            )
+        for name in self.weights:
+            if name in self.addresses:
+                continue
+            if name not in self.sections:
+                raise ValueError(
+                    f"weights has a weight for {name!r}, which is no reward service (known: "
+                    f"{sorted(self.sections)}) and has no address in rewards.addresses"
+                )
+            if not self.sections[name].enabled:
+                raise ValueError(
+                    f"weights uses {name!r} but rewards.{name}.enabled is false; enable it, give "
+                    f"rewards.addresses.{name}, or drop it from rewards.weights"
+                )
 
 
 @dataclass(frozen=True)
@@ -70,14 +162,73 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+
+    def check(self) -> None:
+        """Rules between sections (the config loader calls this)."""
+        data, rollout, learner = self.data, self.rollout, self.learner
+        if data.manifest is None and data.n_items > data.synth_num:
+            raise ValueError(
+                f"data.n_items={data.n_items} distinct items per epoch, but the synthetic task has only "
+                f"data.synth_num={data.synth_num}: raise data.synth_num or lower data.n_items"
+            )
+        if learner.objective == "nft" and learner.train_timesteps > rollout.num_steps:
+            raise ValueError(
+                f"learner.train_timesteps={learner.train_timesteps} exceeds rollout.num_steps="
+                f"{rollout.num_steps}: the learner trains on timesteps the rollout visited"
+            )
+        if learner.objective == "grpo" and rollout.sampler != "sde":
+            raise ValueError(
+                f"learner.objective=grpo trains on the SDE sampler's log-probabilities: rollout.sampler="
+                f"{rollout.sampler} must be sde"
+            )
+        if learner.objective == "grpo" and learner.sde_noise_level != rollout.sde_noise_level:
+            raise ValueError(
+                f"learner.sde_noise_level={learner.sde_noise_level:g} must equal rollout.sde_noise_level="
+                f"{rollout.sde_noise_level:g}: GRPO re-evaluates the log-probabilities of the sampled steps"
+            )
+        if self.run.colocate:  # rollout worker i and learner rank i share bundle i (cluster/placement.py)
+            if rollout.num_workers != learner.world_size:
+                raise ValueError(
+                    f"run.colocate pairs rollout worker i with learner rank i: rollout.num_workers="
+                    f"{rollout.num_workers} must equal learner.world_size={learner.world_size}"
+                )
+            if rollout.gpus_per_worker + learner.gpus_per_rank > 1.0:
+                raise ValueError(
+                    f"run.colocate shares one GPU between a rollout worker and a learner rank: "
+                    f"rollout.gpus_per_worker ({rollout.gpus_per_worker:g}) + learner.gpus_per_rank "
+                    f"({learner.gpus_per_rank:g}) must be <= 1, e.g. 0.5 each"
+                )
+            pair = (
+                rollout.cpus_per_worker
+                + learner.cpus_per_rank
+                + rollout.gpus_per_worker
+                + learner.gpus_per_rank
+            )
+            asks = {"rollout.cpus_per_worker + learner.cpus_per_rank": pair}  # one bundle per pair
+        else:
+            asks = {
+                "rollout.cpus_per_worker": rollout.cpus_per_worker + rollout.gpus_per_worker,
+                "learner.cpus_per_rank": learner.cpus_per_rank + learner.gpus_per_rank,
+            }
+        for key, total in asks.items():
+            if total == 0:  # a placement-group bundle cannot be empty
+                raise ValueError(
+                    f"{key} is 0 and no GPU is asked for: the actor cannot be placed; give it cpus > 0"
+                )
 
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the dataclasses."""
 
 
-def load_config(path: Union[str, Path, None] = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read YAML `path` (default: tiny_cpu.yaml), apply `key.sub=value` overrides, return a Config."""
+def load_config(
+    path: Union[str, Path, None] = None, overrides: typing.Sequence[str] = (), rules: bool = True
+) -> Config:
+    """Read YAML `path` (default: tiny_cpu.yaml), apply `key.sub=value` overrides, return a Config.
+
+    Every field is checked against its type and range; rules=False skips the rules between fields
+    (`check()` of each section), for a config that is read only to derive more overrides from."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError(
@@ -85,7 +236,7 @@ def load_config(path: Union[str, Path, None] = None, overrides: typing.Sequence[
         )
     with open(path) as f:
         try:
-            raw = yaml.safe_load(f) or {}
+            raw = yaml.load(f, Loader=_YAML_LOADER) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
@@ -97,6 +248,8 @@ def load_config(path: Union[str, Path, None] = None, overrides: typing.Sequence[
         _set_dotted(raw, key.strip().split("."), yaml.safe_load(value) if value.strip() else "")
     source = f"{path}" + (f" with overrides {list(overrides)}" if overrides else "")
     cfg = _build(Config, raw, prefix="", source=source)
+    if rules:
+        _check_rules(cfg, "", source)
     return _resolve(cfg)
 
 
@@ -105,7 +258,11 @@ def to_dict(cfg: Any) -> dict:
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            out = {}
+            for f in dataclasses.fields(v):
+                value = plain(getattr(v, f.name))
+                out.update(value if "sections" in f.metadata else {f.name: value})
+            return out
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -133,23 +290,73 @@ def _resolve(cfg: Config) -> Config:
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=run_dir))
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+def _build(cls: type, raw: Any, prefix: str, source: str, base: Any = None) -> Any:
+    """An instance of dataclass `cls` from mapping `raw`; keys `raw` leaves out keep the values of `base`
+    (the default this section has in its parent), else the class defaults."""
     where = prefix.rstrip(".") or "<top level>"
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {where} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    inline = next((f for f in fields.values() if "sections" in f.metadata), None)
+    section_types: dict[str, type] = inline.metadata["sections"]() if inline else {}
+    names = (set(fields) - {inline.name} if inline else set(fields)) | set(section_types)
     unknown = sorted(set(raw) - names)
     if unknown:
+        # a key that belongs one level down (e.g. rewards.pixel.replicas -> rewards.pixel.scaling.replicas)
+        inner = [
+            f"{prefix}{n}.{unknown[0]}"
+            for n in sorted(names - set(section_types))
+            if dataclasses.is_dataclass(hints[n])
+            and unknown[0] in {f.name for f in dataclasses.fields(hints[n])}
+        ]
         raise ConfigError(
             f"{source}: unknown key {prefix}{unknown[0]}"
             + (f" (and {unknown[1:]})" if len(unknown) > 1 else "")
+            + (f" (did you mean {inner[0]}?)" if inner else "")
             + f"; valid keys of {where}: {sorted(names)}"
         )
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}", source)
-    return cls(**kwargs)
+        if name in section_types:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.", source, _default(fields[name], base))
+        else:
+            kwargs[name] = _coerce(tp, value, f"{prefix}{name}", source)
+    if inline is not None:
+        sections = dict(_default(inline, base))
+        for name, cls_ in section_types.items():
+            if name in raw:
+                sections[name] = _build(cls_, raw[name], f"{prefix}{name}.", source, sections.get(name))
+        kwargs[inline.name] = sections
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _default(f: dataclasses.Field, parent: Any) -> Any:
+    """The value field `f` has when the config does not set it: the parent's, else its default."""
+    if parent is not None:
+        return getattr(parent, f.name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _check_rules(obj: Any, key: str, source: str) -> None:
+    """Call `check()` (a section's rules between its fields) on every section of `obj`, innermost
+    first, so a rule sees fields already known to be valid; a broken rule names the section and file."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        children = value.items() if "sections" in f.metadata else [(f.name, value)]
+        for name, child in children:
+            if dataclasses.is_dataclass(child):
+                _check_rules(child, f"{key}.{name}" if key else name, source)
+    if hasattr(obj, "check"):
+        try:
+            obj.check()
+        except ValueError as e:
+            raise ConfigError(f"{source}: {key + ': ' if key else ''}{e}") from e
 
 
 def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
@@ -161,6 +368,14 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
 
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".", source)
+    if origin is Annotated:
+        coerced = _coerce(args[0], value, key, source)
+        for rng in (m for m in tp.__metadata__ if isinstance(m, Range)):
+            try:
+                check(key, coerced, rng)
+            except ValueError as e:
+                raise ConfigError(f"{source}: {e}") from e
+        return coerced
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None

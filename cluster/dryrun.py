@@ -8,6 +8,8 @@ the command line's own overrides (so those still win). It changes counts, device
   logical CPUs as the roles ask for;
 - counts: one rollout worker, one learner rank, one replica per reward service (no autoscaling), one
   epoch of one group of 2 edits, 1 sampling step and 1 training timestep, a checkpoint at its end;
+- validity: a random-weight editor's two edits score almost alike, so any reward spread makes the group
+  valid (learner.valid_min_std=0) and the learner's update with the regularizer really runs;
 - data and models: the synthetic edit task at the config's image size (it has exact targets), the
   MLLM judge replaced by the exact synthetic judge at the judge's weight, and the policy replaced by
   the real-dims editor of the config's family at depth 1 (published widths, random weights;
@@ -63,6 +65,7 @@ def dry_run_overrides(cfg: Config, model_path: str) -> list[str]:
         "learner.gpus_per_rank": 0,
         "learner.bf16": False,
         "learner.train_timesteps": 1,
+        "learner.valid_min_std": 0.0,
         "rewards.weights": weights,
         "rewards.pixel.device": "cpu",
     }
@@ -74,13 +77,13 @@ def dry_run_overrides(cfg: Config, model_path: str) -> list[str]:
             continue
         settings.update(
             {
-                f"rewards.{name}.replicas": 1,
-                f"rewards.{name}.min_replicas": 1,
-                f"rewards.{name}.max_replicas": 1,
-                f"rewards.{name}.target_score_s": None,
+                f"rewards.{name}.scaling.replicas": 1,
+                f"rewards.{name}.scaling.min_replicas": 1,
+                f"rewards.{name}.scaling.max_replicas": 1,
+                f"rewards.{name}.scaling.target_score_s": None,
             }
         )
-        cpus += cfg.rewards.service(name).cpus_per_replica
+        cpus += cfg.rewards.service(name).scaling.cpus_per_replica
     # Logical CPUs: Ray counts them, the OS shares the real cores.
     settings["run.ray_num_cpus"] = max(math.ceil(cpus), os.cpu_count() or 1)
     return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
@@ -91,7 +94,9 @@ def dry_run_config(path: str | None, overrides: list[str]) -> Config:
     then the profile (building the real-dims editor on first use), then the overrides again (they win)."""
     from cocoedit.cluster.config import load_config
 
-    cfg = load_config(path, overrides)
+    # The overrides may only make sense with the profile (rollout.num_steps=2 under the file's
+    # train_timesteps): the rules between fields are checked once, on the final config.
+    cfg = load_config(path, overrides, rules=False)
     model_path = str(real_editor(cfg.policy.family))
     return load_config(path, [*dry_run_overrides(cfg, model_path), *overrides])
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -26,6 +25,8 @@ import numpy as np
 import torch
 
 from cocoedit.actors.types import EditItem
+from cocoedit.cluster.runlog import mask_overlay
+from cocoedit.rewards.images import encode_png
 
 PIXEL_METRICS = ("psnr_keep", "ssim_keep", "psnr_pie", "ssim_pie")
 JUDGE_METRICS: dict[str, tuple[str, ...]] = {
@@ -139,20 +140,7 @@ def summary_text(results: dict[str, Any]) -> str:
 
 
 def _png_uri(image: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def mask_overlay(source: torch.Tensor, edit_mask: torch.Tensor) -> np.ndarray:
-    """[3, H, W] uint8 + [1, H, W] mask -> [H, W, 3] uint8: the edit region tinted red, the rest dimmed."""
-    img = source.permute(1, 2, 0).numpy().astype(np.float32)
-    m = edit_mask[0].numpy()[..., None]
-    red = np.array([255.0, 0.0, 0.0])
-    out = m * (0.5 * img + 0.5 * red) + (1 - m) * 0.6 * img
-    return out.clip(0, 255).astype(np.uint8)
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
 
 
 _CSS = """

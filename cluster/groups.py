@@ -20,7 +20,7 @@ from ray.exceptions import RayActorError
 
 from cocoedit.actors.config import PolicyConfig, RolloutConfig
 from cocoedit.actors.types import GroupedItem, RolloutBatch
-from cocoedit.cluster.placement import Placement
+from cocoedit.cluster.placement import Placement, use_cpus
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.telemetry import record_learner
 
@@ -40,6 +40,12 @@ def _rollout_actor() -> type:
 
     class RolloutActor(RolloutWorker):
         synced: Optional[int] = None  # the version the driver last loaded; None after a (re)start
+
+        def __init__(
+            self, policy_cfg: PolicyConfig, rollout_cfg: RolloutConfig, cores: Optional[list[int]] = None
+        ) -> None:
+            use_cpus(rollout_cfg.cpus_per_worker, cores)  # before the policy loads: its threads follow
+            super().__init__(policy_cfg, rollout_cfg)
 
         def load_weights(
             self, state: dict[str, torch.Tensor], version: int, allow_older: bool = False
@@ -71,7 +77,7 @@ class RolloutGroup:
         actor = ray.remote(_rollout_actor())
         self.workers = [
             actor.options(**placement.rollout(i), max_restarts=rollout_cfg.max_restarts).remote(
-                policy_cfg, rollout_cfg
+                policy_cfg, rollout_cfg, placement.cores_of("rollout workers", i)
             )
             for i in range(rollout_cfg.num_workers)
         ]
@@ -82,11 +88,16 @@ class RolloutGroup:
         self.resampled_shards = 0
 
     def sample_async(
-        self, items: list[GroupedItem], version: int
+        self, items: list[GroupedItem], version: int, upcoming: Optional[list[GroupedItem]] = None
     ) -> list[tuple[int, list[GroupedItem], int, Any]]:
-        """Start sampling; returns (worker index, shard, version, ObjectRef) for `gather`."""
+        """Start sampling; returns (worker index, shard, version, ObjectRef) for `gather`. Each worker
+        first starts reading its shard of `upcoming` (the next call's items), to be ready by then."""
         if version != self._version:
             raise ValueError(f"sampling version {version} but the workers hold version {self._version}")
+        if upcoming:  # an actor runs calls in order: the prefetch starts before this sample
+            for i, (a, b) in enumerate(shard_bounds(len(upcoming), len(self.workers))):
+                if b > a:
+                    self.workers[i].prefetch.remote(upcoming[a:b])
         bounds = shard_bounds(len(items), len(self.workers))
         return [
             (
@@ -151,13 +162,21 @@ class RolloutGroup:
 
 
 class LearnerRank:
-    """One data-parallel rank: sets the torch.distributed environment, then builds the Learner."""
+    """One data-parallel rank: sets the torch.distributed environment, then builds the Learner.
 
-    def __init__(self, rank: int, world_size: int) -> None:
+    Counts, for this process: edits handed to it (`handed_ids`: an edit handed twice is an error), the
+    valid ones, and those trained on (the valid edits of updates that took an optimizer step).
+    """
+
+    def __init__(
+        self, rank: int, world_size: int, cpus: float = 1.0, cores: Optional[list[int]] = None
+    ) -> None:
+        use_cpus(cpus, cores)
         self.rank = rank
         self.world_size = world_size
         self.learner: Any = None
-        self.trained_ids: set[str] = set()  # every edit this rank has trained on (this process)
+        self.handed_ids: set[str] = set()
+        self.counts = {"valid": 0, "trained": 0}
 
     def endpoint(self) -> tuple[str, int]:
         """This node's address and a free port (used by rank 0 as the rendezvous)."""
@@ -179,11 +198,15 @@ class LearnerRank:
         self.learner = Learner(policy_cfg, cfg, rank=self.rank, world_size=self.world_size)
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
-        again = self.trained_ids.intersection(batch.edit_ids)
+        again = self.handed_ids.intersection(batch.edit_ids)
         if again:
-            raise ValueError(f"learner rank {self.rank}: edits {sorted(again)[:4]} were already trained on")
+            raise ValueError(f"learner rank {self.rank}: edits {sorted(again)[:4]} were already handed to it")
         metrics = self.learner.update(batch, advantages, valid)
-        self.trained_ids.update(batch.edit_ids)
+        self.handed_ids.update(batch.edit_ids)
+        n_valid = int(torch.as_tensor(valid).bool().sum())
+        self.counts["valid"] += n_valid
+        if not metrics.get("learner/skipped"):
+            self.counts["trained"] += n_valid
         if self.rank == 0:  # already reduced over ranks
             record_learner(metrics)
         return metrics
@@ -191,8 +214,9 @@ class LearnerRank:
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return self.learner.sampling_weights()
 
-    def trained_edits(self) -> int:
-        return len(self.trained_ids)
+    def edit_counts(self) -> dict[str, int]:
+        """{"handed", "valid", "trained"}: edits of this process's updates."""
+        return {"handed": len(self.handed_ids), **self.counts}
 
     def save(self, run_dir: str, extra_state: dict, keep_last: int) -> str:
         return str(self.learner.save(run_dir, extra_state, keep_last))
@@ -207,27 +231,49 @@ class LearnerGroup:
     def __init__(self, policy_cfg: PolicyConfig, cfg: LearnerConfig, placement: Placement) -> None:
         actor = ray.remote(LearnerRank)
         self.ranks = [
-            actor.options(**placement.learner(r)).remote(r, cfg.world_size) for r in range(cfg.world_size)
+            actor.options(**placement.learner(r)).remote(
+                r, cfg.world_size, cfg.cpus_per_rank, placement.cores_of("learner ranks", r)
+            )
+            for r in range(cfg.world_size)
         ]
         master_addr, master_port = ray.get(self.ranks[0].endpoint.remote())
         ray.get([r.setup.remote(policy_cfg, cfg, master_addr, master_port) for r in self.ranks])
+        self.cfg = cfg
+        self.skipped_updates = 0
 
-    def update(self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
-        """One step of every rank on its shard; the metrics, and the edits trained on so far."""
+    def update(self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, Any]:
+        """One step of every rank on its shard; the metrics, and the counters (`counters`) so far. An
+        update that takes no step adds `learner/skip_reason` (text) and logs it."""
         bounds = shard_bounds(len(batch), len(self.ranks))
         refs = [
             r.update.remote(batch.select(list(range(a, b))), advantages[a:b], valid[a:b])
             for r, (a, b) in zip(self.ranks, bounds, strict=True)
         ]
-        metrics = ray.get(refs)[0]  # the Learner already reduces its metrics over ranks
-        return {**metrics, "samples/trained_total": float(self.trained_edits())}
+        metrics: dict[str, Any] = ray.get(refs)[0]  # the Learner already reduces its metrics over ranks
+        if metrics.get("learner/skipped"):
+            self.skipped_updates += 1
+            # the Learner skips only when no rank has a valid edit
+            metrics["learner/skip_reason"] = (
+                f"no valid edit among {len(batch)}: every group's rewards were too uniform (std <= "
+                f"learner.valid_min_std={self.cfg.valid_min_std:g}) or already high (mean >= "
+                f"learner.valid_max_mean={self.cfg.valid_max_mean:g})"
+            )
+            log.warning("learner update skipped, no optimizer step: %s", metrics["learner/skip_reason"])
+        return {**metrics, **self.counters()}
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return ray.get(self.ranks[0].sampling_weights.remote())
 
-    def trained_edits(self) -> int:
-        """Distinct edits the ranks have trained on (each edit goes to exactly one rank)."""
-        return sum(ray.get([r.trained_edits.remote() for r in self.ranks]))
+    def counters(self) -> dict[str, float]:
+        """Since this group started: edits handed to the learner (each to exactly one rank), the valid
+        ones, those trained on (valid edits of updates that took a step), and updates skipped."""
+        counts = ray.get([r.edit_counts.remote() for r in self.ranks])
+        return {
+            **{
+                f"samples/{k}_total": float(sum(c[k] for c in counts)) for k in ("handed", "valid", "trained")
+            },
+            "learner/skipped_updates_total": float(self.skipped_updates),
+        }
 
     def save(self, run_dir: str, extra_state: dict, keep_last: int) -> str:
         """Collective checkpoint under run_dir/checkpoints; returns its directory."""

@@ -16,6 +16,11 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import socket
+import sys
+import threading
+import time
 from pathlib import Path
 
 import ray
@@ -32,17 +37,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("COCOEDIT_CACHE", Path.home() / ".cache" / "cocoedit"))
 
 
+class RayConnectError(ConnectionError):
+    """No Ray cluster answers at the address the run was told to join; the message says what to do."""
+
+
+_WHAT_TO_DO = (
+    "Start Ray first (`ray start --head` on this machine, or submit with `ray job submit`), point "
+    "RAY_ADDRESS / run.ray_address at a running cluster's GCS (host:port), or set run.ray_address=null "
+    "to start a local cluster for this run"
+)
+
+
 def init_ray(cfg: RunConfig) -> None:
     """Join a Ray cluster or start a local one on 127.0.0.1 (no-op when already initialised).
 
     Joins cfg.ray_address when set, else $RAY_ADDRESS (set by `ray job submit` for the job's driver);
-    otherwise starts a local cluster of cfg.ray_num_cpus CPUs. Logs where its metrics are scraped.
+    otherwise starts a local cluster of cfg.ray_num_cpus CPUs. Joining gives up after
+    cfg.ray_connect_timeout_s with a RayConnectError saying what to do. Logs where metrics are scraped.
     """
     if ray.is_initialized():
         return
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        _join(address, "run.ray_address" if cfg.ray_address else "RAY_ADDRESS", cfg.ray_connect_timeout_s)
     else:
         apply_loopback_env()
         ray.init(
@@ -54,6 +71,82 @@ def init_ray(cfg: RunConfig) -> None:
             logging_level=logging.WARNING,
         )
     log.info("Ray metrics (Prometheus, cocoedit/telemetry.py): %s", metrics_url())
+
+
+def cluster_address(address: str, source: str) -> tuple[str, str]:
+    """(host:port of the cluster's GCS, where that came from) for a run.ray_address / RAY_ADDRESS value.
+
+    `auto` means RAY_ADDRESS, else the cluster that `ray start` last recorded on this machine (its
+    address file). Unlike `ray.init(address="auto")`, no other Ray process found on the machine is
+    joined: on a shared machine that may be anyone's cluster. `ray://` client addresses pass through.
+    """
+    if address == "auto":
+        env = os.environ.get("RAY_ADDRESS", "")
+        if env and env != "auto":
+            return env, "RAY_ADDRESS"
+        from ray._common.utils import get_ray_address_file
+
+        path = Path(get_ray_address_file(None))
+        recorded = path.read_text().strip() if path.is_file() else ""
+        if not recorded:
+            raise RayConnectError(
+                f"run.ray_address=auto but no Ray cluster was started on this machine ({path} does not exist). "
+                + _WHAT_TO_DO
+            )
+        return recorded, f"{path}, written by the last `ray start` on this machine"
+    return address, source
+
+
+def _no_sigterm_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
+def _join(address: str, source: str, timeout_s: float) -> None:
+    """ray.init(address) bounded by timeout_s: a dead address fails at once, a silent one after timeout_s."""
+    target, source = cluster_address(address, source)
+    deadline = time.monotonic() + timeout_s
+    if "://" not in target:
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise RayConnectError(f"Ray address {target!r} (from {source}) is not host:port. " + _WHAT_TO_DO)
+        if host in ("127.0.0.1", "localhost", "::1"):
+            # otherwise Ray swaps a loopback address for the machine's external one (ENV.md)
+            apply_loopback_env()
+        try:
+            socket.create_connection((host, int(port)), timeout=min(timeout_s, 5.0)).close()
+        except OSError as e:
+            raise RayConnectError(
+                f"no Ray cluster answers at {target} (from {source}): {e}. A stopped cluster leaves its "
+                "address behind. " + _WHAT_TO_DO
+            ) from e
+    failure: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            ray.init(address=target, log_to_driver=True)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
+            failure.append(e)
+
+    # ray.init retries its GCS calls for minutes; a thread lets the driver give up on time (Ray's
+    # warning that it cannot set its SIGTERM handler there is answered below)
+    ray_log = logging.getLogger("ray._private.worker")
+    ray_log.addFilter(_no_sigterm_warning)
+    thread = threading.Thread(target=connect, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    ray_log.removeFilter(_no_sigterm_warning)
+    if thread.is_alive():
+        raise RayConnectError(
+            f"the Ray cluster at {target} (from {source}) did not answer within run.ray_connect_timeout_s="
+            f"{timeout_s:g} s. " + _WHAT_TO_DO
+        )
+    if failure:
+        raise RayConnectError(
+            f"joining the Ray cluster at {target} (from {source}) failed: {failure[0]}. " + _WHAT_TO_DO
+        ) from failure[0]
+    if threading.current_thread() is threading.main_thread():
+        # what ray.init does in the main thread: `ray job stop` (SIGTERM) exits the driver cleanly
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
 
 
 def metrics_url() -> str:
@@ -83,8 +176,7 @@ def resolve_models(cfg: Config) -> Config:
         from cocoedit.rewards.mllm import resolve_model_path
 
         judge = dataclasses.replace(judge, model_path=str(resolve_model_path(judge)))  # builds it once
-    rewards = dataclasses.replace(cfg.rewards, mllm=judge)
-    return dataclasses.replace(cfg, policy=policy, rewards=rewards)
+    return dataclasses.replace(cfg, policy=policy, rewards=cfg.rewards.with_service("mllm", judge))
 
 
 def _cached(kind: str, settings: dict, build) -> Path:  # noqa: ANN001 - build: Callable[[Path], None]

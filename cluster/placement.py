@@ -2,9 +2,8 @@
 before anything starts, then reserved as placement groups.
 
 Roles: rollout workers (`rollout.num_workers` x cpus/gpus_per_worker), learner ranks
-(`learner.world_size` x cpus/gpus_per_rank) and each reward service's replicas
-(`rewards.<name>.replicas` x cpus/gpus_per_replica). With `run.colocate`, rollout worker i and learner
-rank i share bundle i (one GPU between them, the time-sliced layout of verl/OpenRLHF's hybrid engine).
+(`learner.world_size` x cpus/gpus_per_rank) and each reward service's replicas (`rewards.<name>.scaling`:
+replicas x cpus/gpus_per_replica). With `run.colocate`, rollout worker i and learner rank i share bundle i (one GPU between them, the time-sliced layout of verl/OpenRLHF's hybrid engine).
 
 Two checks keep a run from hanging on resources the cluster does not have:
 1. `check_cluster`, immediately: one actor larger than every node, or all roles together more than the
@@ -21,8 +20,12 @@ Reward replicas are not in placement groups: they are added and removed while tr
 from __future__ import annotations
 
 import logging
+import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -72,8 +75,7 @@ def demands(cfg: Any) -> list[Demand]:
             "rollout.num_workers / rollout.cpus_per_worker / rollout.gpus_per_worker",
         ),
     ]
-    if cfg.run.colocate:  # the two roles share bundles: one demand of the pair
-        _check_colocate(cfg)
+    if cfg.run.colocate:  # the two roles share bundles: one demand of the pair (checked at load)
         out = [
             Demand(
                 "colocated rollout workers + learner ranks",
@@ -86,32 +88,17 @@ def demands(cfg: Any) -> list[Demand]:
     for name in cfg.rewards.weights:
         if name in cfg.rewards.addresses:
             continue  # an external service: not ours to place
-        section = cfg.rewards.service(name)
+        scaling = cfg.rewards.service(name).scaling
         out.append(
             Demand(
                 f"reward service {name} replicas",
-                section.replicas,
-                section.cpus_per_replica,
-                getattr(section, "gpus_per_replica", 0.0),
-                f"rewards.{name}.replicas / rewards.{name}.cpus_per_replica",
+                scaling.replicas,
+                scaling.cpus_per_replica,
+                scaling.gpus_per_replica,
+                f"rewards.{name}.scaling.replicas / .cpus_per_replica / .gpus_per_replica",
             )
         )
     return out
-
-
-def _check_colocate(cfg: Any) -> None:
-    rollout, learner = cfg.rollout, cfg.learner
-    if rollout.num_workers != learner.world_size:
-        raise PlacementError(
-            f"run.colocate pairs rollout worker i with learner rank i: rollout.num_workers={rollout.num_workers} "
-            f"must equal learner.world_size={learner.world_size}"
-        )
-    if rollout.gpus_per_worker + learner.gpus_per_rank > 1.0:
-        raise PlacementError(
-            f"run.colocate shares one GPU between a rollout worker and a learner rank: "
-            f"rollout.gpus_per_worker ({rollout.gpus_per_worker:g}) + learner.gpus_per_rank "
-            f"({learner.gpus_per_rank:g}) must be <= 1, e.g. 0.5 each"
-        )
 
 
 def check_cluster(wanted: list[Demand], total: dict[str, float], nodes: list[dict[str, float]]) -> None:
@@ -161,10 +148,10 @@ class Placement:
         if cfg.run.check_resources:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
             check_cluster(demands(cfg), ray.cluster_resources(), nodes)
+        self.cores = cpu_sets(cfg) if cfg.run.pin_cpus else {}
         rollout, learner = cfg.rollout, cfg.learner
         self.groups: dict[str, PlacementGroup] = {}
         if cfg.run.colocate:
-            _check_colocate(cfg)
             shared = _bundle(
                 rollout.cpus_per_worker + learner.cpus_per_rank,
                 rollout.gpus_per_worker + learner.gpus_per_rank,
@@ -220,6 +207,10 @@ class Placement:
         lr = self.cfg.learner
         return self._options("learner ranks", index, lr.cpus_per_rank, lr.gpus_per_rank)
 
+    def cores_of(self, role: str, index: int) -> Optional[list[int]]:
+        """The cores actor `index` of `role` ("rollout workers" / "learner ranks") is pinned to, or None."""
+        return self.cores[role][index] if self.cores else None
+
     def close(self) -> None:
         """Remove the placement groups (the actors in them must be gone first)."""
         for pg in self.groups.values():
@@ -247,3 +238,57 @@ def _fmt(resources: dict[str, float]) -> str:
     if "memory" in keep:
         keep["memory"] = f"{keep['memory'] / 2**30:.1f} GiB"  # type: ignore[assignment]
     return str(keep)
+
+
+def cpu_sets(cfg: Any) -> dict[str, list[list[int]]]:
+    """Disjoint cores of this machine for every learner rank and rollout worker (`run.pin_cpus`).
+
+    Learner ranks take the first ceil(cpus_per_rank) cores each, rollout workers the next
+    ceil(cpus_per_worker) each, from the cores this process may use. One-node clusters only: core
+    numbers mean nothing on another node. Reward replicas and the driver stay unpinned.
+    """
+    if cfg.run.colocate:
+        raise PlacementError(
+            "run.pin_cpus places learner ranks and rollout workers apart: not with run.colocate"
+        )
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) != 1:
+        raise PlacementError(
+            f"run.pin_cpus pins to this machine's cores: the cluster has {len(alive)} nodes, not 1"
+        )
+    free = sorted(os.sched_getaffinity(0))
+    roles = (
+        ("learner ranks", cfg.learner.world_size, cfg.learner.cpus_per_rank),
+        ("rollout workers", cfg.rollout.num_workers, cfg.rollout.cpus_per_worker),
+    )
+    need = sum(count * math.ceil(cpus) for _, count, cpus in roles)
+    if need > len(free):
+        raise PlacementError(
+            f"run.pin_cpus needs {need} cores (learner ranks and rollout workers, each its ceil(cpus) cores) but "
+            f"this process may use {len(free)}: lower learner.cpus_per_rank / rollout.cpus_per_worker or the counts"
+        )
+    out: dict[str, list[list[int]]] = {}
+    for role, count, cpus in roles:
+        out[role] = []
+        for _ in range(count):
+            take = math.ceil(cpus)
+            out[role].append(free[:take])
+            free = free[take:]
+    return out
+
+
+def use_cpus(cpus: float, cores: Optional[Sequence[int]] = None) -> int:
+    """In an actor: pin this process to `cores` when given, and size torch's thread pool to what the
+    role reserved (len(cores), else floor(cpus), at least 1) rather than to OMP_NUM_THREADS, which the
+    environment may have set to 1. Returns the number of threads."""
+    import torch
+
+    if cores:
+        for task in Path("/proc/self/task").iterdir():  # every thread, not only the calling one
+            try:
+                os.sched_setaffinity(int(task.name), cores)
+            except ProcessLookupError:
+                pass  # a thread that ended meanwhile
+    threads = len(cores) if cores else max(1, math.floor(cpus))
+    torch.set_num_threads(threads)
+    return threads

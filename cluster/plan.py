@@ -563,7 +563,12 @@ def learner_plan(
 
 def judge_plan(cfg: Config, gpu_bytes: Optional[float]) -> RolePlan:
     j = cfg.rewards.mllm
-    plan = RolePlan("reward service mllm replica", j.replicas, j.cpus_per_replica, j.gpus_per_replica)
+    plan = RolePlan(
+        "reward service mllm replica",
+        j.scaling.replicas,
+        j.scaling.cpus_per_replica,
+        j.scaling.gpus_per_replica,
+    )
     size = _judge_size(j.model_path or (j.tiny_judge_dir if cfg.run.tiny else None))
     if size is None:
         plan.problems.append(
@@ -578,7 +583,7 @@ def judge_plan(cfg: Config, gpu_bytes: Optional[float]) -> RolePlan:
     per_token = 2 * layers * kv_heads * head_dim * width / tp  # K and V, this GPU's heads
     weights = params * width / tp
     plan.notes.append(f"tensor parallel {tp}: {per_token / 1024:.0f} KiB of KV cache per token per GPU")
-    if j.gpus_per_replica <= 0 or gpu_bytes is None:
+    if j.scaling.gpus_per_replica <= 0 or gpu_bytes is None:
         plan.memory[f"weights / {tp} GPU(s)"] = weights
         return plan
     plan.device_bytes = gpu_bytes
@@ -590,15 +595,15 @@ def judge_plan(cfg: Config, gpu_bytes: Optional[float]) -> RolePlan:
     plan.memory["CUDA context (fixed estimate)"] = CUDA_CONTEXT_BYTES
     tokens = kv / per_token if kv > 0 else 0.0
     plan.notes.append(f"KV cache holds {tokens:,.0f} tokens (max_model_len {j.max_model_len})")
-    if j.gpus_per_replica < tp:
+    if j.scaling.gpus_per_replica < tp:
         plan.problems.append(
-            f"tensor_parallel_size={tp} needs {tp} GPUs per replica but gpus_per_replica={j.gpus_per_replica:g}"
+            f"tensor_parallel_size={tp} needs {tp} GPUs per replica but gpus_per_replica={j.scaling.gpus_per_replica:g}"
         )
     if tokens < j.max_model_len:
         plan.problems.append(
             f"the KV cache left by gpu_memory_utilization={j.gpu_memory_utilization:g} holds {tokens:,.0f} "
             f"tokens, fewer than max_model_len={j.max_model_len}: raise tensor_parallel_size (and "
-            "gpus_per_replica) or gpu_memory_utilization, or use a smaller judge"
+            "scaling.gpus_per_replica) or gpu_memory_utilization, or use a smaller judge"
         )
     return plan
 
@@ -631,7 +636,12 @@ def _judge_size(model_path: Optional[str]) -> Optional[tuple[float, int, int, in
 
 def service_plan(cfg: Config, name: str) -> RolePlan:
     section = cfg.rewards.service(name)
-    plan = RolePlan(f"reward service {name} replica", section.replicas, section.cpus_per_replica, 0.0)
+    plan = RolePlan(
+        f"reward service {name} replica",
+        section.scaling.replicas,
+        section.scaling.cpus_per_replica,
+        section.scaling.gpus_per_replica,
+    )
     plan.notes.append(f"scores on {getattr(section, 'device', 'cpu')}; no model weights")
     return plan
 

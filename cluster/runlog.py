@@ -1,48 +1,208 @@
-"""The run directory: resolved config, metrics (JSONL + TensorBoard scalars), image grids.
+"""The run directory and the experiment trackers: resolved config, metrics, image grids, the LoRA.
 
 runs/<name>/
   config.yaml          resolved config of the run
-  metrics.jsonl        one JSON object per epoch (every logged scalar)
-  tb/                  TensorBoard event files (scalars and image grids)
+  metrics.jsonl        one JSON object per epoch (every logged value)
+  tb/                  TensorBoard event files (scalars and image grids)      run.trackers: tensorboard
+  wandb/               Weights & Biases run (offline unless run.wandb_mode)   run.trackers: wandb
+  mlruns/              MLflow file store (unless run.mlflow_tracking_uri)     run.trackers: mlflow
+                       (metric names with '.' for '/': reward.mean)
+  trackers.json        the W&B / MLflow run ids, so that `--resume` continues the same tracker runs
   images/epoch_XXXXX.png   source | group of edits | mask overlay, with scores
   checkpoints/         written by learner.checkpoint
+
+    runlog = RunLog(cfg, resume=False)       # writes config.yaml, opens the trackers
+    runlog.scalars(epoch, row); runlog.image_grid(epoch, ...); runlog.close()
+
+Every tracker gets the same numeric values with the epoch as step, the resolved config as run
+parameters, the image grids, and at `close` the LoRA in `run_dir/lora/` (when it was written) as an
+artefact. Non-numeric values (e.g. the reason an update was skipped) go to metrics.jsonl only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from cocoedit.cluster.config import Config, dump_config, to_dict
 
-class RunLog:
-    def __init__(self, run_dir: str | Path, config_yaml: str, tensorboard: bool = True) -> None:
-        self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "images").mkdir(exist_ok=True)
-        (self.dir / "config.yaml").write_text(config_yaml)
-        self._metrics = open(self.dir / "metrics.jsonl", "a")
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+log = logging.getLogger(__name__)
 
-            self._tb = SummaryWriter(str(self.dir / "tb"))
+TRACKER_IDS = "trackers.json"
+
+
+def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested config dict as dotted keys -> strings (`learner.lr` -> "0.0003"); lists as JSON."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flat_params(value, name + "."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, tuple, Mapping)) else str(value)
+    return out
+
+
+class TensorBoardTracker:
+    def __init__(self, run_dir: Path, cfg: Config, run_id: Optional[str]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.id = None
+        self._tb = SummaryWriter(str(run_dir / "tb"))
 
     def scalars(self, epoch: int, values: dict[str, float]) -> None:
-        """Append `values` for `epoch` to metrics.jsonl and TensorBoard (non-finite values are kept as null)."""
-        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in values.items()}
+        for k, v in values.items():
+            self._tb.add_scalar(k, v, epoch)
+
+    def image(self, epoch: int, image: np.ndarray, caption: str) -> None:
+        self._tb.add_image("edits", image, epoch, dataformats="HWC")
+
+    def artifact(self, path: Path) -> None:
+        pass  # TensorBoard has no artefacts: the LoRA stays in the run directory
+
+    def close(self) -> None:
+        self._tb.close()
+
+
+class WandbTracker:
+    """A W&B run under run_dir/wandb; offline (no network) unless run.wandb_mode=online."""
+
+    def __init__(self, run_dir: Path, cfg: Config, run_id: Optional[str]) -> None:
+        if cfg.run.wandb_mode == "offline":
+            # W&B's analytics and error reports reach its servers even for offline runs (measured with
+            # wandb 0.31: a lookup of its API host from the telemetry thread) unless the process is offline
+            os.environ["WANDB_MODE"] = "offline"
+            os.environ["WANDB_ERROR_REPORTING"] = "false"
+        import wandb
+
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=cfg.run.wandb_project,
+            name=cfg.run.name,
+            dir=str(run_dir),
+            mode=cfg.run.wandb_mode,
+            config=to_dict(cfg),
+            id=run_id,
+            resume="allow" if run_id else None,
+            reinit="finish_previous",
+            # no console capture, no system-metrics sampler: the run logs what the loop gives it
+            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        )
+        self.id = self.run.id
+
+    def scalars(self, epoch: int, values: dict[str, float]) -> None:
+        self.run.log(values, step=epoch)
+
+    def image(self, epoch: int, image: np.ndarray, caption: str) -> None:
+        self.run.log({"edits": self._wandb.Image(image, caption=caption)}, step=epoch)
+
+    def artifact(self, path: Path) -> None:
+        art = self._wandb.Artifact(f"{self.run.name}-lora", type="model")
+        art.add_dir(str(path))
+        self.run.log_artifact(art)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def mlflow_key(key: str) -> str:
+    """Our metric name as MLflow's: '/' -> '.'. MLflow's file store keeps a metric per file along its
+    slashes, so `reward/synthetic` (a file) and `reward/synthetic/edit_psnr` (a folder) cannot both exist."""
+    return key.replace("/", ".")
+
+
+class MlflowTracker:
+    """An MLflow run in run_dir/mlruns (a local file store) unless run.mlflow_tracking_uri is given."""
+
+    def __init__(self, run_dir: Path, cfg: Config, run_id: Optional[str]) -> None:
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        uri = cfg.run.mlflow_tracking_uri
+        if uri is None:
+            uri = (run_dir / "mlruns").resolve().as_uri()
+            # MLflow 3 refuses file stores unless opted in; a database or server is one URI away
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = MlflowClient(tracking_uri=uri)
+        if run_id is None:
+            exp = self.client.get_experiment_by_name(cfg.run.mlflow_experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.run.mlflow_experiment)
+            run_id = self.client.create_run(exp_id, run_name=cfg.run.name).info.run_id
+            params = [Param(k, v[:6000]) for k, v in flat_params(to_dict(cfg)).items()]
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(run_id, params=params[i : i + 100])
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.id = run_id
+
+    def scalars(self, epoch: int, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(mlflow_key(k), v, now, epoch) for k, v in values.items()]
+        self.client.log_batch(self.id, metrics=metrics)
+
+    def image(self, epoch: int, image: np.ndarray, caption: str) -> None:
+        self.client.log_image(self.id, image, key="edits", step=epoch)
+
+    def artifact(self, path: Path) -> None:
+        self.client.log_artifacts(self.id, str(path), artifact_path=path.name)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.id)
+
+
+# run.trackers names -> implementation; each writes under the run directory unless configured otherwise
+TRACKERS: dict[str, type] = {
+    "tensorboard": TensorBoardTracker,
+    "wandb": WandbTracker,
+    "mlflow": MlflowTracker,
+}
+
+
+class RunLog:
+    """The run directory (config.yaml, metrics.jsonl, images/) and the trackers of `run.trackers`.
+
+    With resume=True the W&B and MLflow runs recorded in trackers.json are continued.
+    """
+
+    def __init__(self, cfg: Config, resume: bool = False) -> None:
+        self.dir = Path(cfg.run.run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "images").mkdir(exist_ok=True)
+        (self.dir / "config.yaml").write_text(dump_config(cfg))
+        self._metrics = open(self.dir / "metrics.jsonl", "a")
+        ids_path = self.dir / TRACKER_IDS
+        ids = json.loads(ids_path.read_text()) if resume and ids_path.is_file() else {}
+        self.trackers: dict[str, Any] = {}
+        try:
+            for name in cfg.run.trackers:
+                self.trackers[name] = TRACKERS[name](self.dir, cfg, ids.get(name))
+        except BaseException:
+            self.close()
+            raise
+        ids.update({name: t.id for name, t in self.trackers.items() if t.id is not None})
+        ids_path.write_text(json.dumps(ids, indent=2) + "\n")
+
+    def scalars(self, epoch: int, values: Mapping[str, Any]) -> None:
+        """Append `values` for `epoch` to metrics.jsonl (non-finite numbers as null) and send the finite
+        numbers to every tracker; text values (e.g. a skip reason) go to metrics.jsonl only."""
+        clean = {k: (v if isinstance(v, str) else _finite(v)) for k, v in values.items()}
         self._metrics.write(json.dumps({"epoch": epoch, **clean}) + "\n")
         self._metrics.flush()
-        if self._tb is not None:
-            for k, v in clean.items():
-                if v is not None:
-                    self._tb.add_scalar(k, v, epoch)
+        numbers = {k: v for k, v in clean.items() if isinstance(v, float)}
+        for tracker in self.trackers.values():
+            tracker.scalars(epoch, numbers)
 
     def image_grid(
         self,
@@ -57,17 +217,43 @@ class RunLog:
 
         source: [3, H, W] uint8; edits: [G, 3, H, W] uint8; edit_mask: [1, H, W] in [0, 1].
         """
-        grid = make_grid_image(source, edits, edit_mask, scores, title)
+        from cocoedit.rewards.images import encode_png
+
+        grid = np.asarray(make_grid_image(source, edits, edit_mask, scores, title))
         path = self.dir / "images" / f"epoch_{epoch:05d}.png"
-        grid.save(path)
-        if self._tb is not None:
-            self._tb.add_image("edits", np.asarray(grid), epoch, dataformats="HWC")
+        path.write_bytes(encode_png(grid))
+        for tracker in self.trackers.values():
+            tracker.image(epoch, grid, title)
         return path
 
     def close(self) -> None:
+        """Hand the LoRA (run_dir/lora, when written) to the trackers as an artefact, then close them."""
+        lora = self.dir / "lora"
+        for name, tracker in self.trackers.items():
+            try:
+                if lora.is_dir():
+                    tracker.artifact(lora)
+            finally:
+                try:
+                    tracker.close()
+                except Exception as e:  # noqa: BLE001 - one tracker failing to close must not hide the rest
+                    log.warning("closing the %s tracker: %s", name, e)
+        self.trackers = {}
         self._metrics.close()
-        if self._tb is not None:
-            self._tb.close()
+
+
+def _finite(value: Any) -> Optional[float]:
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def mask_overlay(source: torch.Tensor, edit_mask: torch.Tensor) -> np.ndarray:
+    """[3, H, W] uint8 + [1, H, W] mask -> [H, W, 3] uint8: the edit region tinted red, the rest dimmed."""
+    img = source.permute(1, 2, 0).numpy().astype(np.float32)
+    m = edit_mask[0].numpy()[..., None]
+    red = np.array([255.0, 0.0, 0.0])
+    out = m * (0.5 * img + 0.5 * red) + (1 - m) * 0.6 * img
+    return out.clip(0, 255).astype(np.uint8)
 
 
 def make_grid_image(
@@ -83,9 +269,7 @@ def make_grid_image(
     scale = max(1, math.ceil((cell or 96) / max(h, w)))
     ch, cw = h * scale, w * scale
     text_h = 14
-    overlay = source.float().clone()
-    red = torch.tensor([255.0, 0.0, 0.0])[:, None, None]
-    overlay = (overlay * (1 - 0.5 * edit_mask) + red * 0.5 * edit_mask).clamp(0, 255).to(torch.uint8)
+    overlay = torch.from_numpy(mask_overlay(source, edit_mask)).permute(2, 0, 1)
     cells = [source, *edits, overlay]
     labels = ["source", *[f"{s:.3f}" for s in scores], "edit mask"]
     canvas = Image.new("RGB", (cw * len(cells), ch + 2 * text_h), "white")

@@ -1,8 +1,9 @@
 """One rollout batch scored by the reward services: the proto edits, the weighted reward, the metrics.
 
-scores = score_batch(services, batch, cfg.rewards.weights)
-scores.rewards          # [N] float64, R = sum_k w_k S_k
-scores.metrics("reward")  # {"reward/mean", "reward/<score>", "<service>/<component>", ...}
+scores = score_batch(services, batch, cfg.rewards)
+scores.rewards.total    # [N] float64, R = sum_k w_k S_k; NaN where an edit could not be scored
+scores.rewards.scored   # [N] bool: the edits that stay in the batch (rewards/weighting.py)
+scores.metrics()        # {"reward/mean", "reward/<score>", "reward/dropped_edits", "<service>/<component>", ...}
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ import numpy as np
 import torch
 
 from cocoedit.actors.types import RolloutBatch
+from cocoedit.cluster.config import RewardsConfig
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.client import make_edit
-from cocoedit.rewards.weighting import combine
+from cocoedit.rewards.weighting import Rewards, combine
 
 
 @dataclass
 class Scores:
     """The reward of every edit of a batch and what each service said about it."""
 
-    rewards: np.ndarray  # [N] float64, the weighted reward R
-    parts: dict[str, np.ndarray]  # score name -> [N] S_k, and "name/component" -> [N]
+    rewards: Rewards  # R per edit (NaN where dropped), which edits are scored, the per-score arrays
     outcomes: dict[str, list[EditOutcome]]  # service -> one outcome per edit, batch order
 
     def component_means(self) -> dict[str, float]:
@@ -38,28 +39,29 @@ class Scores:
         return {k: float(np.mean(v)) for k, v in values.items()}
 
     def metrics(self) -> dict[str, float]:
-        """The training epoch's reward metrics: reward/mean, reward/<score>, <service>/<component>."""
-        return {
-            "reward/mean": float(np.mean(self.rewards)),
-            **{f"reward/{k}": float(np.mean(v)) for k, v in self.parts.items()},
-            **self.component_means(),
-        }
+        """The training epoch's reward metrics: reward/mean, reward/<score> (over the scored edits),
+        reward/dropped_edits, reward/dropped_fraction, reward/fallback_fraction, <service>/<component>."""
+        return {**self.rewards.metrics(), **self.component_means()}
 
     def eval_metrics(self) -> dict[str, float]:
-        """The fixed evaluation set's metrics: eval/reward, eval/<score>, eval/<service>/psnr|ssim."""
+        """The fixed evaluation set's metrics: eval/reward, eval/<score>, eval/dropped_edits,
+        eval/<service>/psnr|ssim."""
         means = self.component_means()
+        reward = self.rewards.metrics()
         return {
-            "eval/reward": float(np.mean(self.rewards)),
-            **{f"eval/{k}": float(np.mean(v)) for k, v in self.parts.items() if "/" not in k},
+            "eval/reward": reward["reward/mean"],
+            **{f"eval/{k}": reward[f"reward/{k}"] for k in self.rewards.parts if "/" not in k},
+            "eval/dropped_edits": reward["reward/dropped_edits"],
             **{f"eval/{k}": v for k, v in means.items() if k.endswith(("psnr", "ssim"))},
         }
 
 
-def score_batch(services: Any, batch: RolloutBatch, weights: dict[str, float]) -> Scores:
-    """Score every edit of `batch` with every service (`services`: cluster.services.RewardServices)."""
+def score_batch(services: Any, batch: RolloutBatch, cfg: RewardsConfig) -> Scores:
+    """Score every edit of `batch` with every service (`services`: cluster.services.RewardServices) and
+    weight the scores; an edit a weighted service could not score is dropped (bounded: RewardError)."""
     outcomes = services.score(to_edits(batch))
-    rewards, parts = combine(outcomes, weights)
-    return Scores(rewards, parts, outcomes)
+    rewards = combine(outcomes, cfg.weights, cfg.max_dropped_fraction, cfg.max_fallback_fraction)
+    return Scores(rewards, outcomes)
 
 
 def to_edits(batch: RolloutBatch) -> list[Any]:

@@ -7,7 +7,7 @@ Faults: a replica that dies is routed around by the client (UNAVAILABLE is retri
 replica) and restarted by Ray (max_restarts); a restarted replica serves on a new port, and `refresh`
 re-registers it with the client (after every scoring call, and at once when a call failed for good,
 which is then repeated: scores are pure functions of the edits, so nothing is counted twice).
-Autoscaling: with `rewards.<name>.target_score_s`, `autoscale` adds or removes one replica per epoch
+Autoscaling: with `rewards.<name>.scaling.target_score_s`, `autoscale` adds or removes one replica per epoch
 within [min_replicas, max_replicas] from the time the epoch's scoring took.
 
 Why Ray actors hosting our own gRPC servers rather than Ray Serve deployments: the reward contract is
@@ -28,10 +28,12 @@ from typing import Any, Optional
 import ray
 from ray.exceptions import RayActorError
 
-from cocoedit.cluster.placement import PlacementError, check_available
+from cocoedit.cluster.config import RewardsConfig
+from cocoedit.cluster.placement import PlacementError, check_available, use_cpus
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.client import RewardServiceError
-from cocoedit.rewards.config import RewardsConfig
+from cocoedit.rewards.config import ServiceConfig
+from cocoedit.rewards.serve import Service, service
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,15 @@ log = logging.getLogger(__name__)
 class RewardReplica:
     """One replica: builds the scorer, serves it on this node, reports its address."""
 
-    def __init__(self, service: str, cfg: RewardsConfig) -> None:
-        from cocoedit.rewards.serve import SERVICES as BUILDERS
+    def __init__(self, service: Service, section: ServiceConfig) -> None:
         from cocoedit.rewards.server import BackgroundServer
 
-        scorer, server_cfg = BUILDERS[service](cfg)
+        threads = use_cpus(section.scaling.cpus_per_replica)
+        if getattr(section, "threads", None) == 0:
+            # "one thread per core" means the cores this replica reserved, not every core of the node
+            section = dataclasses.replace(section, threads=threads)
+        # The Service itself travels (not its name): a replica needs no registry of its own.
+        scorer, server_cfg = service.scorer(section), section.server
         if server_cfg.host == "node":  # reachable from other nodes of the Ray cluster
             server_cfg = dataclasses.replace(server_cfg, host=ray.util.get_node_ip_address())
         self.server = BackgroundServer(scorer, server_cfg).start()
@@ -79,13 +85,9 @@ class RewardServices:
             if name in cfg.addresses:
                 addresses = list(cfg.addresses[name])
             else:
-                section = cfg.service(name)
-                if not getattr(section, "enabled", True):
-                    raise ValueError(
-                        f"rewards.weights uses {name!r} but rewards.{name}.enabled is false; enable it, give "
-                        f"rewards.addresses.{name}, or drop it from rewards.weights"
-                    )
-                self.replicas[name] = [self._start(name) for _ in range(section.replicas)]
+                # a weighted service is enabled or external: RewardsConfig.check, at load
+                replicas = cfg.service(name).scaling.replicas
+                self.replicas[name] = [self._start(name) for _ in range(replicas)]
                 addresses = self._addresses_of(self.replicas[name])
             self.clients[name] = RewardClient(addresses, cfg.client, service=name)
         for client in self.clients.values():
@@ -94,11 +96,10 @@ class RewardServices:
 
     def _start(self, name: str) -> Any:
         section = self.cfg.service(name)
-        options: dict[str, Any] = {"num_cpus": section.cpus_per_replica, "max_restarts": 3}
-        gpus = getattr(section, "gpus_per_replica", 0.0)
-        if gpus:
-            options["num_gpus"] = gpus
-        return ray.remote(RewardReplica).options(**options).remote(name, self.cfg)
+        options: dict[str, Any] = {"num_cpus": section.scaling.cpus_per_replica, "max_restarts": 3}
+        if section.scaling.gpus_per_replica:
+            options["num_gpus"] = section.scaling.gpus_per_replica
+        return ray.remote(RewardReplica).options(**options).remote(service(name), section)
 
     def _addresses_of(self, replicas: list[Any]) -> list[str]:
         """The addresses `replicas` serve on (waits for them), remembered to tell restarts later."""
@@ -128,13 +129,13 @@ class RewardServices:
         if replicas < 1:
             raise ValueError(f"{name}: replicas={replicas} must be >= 1")
         if replicas > len(current):
-            section = self.cfg.service(name)
+            scaling = self.cfg.service(name).scaling
             more = replicas - len(current)
             check_available(
                 f"reward service {name} replicas",
-                more * section.cpus_per_replica,
-                more * getattr(section, "gpus_per_replica", 0.0),
-                f"rewards.{name}.max_replicas",
+                more * scaling.cpus_per_replica,
+                more * scaling.gpus_per_replica,
+                f"rewards.{name}.scaling.max_replicas",
             )
             new = [self._start(name) for _ in range(more)]
             current.extend(new)
@@ -157,18 +158,18 @@ class RewardServices:
     def autoscale(self) -> dict[str, int]:
         """One step of every service with `target_score_s`, from the last `score`; {service: replicas}."""
         for name, reps in self.replicas.items():
-            section = self.cfg.service(name)
-            target = getattr(section, "target_score_s", None)
+            scaling = self.cfg.service(name).scaling
+            target = scaling.target_score_s
             took = self.last_score_s.get(name)
             if target is None or took is None:
                 continue
             n = len(reps)
             want = n
-            if took > target and n < section.max_replicas:
+            if took > target and n < scaling.max_replicas:
                 want = n + 1
-            elif n > section.min_replicas and took * n / (n - 1) < 0.5 * target:
+            elif n > scaling.min_replicas and took * n / (n - 1) < 0.5 * target:
                 want = n - 1
-            want = max(section.min_replicas, min(section.max_replicas, want))
+            want = max(scaling.min_replicas, min(scaling.max_replicas, want))
             if want != n:
                 try:
                     self.scale(name, want, wait=False)

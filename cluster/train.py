@@ -1,6 +1,6 @@
 """The training loop: sample, score, advantages, update, sync, evaluate, log, checkpoint.
 
-    cocoedit train [--config cluster/configs/tiny_cpu.yaml] [--resume] [key=value ...]
+    cocoedit train [--config cluster/configs/tiny_cpu.yaml] [--resume [CHECKPOINT]] [key=value ...]
     python -m cocoedit.cluster.train --config cluster/configs/flux_kontext_8gpu.yaml     # under `ray job submit`
 
     with start_run(cfg) as run:             # every part started; closed in reverse order on exit
@@ -29,19 +29,22 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
-from cocoedit.actors.data import EpochSampler, load_items
-from cocoedit.actors.types import EditItem, GroupedItem, RolloutBatch
-from cocoedit.cluster.config import Config, dump_config
+from cocoedit.actors.data import load_index
+from cocoedit.actors.epochs import EpochSampler
+from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
+from cocoedit.cluster.config import Config
 from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
-from cocoedit.cluster.launch import init_ray, resolve_models
+from cocoedit.cluster.launch import RayConnectError, init_ray, resolve_models
 from cocoedit.cluster.placement import Placement, PlacementError
 from cocoedit.cluster.plan import log_plan
+from cocoedit.cluster.resume import Resume, ResumeConfigError, resume_from
 from cocoedit.cluster.rollouts import RolloutQueue
 from cocoedit.cluster.runlog import RunLog
 from cocoedit.cluster.scores import Scores, score_batch
 from cocoedit.cluster.services import RewardServices
 from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint
+from cocoedit.rewards.weighting import RewardError
 from cocoedit.telemetry import record_epoch
 
 log = logging.getLogger("cocoedit.train")
@@ -56,7 +59,7 @@ class Run:
     """The parts of one training run, as `start_run` built them."""
 
     cfg: Config
-    items: dict[str, EditItem]  # item_id -> item
+    items: dict[str, EditItem | ItemRef]  # item_id -> item (ItemRef: read by the rollout workers)
     sampler: EpochSampler
     runlog: RunLog
     learner: LearnerGroup
@@ -82,7 +85,7 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
             batch = run.rollouts.next()
         run.rollouts.fill(cfg.rollout.max_staleness, run.version)  # sampled while this one trains
         with timer("score"):
-            scores = score_batch(run.services, batch, cfg.rewards.weights)
+            scores = score_batch(run.services, batch, cfg.rewards)
         groups = advantages(run, batch, scores)
         with timer("update"), run.guard.during("updating", epoch):
             update = run.learner.update(batch, groups.advantages, groups.valid)
@@ -102,8 +105,9 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
 
 def advantages(run: Run, batch: RolloutBatch, scores: Scores) -> GroupScores:
     """Group-normalised advantages and validity; items whose group is solved are banned from sampling."""
-    rewards = torch.as_tensor(scores.rewards, dtype=torch.float32)
-    groups = score_groups(rewards, batch.group_ids, batch.item_ids, run.cfg.learner)
+    rewards = torch.as_tensor(scores.rewards.total, dtype=torch.float32)
+    scored = torch.as_tensor(scores.rewards.scored)  # edits a service could not score count nowhere
+    groups = score_groups(rewards, batch.group_ids, batch.item_ids, run.cfg.learner, scored)
     run.sampler.ban([i for i in groups.banned_items if i not in run.sampler.banned])
     return groups
 
@@ -120,7 +124,7 @@ def sync(run: Run, epoch: int) -> None:
 def evaluate_fixed(run: Run) -> dict[str, float]:
     """Edit the fixed set with the current sampling policy and score it: `eval/*` metrics."""
     batch = run.rollout.sample(run.fixed, run.version)
-    return score_batch(run.services, batch, run.cfg.rewards.weights).eval_metrics()
+    return score_batch(run.services, batch, run.cfg.rewards).eval_metrics()
 
 
 def log_epoch(
@@ -137,7 +141,7 @@ def log_epoch(
             batch.source_images[first[0]],
             batch.edited_images[first],
             batch.edit_masks[first[0]],
-            [float(scores.rewards[i]) for i in first],
+            [float(scores.rewards.total[i]) for i in first],
             title=f"epoch {epoch}: {batch.instructions[first[0]]}",
         )
 
@@ -204,9 +208,10 @@ class StageTimer:
 
 
 @contextlib.contextmanager
-def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
-    """Start every part of a run (or join them to a checkpoint with `resume`); close them on exit."""
-    ckpt = _checkpoint_to_resume(cfg) if resume else None  # before anything starts
+def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
+    """Start every part of a run (or join them to a checkpoint with `resume`: True for the latest, or a
+    path); close them on exit."""
+    ckpt = resume_from(cfg, resume)  # before anything starts: the checkpoint, its config checked
     init_ray(cfg.run)
     with contextlib.ExitStack() as parts:
         placement = _closing(
@@ -214,9 +219,9 @@ def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
         )  # first: fails within run.placement_timeout_s, naming the role
         cfg = resolve_models(cfg)
         log_plan(cfg)  # devices and memory per role (cocoedit plan)
-        items = {item.item_id: item for item in load_items(cfg.data)}
+        items = load_index(cfg.data)
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
-        runlog = _closing(parts, RunLog(cfg.run.run_dir, dump_config(cfg)))
+        runlog = _closing(parts, RunLog(cfg, resume=ckpt is not None))
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
         rollout = _closing(parts, RolloutGroup(cfg.policy, cfg.rollout, placement))
         services = _closing(parts, RewardServices(cfg.rewards))
@@ -240,7 +245,7 @@ def start_run(cfg: Config, resume: bool = False) -> Iterator[Run]:
         )
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[dict[str, float]]:
+def train(cfg: Config, resume: Resume = False, progress: bool = True) -> list[dict[str, float]]:
     """Run cfg.run.epochs epochs (or the remaining ones with resume); returns each epoch's metrics."""
     with start_run(cfg, resume) as run:
         for _ in run_epochs(run, progress):
@@ -296,22 +301,13 @@ def _last_line(e: BaseException) -> str:
     return text[-1] if text else repr(e)
 
 
-def fixed_eval_items(items: list[EditItem], n_items: int, n_seeds: int) -> list[GroupedItem]:
+def fixed_eval_items(items: list[EditItem | ItemRef], n_items: int, n_seeds: int) -> list[GroupedItem]:
     """The first n_items items, each with n_seeds fixed noise seeds (outside the training seed range)."""
     return [
         GroupedItem(item, f"eval:{item.item_id}", f"eval:{item.item_id}:{k}", 2**30 + j * n_seeds + k)
         for j, item in enumerate(items[:n_items])
         for k in range(n_seeds)
     ]
-
-
-def _checkpoint_to_resume(cfg: Config) -> Path:
-    ckpt = latest_checkpoint(cfg.run.run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(
-            f"--resume: no complete checkpoint under {cfg.run.run_dir}/checkpoints; start without --resume"
-        )
-    return ckpt
 
 
 def _resume(ckpt: Path, learner: LearnerGroup, sampler: EpochSampler) -> tuple[int, int]:
@@ -325,11 +321,18 @@ def _resume(ckpt: Path, learner: LearnerGroup, sampler: EpochSampler) -> tuple[i
 
 
 def cli_train(args: argparse.Namespace, cfg: Config) -> int:
-    """`cocoedit train [--config FILE] [--resume] [key=value ...]` (the CLI loads the config)."""
+    """`cocoedit train [--config FILE] [--resume [CHECKPOINT]] [key=value ...]` (the CLI loads the config)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         history = train(cfg, resume=args.resume)
-    except (PlacementError, LearnerFailure, FileNotFoundError) as e:
+    except (
+        PlacementError,
+        LearnerFailure,
+        FileNotFoundError,
+        RayConnectError,
+        ResumeConfigError,
+        RewardError,
+    ) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1
     _print_summary(cfg, history)
@@ -363,15 +366,10 @@ def _print_summary(cfg: Config, history: list[dict[str, float]]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m cocoedit.cluster.train ARGS` is `cocoedit train ARGS`."""
     from cocoedit.cluster.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="python -m cocoedit.cluster.train", description=__doc__)
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    config = ["--config", args.config] if args.config else []
-    return cli_main(["train", *config, *(["--resume"] if args.resume else []), *args.overrides])
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

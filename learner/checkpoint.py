@@ -5,9 +5,12 @@ Layout of one checkpoint, `run_dir/checkpoints/step_00000012/`:
     deepspeed/               engine.save_checkpoint(tag="deepspeed"): trainable LoRA, optimizer, scheduler
     lora_default.safetensors lora_old.safetensors   (policy.lora_state_dict, peft key names)
     lora/ lora.json          theta in the family's diffusers format, and what re-exports need (learner.export)
-    learner_state.pt         step, world size, RNG states of rank 0, extra_state
-    rng_rank{r}.pt           RNG states of every rank
+    learner_state.json       step, world size, ZeRO stage, extra_state (JSON-able)
+    rng_rank{r}.safetensors  RNG states of every rank (torch/CUDA as tensors, numpy/python as JSON metadata)
     COMPLETE                 written last; a directory without it is never picked
+
+Our own state is JSON and safetensors, never a pickle: the run directory is shared storage, and
+unpickling a file from it would run code of anyone who can write there.
 
 Everything is written into `.tmp_step_...` and renamed when complete, so a killed save leaves no
 directory that `latest_checkpoint` could pick. `keep_last` complete checkpoints are kept. After each
@@ -68,19 +71,76 @@ def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
     return done[-1] if done else None
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read safely (damaged, foreign, or an old pickle)."""
+
+
+def save_rng_state(path: Path) -> None:
+    """This process's torch, CUDA, numpy and python RNG states to `path` (safetensors, no pickle)."""
+    from safetensors.torch import save_file
+
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    tensors["numpy.keys"] = torch.from_numpy(keys.astype(np.int64))
+    version, internal, gauss_next = random.getstate()
+    # JSON writes floats exactly (repr), so the cached gaussians survive bit for bit
+    metadata = {
+        "numpy": json.dumps([kind, int(pos), int(has_gauss), float(cached_gaussian)]),
+        "python": json.dumps([version, list(internal), gauss_next]),
+    }
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def read_rng_state(path: Path) -> dict[str, Any]:
+    """The RNG states `save_rng_state` wrote to `path`, checked and parsed (nothing is set yet)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        kind, pos, has_gauss, cached_gaussian = json.loads(meta["numpy"])
+        version, internal, gauss_next = json.loads(meta["python"])
+        keys = tensors["numpy.keys"].numpy().astype(np.uint32)
+        state = {"torch": tensors["torch"], "numpy": (kind, keys, pos, has_gauss, cached_gaussian)}
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear error
+        raise CheckpointError(
+            f"{path} is not an RNG state written by cocoedit (safetensors with numpy/python metadata): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    state["python"] = (version, tuple(internal), gauss_next)
+    state["cuda"] = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Set this process's RNGs to `state` (from `read_rng_state`)."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
+    if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_learner_state(ckpt: Path) -> dict[str, Any]:
+    """learner_state.json of `ckpt`; an old pickled learner_state.pt is refused, never unpickled."""
+    path = ckpt / "learner_state.json"
+    if not path.is_file():
+        pickled = sorted(p.name for p in ckpt.glob("*.pt"))
+        why = (
+            f"it holds pickled state ({', '.join(pickled)}), which this version never loads: unpickling "
+            "runs code from anyone who can write the run directory. Start the run again or resume from a "
+            "checkpoint written by this version"
+            if pickled
+            else "the checkpoint is incomplete"
+        )
+        raise CheckpointError(f"{ckpt}: no learner_state.json; {why}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from e
 
 
 def _barrier(learner: Learner) -> None:
@@ -93,7 +153,8 @@ def _barrier(learner: Learner) -> None:
 def save_checkpoint(
     learner: Learner, run_dir: str | Path, extra_state: dict[str, Any], keep_last: int = 3
 ) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    """Collective: every rank calls it; `extra_state` must be JSON-able. Returns the final checkpoint
+    directory."""
     from safetensors.torch import save_file
 
     from cocoedit.learner.export import publish_lora, save_lora
@@ -111,7 +172,7 @@ def save_checkpoint(
     learner.engine.save_checkpoint(
         str(tmp), tag="deepspeed", client_state={}, save_latest=False, exclude_frozen_parameters=True
     )
-    torch.save(rng_state(), tmp / f"rng_rank{learner.rank}.pt")
+    save_rng_state(tmp / f"rng_rank{learner.rank}.safetensors")
     if learner.rank == 0:
         for adapter in ("default", "old"):
             save_file(
@@ -119,10 +180,7 @@ def save_checkpoint(
                 str(tmp / f"lora_{adapter}.safetensors"),
             )
         save_lora(learner.policy, tmp)
-        torch.save(
-            {**own, "rng": rng_state(), "extra_state": extra_state},
-            tmp / "learner_state.pt",
-        )
+        (tmp / "learner_state.json").write_text(json.dumps({**own, "extra_state": extra_state}))
     _barrier(learner)
     if learner.rank == 0:
         with open(tmp / COMPLETE, "w") as f:
@@ -151,7 +209,12 @@ def load_checkpoint(learner: Learner, path: str | Path) -> dict[str, Any]:
             f"no complete checkpoint at {path} (looked for {COMPLETE} in it and in {path / CHECKPOINTS}/step_*); "
             "start without --resume or point at a checkpoint directory"
         )
-    state = torch.load(ckpt / "learner_state.pt", map_location="cpu", weights_only=False)
+    # Our own files first, all of them checked before anything is restored.
+    state = read_learner_state(ckpt)
+    rank_rng = ckpt / f"rng_rank{learner.rank}.safetensors"
+    if not rank_rng.is_file():  # a rank added since the save (ZeRO-0 allows it) starts from rank 0's
+        rank_rng = ckpt / "rng_rank0.safetensors"
+    rng = read_rng_state(rank_rng)
     if state["world_size"] != learner.world_size and state["zero_stage"] > 0:
         raise ValueError(
             f"{ckpt} was written by {state['world_size']} ranks with ZeRO stage {state['zero_stage']}; "
@@ -168,7 +231,6 @@ def load_checkpoint(learner: Learner, path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"DeepSpeed found no engine state in {ckpt / 'deepspeed'}")
     learner.policy.load_lora_state_dict(load_file(str(ckpt / "lora_old.safetensors")), "old")
     learner.load_state_dict(state)
-    rank_rng = ckpt / f"rng_rank{learner.rank}.pt"
-    set_rng_state(torch.load(rank_rng, weights_only=False) if rank_rng.is_file() else state["rng"])
+    set_rng_state(rng)
     _barrier(learner)
     return state["extra_state"]

@@ -25,6 +25,11 @@ class DecodedEdit:
     warnings: list[str] = field(default_factory=list)
 
 
+# Component a scorer sets to 1.0 on an edit it gave its neutral fallback score (0.0 on the others), so
+# the fallbacks are counted and bounded per epoch (rewards/weighting.py), never mistaken for scores.
+FALLBACK = "fallback"
+
+
 @dataclass
 class EditOutcome:
     """A score in [0, 1] with named components, or an error message; never both."""

@@ -1,4 +1,9 @@
-"""Configs of the reward side (ALGORITHM.md section 3; DESIGN.md, Reward services)."""
+"""Configs of the reward side (ALGORITHM.md section 3; DESIGN.md, Reward services).
+
+Every reward service's section (`rewards.<name>`) is a `ServiceConfig`: whether it runs, its `scaling`
+(replicas and what each asks of the cluster) and its gRPC `server`, plus its scorer's own settings.
+The registry of services is `cocoedit.rewards.serve.SERVICES`.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,12 @@ class ServerConfig:
     """Settings every reward gRPC server shares."""
 
     host: str = "127.0.0.1"  # "node" = the Ray node's address (replicas other nodes must reach)
-    port: int = 0  # 0 = pick a free port
-    max_message_mb: int = 256
-    max_concurrent_calls: int = 8  # further calls get RESOURCE_EXHAUSTED
-    max_batch_edits: int = 512
-    decode_workers: int = 2  # threads decoding PNGs off the event loop
-    grace_s: float = 5.0  # graceful shutdown on SIGTERM
+    port: Annotated[int, Range(ge=0, le=65535)] = 0  # 0 = pick a free port
+    max_message_mb: Annotated[int, Range(ge=1)] = 256
+    max_concurrent_calls: Annotated[int, Range(ge=1)] = 8  # further calls get RESOURCE_EXHAUSTED
+    max_batch_edits: Annotated[int, Range(ge=1)] = 512
+    decode_workers: Annotated[int, Range(ge=1)] = 2  # threads decoding PNGs off the event loop
+    grace_s: Annotated[float, Range(ge=0)] = 5.0  # graceful shutdown on SIGTERM
     # Bounded decoding (read from each PNG's header before anything is decoded): an image of more
     # pixels than this is a per-edit error; so is every edit past the request's decoded-bytes budget.
     max_image_pixels: Annotated[int, Range(ge=1)] = 4096 * 4096
@@ -29,99 +34,102 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
-class PixelConfig:
+class ScalingConfig:
+    """How many replicas of one reward service run, and what each asks of the cluster."""
+
+    replicas: Annotated[int, Range(ge=1)] = 1  # at start
+    min_replicas: Annotated[int, Range(ge=1)] = 1  # autoscaling bounds
+    max_replicas: Annotated[int, Range(ge=1)] = 4
+    # Autoscaling (cluster/services.py): after each epoch one replica is added when scoring the epoch
+    # took longer than this, one removed when one fewer would still take under half of it. None = fixed.
+    target_score_s: Optional[Annotated[float, Range(gt=0)]] = None
+    cpus_per_replica: Annotated[float, Range(ge=0)] = 1.0
+    gpus_per_replica: Annotated[float, Range(ge=0)] = 0.0
+
+    def check(self) -> None:
+        """Rules between fields (the config loader calls this)."""
+        if not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError(
+                f"replicas={self.replicas} must lie within min_replicas={self.min_replicas} .. "
+                f"max_replicas={self.max_replicas}"
+            )
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """What every reward service's section has; a service's own section subclasses it."""
+
+    enabled: bool = True
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+
+@dataclass(frozen=True)
+class PixelConfig(ServiceConfig):
     """Pixel-consistency reward S_pix on the keep region."""
 
     compat: Literal["standard", "release"] = "standard"
-    ssim_weight: float = 0.35
-    psnr_weight: float = 0.65
-    psnr_cap_db: float = 40.0
-    window: int = 11
-    sigma: float = 1.5
+    ssim_weight: Annotated[float, Range(ge=0)] = 0.35
+    psnr_weight: Annotated[float, Range(ge=0)] = 0.65
+    psnr_cap_db: Annotated[float, Range(gt=0)] = 40.0
+    window: Annotated[int, Range(ge=1)] = 11  # odd
+    sigma: Annotated[float, Range(gt=0)] = 1.5
     device: str = "cpu"
     # CPU: the edits of a request are scored by this many threads, one edit each, OpenCV single-threaded
     # (0 = one per core); the service sets cv2.setNumThreads(1) in its process when it loads.
-    threads: int = 0
-    replicas: int = 1  # at start
-    min_replicas: int = 1  # autoscaling bounds
-    max_replicas: int = 4
-    # Autoscaling (cluster/services.py): after each epoch one replica is added when scoring the epoch
-    # took longer than this, one removed when one fewer would still take under half of it. None = fixed.
-    target_score_s: Optional[float] = None
-    cpus_per_replica: float = 1.0
-    server: ServerConfig = field(default_factory=ServerConfig)
+    threads: Annotated[int, Range(ge=0)] = 0
+
+    def check(self) -> None:
+        """Rules between fields (the config loader calls this)."""
+        if self.window % 2 == 0:
+            raise ValueError(f"window={self.window} must be odd (the Gaussian window is centred on a pixel)")
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
+class JudgeConfig(ServiceConfig):
     """The MLLM judge on vLLM (S_mllm)."""
 
-    enabled: bool = True
+    scaling: ScalingConfig = field(default_factory=lambda: ScalingConfig(gpus_per_replica=1.0))
     model_path: Optional[str] = None  # local HF directory; None in tiny mode = build/cache the tiny judge
     score_mode: Literal["logits", "text"] = "logits"
-    temperature: float = 0.7  # text mode
-    max_tokens: int = 8  # text mode
-    text_retries: int = 3
+    temperature: Annotated[float, Range(ge=0, le=2)] = 0.7  # text mode; vLLM accepts [0, 2]
+    max_tokens: Annotated[int, Range(ge=1)] = 8  # text mode
+    text_retries: Annotated[int, Range(ge=1)] = 3
+    # Text mode: an edit whose answers still do not parse after text_retries gets this neutral score,
+    # marked by its `fallback` component (counted per epoch, bounded by rewards.max_fallback_fraction).
+    text_fallback_score: Annotated[float, Range(ge=0, le=1)] = 0.5
     prompt_version: str = "cocoedit-v1"
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0)] = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_model_len: int = 4096
-    images_per_prompt: int = 2
-    gpu_memory_utilization: float = 0.85  # on CPU vLLM reserves HOST memory with this: keep it small there
-    tensor_parallel_size: int = 1
-    image_size: int = 512  # images are resized to this before the judge sees them
-    logprobs_k: int = 20  # logits mode: top-k log-probabilities of the first answer token
-    generate_timeout_s: float = 120.0  # per engine request; past it the call fails (INTERNAL), never hangs
+    max_model_len: Annotated[int, Range(ge=1)] = 4096
+    images_per_prompt: Annotated[int, Range(ge=2)] = 2  # the judge sees [source, edited]
+    # On CPU vLLM reserves HOST memory with this: keep it small there (~0.1).
+    gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.85
+    tensor_parallel_size: Annotated[int, Range(ge=1)] = 1
+    # Resized to this before the judge sees them; 28 = one merged patch
+    image_size: Annotated[int, Range(ge=28)] = 512
+    # Logits mode: top-k log-probabilities, room for the digits 0-5
+    logprobs_k: Annotated[int, Range(ge=6)] = 20
+    # Per engine request; past it the call fails (INTERNAL), never hangs.
+    generate_timeout_s: Annotated[float, Range(gt=0)] = 120.0
     enforce_eager: Optional[bool] = None  # None = True on CPU (no graphs/compile there), False on GPU
     tiny_judge_dir: str = "~/.cache/cocoedit/tiny_judge"  # where model_path=None builds the tiny judge
-    replicas: int = 1  # at start
-    min_replicas: int = 1  # autoscaling bounds
-    max_replicas: int = 4
-    target_score_s: Optional[float] = None  # see PixelConfig
-    gpus_per_replica: float = 1.0
-    cpus_per_replica: float = 1.0
-    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 @dataclass(frozen=True)
-class SyntheticJudgeConfig:
+class SyntheticJudgeConfig(ServiceConfig):
     """Exact instruction-following score for the synthetic task (known target)."""
 
     enabled: bool = False
-    replicas: int = 1  # at start
-    min_replicas: int = 1  # autoscaling bounds
-    max_replicas: int = 4
-    target_score_s: Optional[float] = None  # see PixelConfig
-    cpus_per_replica: float = 0.5
-    server: ServerConfig = field(default_factory=ServerConfig)
+    scaling: ScalingConfig = field(default_factory=lambda: ScalingConfig(cpus_per_replica=0.5))
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    timeout_s: float = 60.0  # deadline of every call
-    retries: int = 4  # on UNAVAILABLE / RESOURCE_EXHAUSTED only
-    backoff_s: float = 0.2  # first backoff, doubled per retry
-    ready_timeout_s: float = 300.0  # wait for health SERVING at start-up
-    batch_edits: int = 64  # edits per request
-    max_message_mb: int = 256  # send/receive limit of the client channels (a 1024x1024 pair is ~6 MB)
-
-
-@dataclass(frozen=True)
-class RewardsConfig:
-    # R = sum_k weights[k] * S_k; names are the services' score names (mllm, pixel, synthetic).
-    weights: dict[str, float] = field(default_factory=lambda: {"mllm": 0.9, "pixel": 0.1})
-    addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)  # external services by name
-    pixel: PixelConfig = field(default_factory=PixelConfig)
-    mllm: JudgeConfig = field(default_factory=JudgeConfig)
-    synthetic: SyntheticJudgeConfig = field(default_factory=SyntheticJudgeConfig)
-    client: ClientConfig = field(default_factory=ClientConfig)
-
-    def service(self, name: str) -> PixelConfig | JudgeConfig | SyntheticJudgeConfig:
-        """The config section of reward service `name` (its scorer settings, replicas and resources)."""
-        if name not in SERVICES:
-            raise ValueError(f"unknown reward service {name!r}; known: {list(SERVICES)}")
-        return getattr(self, name)
-
-
-# The reward services this project runs itself (sections of RewardsConfig, scorers in rewards/serve.py).
-SERVICES = ("pixel", "mllm", "synthetic")
+    timeout_s: Annotated[float, Range(gt=0)] = 60.0  # deadline of every call
+    retries: Annotated[int, Range(ge=0)] = 4  # on UNAVAILABLE / RESOURCE_EXHAUSTED only
+    backoff_s: Annotated[float, Range(ge=0)] = 0.2  # first backoff, doubled per retry
+    ready_timeout_s: Annotated[float, Range(gt=0)] = 300.0  # wait for health SERVING at start-up
+    batch_edits: Annotated[int, Range(ge=1)] = 64  # edits per request
+    # send/receive limit of the client channels (a 1024x1024 pair is ~6 MB)
+    max_message_mb: Annotated[int, Range(ge=1)] = 256

@@ -8,7 +8,9 @@ the instruction, and the CoCoEdit 0-5 rubric. Two score modes turn its answer in
   S = sum_k p_k k / 5. No digit in the top-k is an error for that edit, never a default score.
 - `text`: the first number in the answer must lie in [0, 5]; S = number / 5. Number words ("five")
   are not parsed: the rubric asks for the number only, and a judge that answers in words is
-  reported as a parse failure so the prompt can be fixed rather than silently guessed.
+  reported as a parse failure so the prompt can be fixed rather than silently guessed. After the
+  bounded retries the service scores such an edit with the neutral fallback, marked and counted
+  (rewards/mllm.py; rewards/weighting.py fails the epoch when too many edits need it).
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ request; concurrent requests, from one call or many, are batched by vLLM's conti
 prompt and the score maths live in rewards/judge.py. With `model_path=None` the tiny Qwen2.5-VL of
 rewards/tiny_judge.py is built (once) into `tiny_judge_dir` and served: the CPU test/dev path.
 
-Errors: an answer that cannot be scored (no digit in the top-k, text that does not parse after the
-retries, a request the engine rejects) is a per-edit error; an engine failure or a request running past
+Errors: an answer that cannot be scored (no digit in the top-k, a request the engine rejects) is a
+per-edit error. Text that still does not parse after `text_retries` gets the neutral
+`text_fallback_score`, marked by the component `fallback` = 1 and a warning (the method's fallback;
+rewards/weighting.py counts and bounds them per epoch). An engine failure or a request running past
 `generate_timeout_s` raises `JudgeEngineError`, which the server returns as INTERNAL.
 """
 
@@ -26,7 +28,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
+from cocoedit.ranges import check_fields
+from cocoedit.rewards.base import FALLBACK, DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import JudgeConfig
 from cocoedit.rewards.judge import (
     JudgeError,
@@ -45,28 +48,11 @@ class JudgeEngineError(RuntimeError):
 
 
 def _check_config(cfg: JudgeConfig) -> None:
+    """The ranges JudgeConfig declares (checked here too: a judge can be built without the loader)."""
+    check_fields(cfg, "rewards.mllm")
     if cfg.score_mode not in ("logits", "text"):
         raise ValueError(f"rewards.mllm.score_mode={cfg.score_mode!r} must be 'logits' or 'text'")
     prompt_template(cfg.prompt_version)
-    if cfg.images_per_prompt < 2:
-        raise ValueError(
-            f"rewards.mllm.images_per_prompt={cfg.images_per_prompt} must be >= 2: the judge sees [source, edited]"
-        )
-    if cfg.logprobs_k < 6 and cfg.score_mode == "logits":
-        raise ValueError(f"rewards.mllm.logprobs_k={cfg.logprobs_k} must be >= 6 to hold the digits 0-5")
-    if cfg.text_retries < 1:
-        raise ValueError(f"rewards.mllm.text_retries={cfg.text_retries} must be >= 1")
-    if cfg.max_tokens < 1:
-        raise ValueError(f"rewards.mllm.max_tokens={cfg.max_tokens} must be >= 1")
-    if not cfg.generate_timeout_s > 0:
-        raise ValueError(f"rewards.mllm.generate_timeout_s={cfg.generate_timeout_s} must be > 0")
-    if cfg.image_size < 28:
-        raise ValueError(f"rewards.mllm.image_size={cfg.image_size} must be >= 28 (one merged vision patch)")
-    if not 0.0 < cfg.gpu_memory_utilization <= 1.0:
-        raise ValueError(
-            f"rewards.mllm.gpu_memory_utilization={cfg.gpu_memory_utilization} must be in (0, 1] "
-            "(on CPU it reserves host memory: use ~0.1)"
-        )
 
 
 def resize_for_judge(image: np.ndarray, size: int) -> Any:
@@ -245,6 +231,21 @@ class MLLMJudge(Scorer):
         messages = build_messages(instruction, self.cfg.prompt_version)
         return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    async def generate_text(
+        self, messages: list[dict[str, Any]], images: list[Any], max_tokens: int, tag: str
+    ) -> str:
+        """The engine's greedy (temperature 0) answer to chat `messages` whose image placeholders take
+        `images` (PIL, in order), for prompts other than the judge's own (data curation). A request the
+        engine rejects raises JudgeError; an engine failure or timeout JudgeEngineError."""
+        from vllm import SamplingParams
+
+        if self._engine is None:
+            raise RuntimeError("MLLMJudge.generate_text() called before load(); await judge.load() first")
+        prompt = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        request = {"prompt": prompt, "multi_modal_data": {"image": images}}
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=self.cfg.seed)
+        return (await self._generate(request, params, tag)).outputs[0].text
+
     async def _score_one(self, edit: DecodedEdit) -> EditOutcome:
         images = [
             resize_for_judge(edit.source_image, self.cfg.image_size),
@@ -302,11 +303,24 @@ class MLLMJudge(Scorer):
             return EditOutcome(
                 edit_id=edit.edit_id,
                 score=score,
-                components={"expected_score": score * 5, "raw": score * 5, "attempts": float(attempt + 1)},
+                components={
+                    "expected_score": score * 5,
+                    "raw": score * 5,
+                    "attempts": float(attempt + 1),
+                    FALLBACK: 0.0,
+                },
                 warnings=list(edit.warnings),
             )
-        raise JudgeError(
-            f"parse failure: no number in [0, 5] in any of {len(answers)} judge answers {answers!r}"
+        # The method's neutral score, marked and counted (rewards/weighting.py bounds how many an epoch
+        # may have), so one unparseable answer never stops training but a broken judge still does.
+        fallback = self.cfg.text_fallback_score
+        why = f"parse failure: no number in [0, 5] in any of {len(answers)} judge answers {answers!r}"
+        logger.warning("edit %s: %s; neutral fallback score %g", edit.edit_id, why, fallback)
+        return EditOutcome(
+            edit_id=edit.edit_id,
+            score=fallback,
+            components={"expected_score": fallback * 5, "attempts": float(len(answers)), FALLBACK: 1.0},
+            warnings=[*edit.warnings, f"{why}; scored with the neutral fallback {fallback:g}"],
         )
 
     async def _generate(self, request: dict[str, Any], params: Any, edit_id: str) -> Any:

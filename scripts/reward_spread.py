@@ -19,13 +19,13 @@ import itertools
 import numpy as np
 import torch
 
-from cocoedit.actors.data import load_items
+from cocoedit.actors.data import load_index
 from cocoedit.actors.rollout import RolloutWorker
 from cocoedit.actors.types import GroupedItem, RolloutBatch
 from cocoedit.cluster.config import load_config
 from cocoedit.cluster.launch import resolve_models
 from cocoedit.rewards.base import DecodedEdit
-from cocoedit.rewards.serve import SERVICES
+from cocoedit.rewards.serve import service
 
 
 def decoded(batch: RolloutBatch, i: int) -> DecodedEdit:
@@ -58,12 +58,12 @@ def main() -> None:
     worker = RolloutWorker(cfg.policy, dataclasses.replace(cfg.rollout, batch_size=args.group))
     scorers = {}
     for name in cfg.rewards.weights:
-        scorer, _ = SERVICES[name](cfg.rewards)
+        scorer = service(name).scorer(cfg.rewards.service(name))
         asyncio.run(scorer.load())
         scorers[name] = scorer
 
     scores: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
-    for j, item in enumerate(load_items(cfg.data)[: args.items]):
+    for j, item in enumerate(list(load_index(cfg.data).values())[: args.items]):
         group = [GroupedItem(item, f"g{j}", f"g{j}:{k}", 7919 * j + k) for k in range(args.group)]
         batch = worker.sample(group, worker.version)
         edits = [decoded(batch, i) for i in range(len(group))]

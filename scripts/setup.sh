@@ -7,7 +7,7 @@ if ! command -v uv >/dev/null 2>&1; then
   python3 -m pip install --quiet "uv>=0.5"
 fi
 [ -x .venv/bin/python ] || uv venv --quiet --python 3.11 .venv
-# requirements/cpu.txt is `uv pip compile pyproject.toml --extra cpu --extra dev --override
+# requirements/cpu.txt is `uv pip compile pyproject.toml --extra cpu --extra dev --extra trackers --override
 # requirements/overrides.txt`: every version pinned, no registry addresses.
 # --compile-bytecode: without .pyc files (uv writes none by default) every new process, each Ray
 # worker and vLLM engine included, compiles torch/diffusers from source again: tens of seconds each.

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -17,6 +19,7 @@ def test_help_works_without_a_gpu() -> None:
     assert out.returncode == 0 and "--depth" in out.stdout and "MFU" in out.stdout
 
 
+@pytest.mark.slow  # ~1 min on 2 cores: builds and runs the real-dims transformer
 def test_smoke_run_on_cpu_times_both_roles_against_the_plan() -> None:
     cmd = [sys.executable, str(SCRIPT), "--depth", "1", "--device", "cpu", "--size", "64"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)

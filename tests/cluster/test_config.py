@@ -28,10 +28,10 @@ def test_paper_defaults_per_family() -> None:
 
 def test_overrides_apply_with_types() -> None:
     cfg = load_config(
-        None, ["learner.lr=1e-4", "rollout.num_steps=8", "learner.betas=[0.8, 0.95]", "run.name=x"]
+        None, ["learner.lr=1e-4", "rollout.num_steps=12", "learner.betas=[0.8, 0.95]", "run.name=x"]
     )
     assert cfg.learner.lr == 1e-4
-    assert cfg.rollout.num_steps == 8
+    assert cfg.rollout.num_steps == 12
     assert cfg.learner.betas == (0.8, 0.95)
     assert cfg.run.run_dir == "runs/x"
 

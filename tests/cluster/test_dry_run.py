@@ -53,11 +53,12 @@ PROFILE_KEYS = {
     "learner.gpus_per_rank",
     "learner.bf16",
     "learner.train_timesteps",
+    "learner.valid_min_std",
     "rewards.weights",
     "rewards.pixel.device",
     "rewards.synthetic.enabled",
     *(
-        f"rewards.{s}.{k}"
+        f"rewards.{s}.scaling.{k}"
         for s in ("pixel", "synthetic")
         for k in ("replicas", "min_replicas", "max_replicas", "target_score_s")
     ),
@@ -86,8 +87,10 @@ def test_profile_changes_only_counts_devices_and_models(name: str) -> None:
     assert dry.run.ray_address is None and dry.run.epochs == 1 and dry.run.checkpoint_every == 1
     judge, pixel = cfg.rewards.weights["mllm"], cfg.rewards.weights["pixel"]
     assert dry.rewards.weights == {"pixel": pixel, "synthetic": judge}
-    asks = dry.rollout.cpus_per_worker + dry.learner.cpus_per_rank + dry.rewards.pixel.cpus_per_replica
-    assert dry.run.ray_num_cpus >= math.ceil(asks + dry.rewards.synthetic.cpus_per_replica)
+    asks = (
+        dry.rollout.cpus_per_worker + dry.learner.cpus_per_rank + dry.rewards.pixel.scaling.cpus_per_replica
+    )
+    assert dry.run.ray_num_cpus >= math.ceil(asks + dry.rewards.synthetic.scaling.cpus_per_replica)
     # the algorithm and the sizes that set memory are the config's
     for key in (
         "data.image_size",
@@ -178,7 +181,8 @@ def test_production_config_dry_run_trains_one_epoch(name: str, tmp_path: Path) -
     assert len(rows) == 1
     losses = {k: v for k, v in rows[0].items() if k.startswith(("loss/", "reward/"))}
     assert losses and all(v is not None and math.isfinite(v) for v in losses.values()), losses
-    assert rows[0]["samples/trained_total"] == 2.0
+    # the update took a step on both edits (a skipped update would train on nothing)
+    assert rows[0]["samples/trained_total"] == 2.0 and rows[0]["learner/skipped_updates_total"] == 0.0
     (checkpoint,) = (run_dir / "checkpoints").glob("step_*")
     assert (checkpoint / "COMPLETE").exists() and (checkpoint / "lora_default.safetensors").exists()
     # the trained LoRA in the family's diffusers format: the stock pipeline loads it onto every target

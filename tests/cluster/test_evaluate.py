@@ -21,16 +21,13 @@ import pytest
 import torch
 from PIL import Image
 
+from cocoedit.actors.generate import EditGenerator
 from cocoedit.cluster.cli import main as cli_main
 from cocoedit.cluster.config import load_config
+from cocoedit.cluster.eval_config import generation_settings
+from cocoedit.cluster.eval_generate import generate_edits, read_png
 from cocoedit.cluster.eval_report import aggregate, compare_runs
-from cocoedit.cluster.evaluate import (
-    EditGenerator,
-    generate_edits,
-    generation_settings,
-    load_bench,
-    read_png,
-)
+from cocoedit.cluster.evaluate import load_bench
 from cocoedit.rewards.eval_prompts import (
     AnswerParseError,
     gedit_item_scores,
@@ -400,13 +397,13 @@ def test_stock_settings_per_family_and_lora_changes_edits(
     assert (qwen["num_steps"], qwen["true_cfg_scale"], qwen["negative_prompt"]) == (40, 4.0, " ")
 
     items = load_bench("manifest", synth_data, cfg.eval, tmp_path)[:2]
-    base = EditGenerator(cfg.policy, cfg.eval)
+    base = EditGenerator(cfg.policy, generation_settings(cfg.policy, cfg.eval))
     state = base.policy.lora_state_dict("default")
     gen = torch.Generator().manual_seed(0)
     state = {k: (torch.randn(v.shape, generator=gen) * 0.5 if "lora_B" in k else v) for k, v in state.items()}
     lora = tmp_path / "lora_old.safetensors"
     save_file({f"transformer.{k}": v.contiguous() for k, v in state.items()}, str(lora))
-    tuned = EditGenerator(cfg.policy, cfg.eval, str(lora))
+    tuned = EditGenerator(cfg.policy, generation_settings(cfg.policy, cfg.eval), str(lora))
     assert tuned.adapter == "old" and base.adapter == "ref"
     base_edits, tuned_edits = base.generate(items), tuned.generate(items)
     assert [i for i, _ in base_edits] == [i.item_id for i in items]
@@ -466,7 +463,7 @@ def test_qwen_true_cfg_keeps_the_conditional_norm_and_changes_edits(tmp_path: Pa
     base = ["policy.family=qwen_image_edit", f"policy.model_path={model}", f"eval.image_size={SIZE}"]
     cfg = load_config(None, [*base, "eval.num_steps=2"])
     items = load_bench("manifest", synth_data, cfg.eval, tmp_path)[:2]
-    gen = EditGenerator(cfg.policy, cfg.eval)
+    gen = EditGenerator(cfg.policy, generation_settings(cfg.policy, cfg.eval))
     assert gen.settings["true_cfg_scale"] == 4.0 and gen.settings["negative_prompt"] == " "
     policy = gen.policy
     sources = torch.stack([i.source_image for i in items])
@@ -482,5 +479,5 @@ def test_qwen_true_cfg_keeps_the_conditional_norm_and_changes_edits(tmp_path: Pa
     torch.testing.assert_close(v_cfg.norm(dim=-1), v.norm(dim=-1), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(v_cfg, v)
     plain = load_config(None, [*base, "eval.num_steps=2", "eval.true_cfg_scale=1.0"])
-    no_cfg = EditGenerator(plain.policy, plain.eval)
+    no_cfg = EditGenerator(plain.policy, generation_settings(plain.policy, plain.eval))
     assert [b for _, b in gen.generate(items)] != [b for _, b in no_cfg.generate(items)]

@@ -30,7 +30,7 @@ import pytest
 
 from cocoedit.learner.checkpoint import latest_checkpoint
 from cocoedit.loopback import LOOPBACK_ENV, free_port
-from tests.cluster.test_metrics import Seen
+from tests.cluster.test_telemetry import Seen
 from tests.cluster.test_train import TINY
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,16 +7,17 @@ import pytest
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
-from cocoedit.cluster.config import load_config
+from cocoedit.cluster.config import ConfigError, load_config
 from cocoedit.cluster.placement import Demand, Placement, PlacementError, check_cluster, demands
 from cocoedit.cluster.train import train
+from cocoedit.rewards.serve import SERVICES
 
 # the tiny config's roles: learner 0.5 CPU, rollout 0.5 CPU, pixel 0.25 CPU, synthetic 0.25 CPU
 TINY = ["run.epochs=1", "data.synth_num=8", "data.n_items=2", "data.group_size=4"]
 
 
 def test_demands_follow_the_config() -> None:
-    cfg = load_config(None, ["rollout.num_workers=3", "rewards.pixel.replicas=2"])
+    cfg = load_config(None, ["rollout.num_workers=3", "rewards.pixel.scaling.replicas=2"])
     by_role = {d.role: d for d in demands(cfg)}
     assert by_role["rollout workers"].total("CPU") == pytest.approx(1.5)
     assert by_role["reward service pixel replicas"].count == 2
@@ -39,12 +40,11 @@ def test_colocated_roles_share_one_bundle_per_pair() -> None:
     )
     (pair, *_rewards) = demands(cfg)
     assert (pair.count, pair.cpus, pair.gpus) == (2, 1.0, 1.0)
-    bad = load_config(None, ["run.colocate=true", "rollout.num_workers=2", "learner.world_size=1"])
-    with pytest.raises(PlacementError, match="rollout.num_workers=2 must equal learner.world_size=1"):
-        demands(bad)
-    greedy = load_config(None, ["run.colocate=true", "rollout.gpus_per_worker=1", "learner.gpus_per_rank=1"])
-    with pytest.raises(PlacementError, match="must be <= 1, e.g. 0.5 each"):
-        demands(greedy)
+    # pairs that cannot share a bundle are refused when the config is loaded, before Ray starts
+    with pytest.raises(ConfigError, match="rollout.num_workers=2 must equal learner.world_size=1"):
+        load_config(None, ["run.colocate=true", "rollout.num_workers=2", "learner.world_size=1"])
+    with pytest.raises(ConfigError, match="must be <= 1, e.g. 0.5 each"):
+        load_config(None, ["run.colocate=true", "rollout.gpus_per_worker=1", "learner.gpus_per_rank=1"])
 
 
 def test_check_cluster_names_the_role_and_the_shortfall() -> None:
@@ -148,3 +148,62 @@ def test_shipped_cluster_configs_fit_the_clusters_they_name(name: str, nodes: in
     assert gpus == 8 * nodes  # every GPU has a role, none is asked twice
     with pytest.raises(PlacementError, match="short by"):
         check_cluster(demands(cfg), {"CPU": 96.0 * nodes, "GPU": 8.0 * nodes - 1}, [node] * nodes)
+
+
+def _threads_and_cores(actor) -> tuple[int, list[int]]:  # noqa: ANN001
+    import os
+
+    import torch
+
+    return ray.get(
+        actor.__ray_call__.remote(lambda self: (torch.get_num_threads(), sorted(os.sched_getaffinity(0))))
+    )
+
+
+def test_actors_use_the_cpus_they_reserved(ray_local) -> None:  # noqa: ANN001
+    """A process environment with OMP_NUM_THREADS=1 (as Ray gives actors with fractional asks, and as
+    clusters often set) must not make a role that reserved 2 CPUs single-threaded."""
+    from cocoedit.cluster.groups import LearnerRank
+    from cocoedit.cluster.services import RewardReplica
+
+    one_thread = {"env_vars": {"OMP_NUM_THREADS": "1"}}
+    rank = ray.remote(LearnerRank).options(num_cpus=2, runtime_env=one_thread).remote(0, 1, 2.0)
+    try:
+        assert _threads_and_cores(rank)[0] == 2
+    finally:
+        ray.kill(rank)
+    cfg = load_config(None, ["rewards.pixel.scaling.cpus_per_replica=1", "rewards.pixel.threads=0"]).rewards
+    replica = ray.remote(RewardReplica).options(num_cpus=1).remote(SERVICES["pixel"], cfg.pixel)
+    try:
+        # the pixel scorer's "one thread per core" (threads=0) means the 1 CPU the replica reserved,
+        # not every core of the node
+        threads = ray.get(
+            replica.__ray_call__.remote(lambda self: self.server.server.servicer.scorer.threads)
+        )
+        assert threads == 1 and _threads_and_cores(replica)[0] == 1
+    finally:
+        ray.get(replica.stop.remote())
+        ray.kill(replica)
+
+
+def test_pinned_roles_get_disjoint_cores(ray_local) -> None:  # noqa: ANN001
+    import os
+
+    from cocoedit.cluster.groups import LearnerRank
+    from cocoedit.cluster.placement import cpu_sets
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("pinning two roles apart needs two cores")
+    cfg = load_config(None, ["run.pin_cpus=true"])  # tiny: learner 0.5 CPU, rollout 0.5 CPU
+    sets = cpu_sets(cfg)
+    assert sets == {"learner ranks": [[cores[0]]], "rollout workers": [[cores[1]]]}
+    rank = ray.remote(LearnerRank).options(num_cpus=0.5).remote(0, 1, 0.5, sets["learner ranks"][0])
+    try:
+        assert _threads_and_cores(rank) == (1, [cores[0]])
+    finally:
+        ray.kill(rank)
+    with pytest.raises(PlacementError, match="not with run.colocate"):
+        cpu_sets(load_config(None, ["run.pin_cpus=true", "run.colocate=true"]))
+    with pytest.raises(PlacementError, match=f"needs {len(cores) + 1} cores"):
+        cpu_sets(load_config(None, ["run.pin_cpus=true", f"learner.cpus_per_rank={len(cores)}"]))

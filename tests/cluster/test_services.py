@@ -28,13 +28,15 @@ def _edits(n: int) -> list:
 
 def _services(*overrides: str) -> RewardServices:
     cfg = load_config(
-        None, ["rewards.weights={pixel: 1.0}", "rewards.pixel.cpus_per_replica=0.25", *overrides]
+        None, ["rewards.weights={pixel: 1.0}", "rewards.pixel.scaling.cpus_per_replica=0.25", *overrides]
     )
     return RewardServices(cfg.rewards)
 
 
 def test_autoscaling_grows_and_shrinks_within_bounds(ray_local) -> None:  # noqa: ANN001
-    slow = _services("rewards.pixel.target_score_s=1e-6", "rewards.pixel.max_replicas=2")  # always too slow
+    slow = _services(
+        "rewards.pixel.scaling.target_score_s=1e-6", "rewards.pixel.scaling.max_replicas=2"
+    )  # always too slow
     try:
         first = slow.score(_edits(4))["pixel"]
         assert slow.autoscale() == {"pixel": 2}
@@ -52,7 +54,9 @@ def test_autoscaling_grows_and_shrinks_within_bounds(ray_local) -> None:  # noqa
     finally:
         slow.close()
     fast = _services(
-        "rewards.pixel.replicas=2", "rewards.pixel.target_score_s=1e6", "rewards.pixel.min_replicas=1"
+        "rewards.pixel.scaling.replicas=2",
+        "rewards.pixel.scaling.target_score_s=1e6",
+        "rewards.pixel.scaling.min_replicas=1",
     )
     try:
         fast.score(_edits(4))

@@ -1,14 +1,21 @@
 """Smoke run of the whole loop: real Ray actors (rollout worker, learner), real gRPC reward services."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
+from cocoedit.cluster.cli import main as cli_main
 from cocoedit.cluster.config import load_config
+from cocoedit.cluster.resume import ResumeConfigError
 from cocoedit.cluster.train import run_epochs, start_run, train
-from cocoedit.learner.checkpoint import latest_checkpoint
+from cocoedit.learner.checkpoint import complete_checkpoints, latest_checkpoint
+from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
+from cocoedit.rewards.config import ServiceConfig
+from cocoedit.rewards.serve import SERVICES, Service
+from tests.cluster.trackers import mlflow_series, wandb_history
 
 TINY = [
     "run.epochs=2",
@@ -34,7 +41,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, ray_local) -> tuple[Path, list
     root = tmp_path_factory.mktemp("train")
     mp = pytest.MonkeyPatch()
     mp.setenv("COCOEDIT_CACHE", str(root / "cache"))
-    cfg = load_config(None, [*TINY, f"run.run_dir={root / 'run'}"])
+    for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        mp.setenv(var, str(root / "wandb_home" / var.lower()))
+    cfg = load_config(None, [*TINY, f"run.run_dir={root / 'run'}", "run.trackers=[tensorboard,wandb,mlflow]"])
     history = train(cfg, progress=False)
     mp.undo()
     return root / "run", history
@@ -67,7 +76,7 @@ def test_run_directory_has_metrics_images_and_checkpoint(run: tuple[Path, list[d
     assert "epochs: 2" in (run_dir / "config.yaml").read_text()
     ckpt = latest_checkpoint(run_dir)
     assert ckpt is not None
-    state = torch.load(ckpt / "learner_state.pt", weights_only=False)
+    state = json.loads((ckpt / "learner_state.json").read_text())
     # an epoch whose groups are all invalid (reward std <= 0.02) takes no optimizer step
     assert state["step"] == sum(1 for row in history if not row.get("learner/skipped"))
     assert state["extra_state"]["policy_version"] == 2
@@ -75,6 +84,51 @@ def test_run_directory_has_metrics_images_and_checkpoint(run: tuple[Path, list[d
     # the end of the run leaves the last checkpoint's theta where pipe.load_lora_weights(run_dir/"lora") reads it
     lora = (run_dir / "lora" / "pytorch_lora_weights.safetensors").read_bytes()
     assert lora == (ckpt / "lora" / "pytorch_lora_weights.safetensors").read_bytes()
+
+
+def test_trackers_hold_the_reward_series_of_metrics_jsonl(run: tuple[Path, list[dict]]) -> None:
+    """W&B (offline) and MLflow (file store) got the same reward per epoch as metrics.jsonl."""
+    run_dir, _ = run
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    series = [(r["epoch"], r["reward/mean"]) for r in rows]
+    assert len(series) == 2
+    assert [(h["_step"], h["reward/mean"]) for h in wandb_history(run_dir) if "reward/mean" in h] == series
+    assert mlflow_series(run_dir, "reward/mean") == series
+    assert mlflow_series(run_dir, "samples/sampled_total") == [
+        (r["epoch"], r["samples/sampled_total"]) for r in rows
+    ]
+
+
+def test_counters_of_an_epoch_whose_groups_are_all_invalid(
+    tmp_path: Path,
+    ray_local,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+) -> None:
+    """No group can pass valid_min_std=1 (rewards lie in [0, 1]): 8 edits sampled and handed to the
+    learner, 0 valid, 0 trained, 1 skipped update, and the reason in the row and metrics.jsonl."""
+    monkeypatch.setenv("COCOEDIT_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "run.epochs=1",
+            "run.image_every=0",
+            "run.checkpoint_every=0",
+            "run.eval_every=0",
+            "learner.valid_min_std=1.0",
+            f"run.run_dir={tmp_path / 'run'}",
+        ],
+    )
+    (row,) = train(cfg, progress=False)
+    assert row["samples/sampled_total"] == row["samples/handed_total"] == 8
+    assert row["samples/valid_total"] == 0 and row["samples/trained_total"] == 0
+    assert row["learner/skipped"] == 1 and row["learner/skipped_updates_total"] == 1
+    assert "no valid edit among 8" in row["learner/skip_reason"]
+    assert "learner.valid_min_std=1" in row["learner/skip_reason"]
+    logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert (
+        logged["learner/skip_reason"] == row["learner/skip_reason"] and logged["samples/trained_total"] == 0
+    )
 
 
 def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
@@ -101,3 +155,73 @@ def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest
         assert all(torch.equal(a[k], b[k]) for k in a), adapter
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train(load_config(None, [*base, f"run.run_dir={tmp_path / 'empty'}"]), resume=True, progress=False)
+
+    # `--resume PATH`: the full run's oldest checkpoint, continued into a new run directory, ends where
+    # the full run ended
+    older = complete_checkpoints(tmp_path / "full")[0]
+    done = json.loads((older / "learner_state.json").read_text())["extra_state"]["epoch"]
+    branch = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'branch'}"])
+    assert len(train(branch, resume=older, progress=False)) == 2 - done
+    for adapter in ("default", "old"):
+        a = load_file(str(latest_checkpoint(tmp_path / "full") / f"lora_{adapter}.safetensors"))
+        b = load_file(str(latest_checkpoint(tmp_path / "branch") / f"lora_{adapter}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), adapter
+    # a changed learning rate is refused before anything starts, naming the key
+    argv = ["train", "--resume", str(older), *base, "run.epochs=3", "learner.lr=5e-4"]
+    with pytest.raises(ResumeConfigError, match=r"learner.lr: 0.001 -> 0.0005"):
+        train(load_config(None, argv[3:]), resume=older, progress=False)
+    assert cli_main(argv) == 1
+
+
+@dataclass(frozen=True)
+class FlakyConfig(ServiceConfig):
+    """rewards.flaky: a service that cannot score the first edit of every group."""
+
+
+class FlakyScorer(Scorer):
+    """0.5 for every edit but the first of each group (edit id `<group_id>:0`): a per-edit error."""
+
+    service = "flaky"
+    score_name = "flaky"
+
+    def __init__(self, cfg: FlakyConfig) -> None:
+        self.cfg = cfg
+
+    def settings(self) -> dict[str, str]:
+        return {}
+
+    async def score(self, edits: list[DecodedEdit]) -> list[EditOutcome]:
+        return [
+            EditOutcome(e.edit_id, error="no answer for this edit")
+            if e.edit_id.endswith(":0")
+            else EditOutcome(e.edit_id, score=0.5)
+            for e in edits
+        ]
+
+
+@pytest.mark.slow  # one more tiny run (~1 min alone, 6 min on a loaded 2-core machine)
+def test_edits_a_service_cannot_score_are_dropped_and_counted(
+    run: tuple[Path, list[dict]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One of each group's 4 edits gets a per-edit error: the epoch trains on the other 3 (counted, the
+    groups shrink) instead of failing. (Past rewards.max_dropped_fraction it fails: test_weighting.py.)"""
+    monkeypatch.setenv("COCOEDIT_CACHE", str(run[0].parent / "cache"))  # the tiny editor `run` built
+    monkeypatch.setitem(SERVICES, "flaky", Service(FlakyConfig, FlakyScorer))
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "run.epochs=1",
+            "run.image_every=0",
+            "run.eval_every=0",
+            "rewards.weights={synthetic: 0.2, pixel: 0.6, flaky: 0.2}",
+            "rewards.flaky.scaling.cpus_per_replica=0.1",
+            "rewards.max_dropped_fraction=0.3",
+            f"run.run_dir={tmp_path / 'run'}",
+        ],
+    )
+    (row,) = train(cfg, progress=False)
+    assert row["reward/dropped_edits"] == 2.0 and row["reward/dropped_fraction"] == 0.25  # 2 groups x 1
+    assert row["adv/valid_fraction"] <= 6 / 8  # the dropped edits are never valid
+    assert 0.0 <= row["reward/mean"] <= 1.0 and row["reward/flaky"] == 0.5
+    assert row["samples/sampled_total"] == 8.0

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.client import RewardClient, RewardServiceError, make_edit
 from cocoedit.rewards.config import ClientConfig, PixelConfig
 from cocoedit.rewards.images import decode_png
 from cocoedit.rewards.pixel import PixelScorer
-from cocoedit.rewards.weighting import RewardError, combine
 from tests.rewards.conftest import GateScorer, make_edits
 
 
@@ -155,29 +153,3 @@ def test_make_edit_converts_masks_and_tensors() -> None:
         make_edit("e", "g", 0, "x", torch.from_numpy(image).permute(2, 0, 1), image)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         make_edit("e", "g", 0, "x", image, image, binary * 2.0)
-
-
-def outcomes(scores: list[float], prefix: str = "e") -> list[EditOutcome]:
-    return [EditOutcome(f"{prefix}{i}", score=s, components={"c": 2 * s}) for i, s in enumerate(scores)]
-
-
-def test_combine_weights_scores() -> None:
-    rewards, parts = combine(
-        {"mllm": outcomes([1.0, 0.5, 0.0]), "pixel": outcomes([0.2, 0.4, 1.0])}, {"mllm": 0.9, "pixel": 0.1}
-    )
-    assert rewards.tolist() == pytest.approx([0.92, 0.49, 0.1])
-    assert parts["pixel"].tolist() == [0.2, 0.4, 1.0]
-    assert parts["mllm/c"].tolist() == [2.0, 1.0, 0.0]
-
-
-def test_combine_refuses_missing_or_failed_scores() -> None:
-    with pytest.raises(RewardError, match=r"no outcomes for weighted score\(s\) \['pixel'\]"):
-        combine({"mllm": outcomes([1.0])}, {"mllm": 0.9, "pixel": 0.1})
-    failed = outcomes([1.0, 0.5])
-    failed[1] = EditOutcome("e1", error="edit_mask: missing")
-    with pytest.raises(RewardError, match="service 'pixel' could not score edit 'e1': edit_mask: missing"):
-        combine({"mllm": outcomes([1.0, 0.5]), "pixel": failed}, {"mllm": 0.9, "pixel": 0.1})
-    with pytest.raises(RewardError, match="not aligned"):
-        combine({"mllm": outcomes([1.0, 0.5]), "pixel": outcomes([1.0, 0.5], prefix="x")}, {"mllm": 1.0})
-    with pytest.raises(RewardError, match="no finite score for edit 'e0'"):
-        combine({"mllm": outcomes([float("nan")])}, {"mllm": 1.0})

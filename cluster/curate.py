@@ -1,0 +1,717 @@
+"""`cocoedit data curate`: editing datasets -> region-masked training sets, on Ray Data.
+
+    cocoedit data curate --config FILE --input IN [IN ...] --out DIR [--num N]
+                         [--format manifest|cocoedit40k] [key=value ...]
+
+IN: JSONL or Parquet files (or folders of them) of (source, target, instruction[, id, task]) in one of
+the LAYOUTS (images as paths relative to the file, absolute paths, embedded bytes, Hugging Face image
+structs {"bytes", "path"}, or data: URIs). Runs on the Ray cluster of $RAY_ADDRESS (`ray job submit`) or
+a local one on 127.0.0.1 (`run.ray_num_cpus`).
+
+1. Plan: the inputs are cut into shards of `curate.shard_size` rows (JSONL byte offsets, Parquet row
+   groups); only file metadata is read. OUT/plan.json pins the inputs and settings.
+2. Ray Data: one task per shard reads its rows (never the whole dataset in one process), copies the
+   images to OUT/items/<shard>/, computes the edit mask from the pair (actors/masks.py), its area, the
+   keep-region PSNR/SSIM of the target (rewards/metrics.py) and the hashes for deduplication; then
+   (`curate.mllm`) actors each holding one vLLM engine (rewards/annotate.py) refine the instruction and
+   judge the target, or ground items without a target (box masks), for the items that passed the
+   cheap filters.
+3. The driver writes each shard's records to OUT/shards/<shard>.jsonl as soon as all its items are
+   back; that file is the shard's commit. A rerun skips committed shards, so an interrupted run
+   resumes with the remaining ones.
+4. Finish: per-item filters (mask area, keep PSNR/SSIM, judge score), duplicate ids, exact and near
+   duplicates, then a sample balanced over edit types; OUT/manifest.jsonl (or metadata.jsonl with
+   keep-white masks for `--format cocoedit40k`), OUT/curated.jsonl (every item, its numbers and why it
+   was dropped), OUT/summary.json and OUT/report.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from cocoedit.cluster.curate_config import CurateConfig, FilterConfig
+from cocoedit.cluster.curate_inputs import (
+    ItemError,
+    Shard,
+    decode_image,
+    detect_layout,
+    image_bytes,
+    input_files,
+    plan_shards,
+    read_shard,
+)
+
+if TYPE_CHECKING:
+    from cocoedit.cluster.config import Config
+    from cocoedit.rewards.config import JudgeConfig
+
+log = logging.getLogger("cocoedit.curate")
+
+FILTERS = (
+    "readable",
+    "mask_area",
+    "keep_consistency",
+    "judge",
+    "unique_id",
+    "exact_duplicate",
+    "near_duplicate",
+    "balance",
+)
+FILTER_TEXT = {
+    "readable": "images decode and a mask was found",
+    "mask_area": "mask area fraction within [min_area, max_area]",
+    "keep_consistency": "keep-region PSNR and SSIM of the target vs the source above thresholds",
+    "judge": "judge score of the target vs the (refined) instruction above a threshold",
+    "unique_id": "first item with its id",
+    "exact_duplicate": "not a pixel-identical copy of an earlier item",
+    "near_duplicate": "not a perceptual-hash near copy of an earlier item",
+    "balance": "in the sample balanced over edit types",
+}
+PLAN_FILE = "plan.json"
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+
+
+def _safe(item_id: str) -> str:
+    from cocoedit.cluster.evaluate import safe_key
+
+    try:
+        return safe_key(item_id)[:80]
+    except ValueError:
+        return "item"
+
+
+def passes_cheap(rec: dict[str, Any], filters: FilterConfig) -> bool:
+    """Readable, mask area and keep consistency: the filters decided before any MLLM call."""
+    return first_failure(rec, filters, judged=False) is None
+
+
+def first_failure(rec: dict[str, Any], filters: FilterConfig, judged: bool) -> Optional[str]:
+    """The first per-item filter `rec` fails (FILTERS order), or None; `judged` includes the judge."""
+    if rec.get("error"):
+        return "readable"
+    area = rec.get("area")
+    # an empty mask is never an item to train on, whatever min_area says
+    if area is not None and (area == 0.0 or not filters.min_area <= area <= filters.max_area):
+        return "mask_area"
+    if rec.get("psnr") is not None:
+        psnr_ok = rec["psnr"] >= filters.min_keep_psnr_db
+        if not (psnr_ok and rec["ssim"] is not None and rec["ssim"] >= filters.min_keep_ssim):
+            return "keep_consistency"
+    if judged and rec.get("judged"):
+        if rec.get("judge_score") is None or rec["judge_score"] < filters.min_judge_score:
+            return "judge"
+    return None
+
+
+def _store(out: Path, rel: str, data: bytes, array: np.ndarray, suffix: str) -> str:
+    """Put an input image under OUT as it came (its encoded bytes), or as PNG when it had no file
+    format of its own; returns the OUT-relative path written (`rel` + the suffix)."""
+    rel += suffix or ".png"
+    if suffix:
+        (out / rel).write_bytes(data)
+    else:
+        _save_png(array, out / rel)
+    return rel
+
+
+def keep_metrics(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Keep-region (mask False) PSNR in dB and SSIM of target vs source, uint8 [H, W, 3] each
+    (rewards/metrics.py's keep-only convention)."""
+    import torch
+
+    from cocoedit.rewards.metrics import masked_psnr_ssim, uint8_to_unit
+
+    with torch.inference_mode():
+        edited = uint8_to_unit(torch.from_numpy(target).permute(2, 0, 1)[None])
+        src = uint8_to_unit(torch.from_numpy(source).permute(2, 0, 1)[None])
+        psnr, ssim = masked_psnr_ssim(edited, src, torch.from_numpy(mask)[None, None].float(), "keep-only")
+    return float(psnr[0]), float(ssim[0])
+
+
+def _mask_pair(
+    rec: dict[str, Any],
+    source: np.ndarray,
+    row: dict[str, Any],
+    base: Path,
+    stem: str,
+    cfg: CurateConfig,
+    out: Path,
+) -> None:
+    """Fill `rec` for an item with a target: target copied, mask written, area, keep PSNR/SSIM, hashes."""
+    from PIL import Image
+
+    from cocoedit.actors.dedup import perceptual_hash, pixel_digest
+    from cocoedit.actors.masks import edit_mask, undo_global_change
+
+    data = image_bytes(row.get("target"), base, "target")
+    target, suffix = decode_image(data, "target", cfg.max_image_pixels)
+    if target.shape != source.shape:
+        # the manifest pairs pixels: a target of another size is resized onto the source (and saved as PNG)
+        size = (source.shape[1], source.shape[0])
+        target = np.asarray(Image.fromarray(target).resize(size, Image.Resampling.BICUBIC))
+        suffix, rec["target_resized"] = "", True
+    rec["target"] = _store(out, f"{stem}.target", data, target, suffix)
+    result = edit_mask(source, target, cfg.mask)
+    rec["mask"] = f"{stem}.mask.png"
+    _save_png(result.mask.astype(np.uint8) * 255, out / rec["mask"])
+    rec.update(
+        mask_from="pair",
+        area=result.area_fraction,
+        threshold=result.threshold,
+        shift=[round(result.shift[0], 3), round(result.shift[1], 3)],
+        shift_applied=result.shift_applied,
+        gain=[round(g, 4) for g in result.gain],
+        digest=pixel_digest(source, target),
+        hashes=[perceptual_hash(source), perceptual_hash(target)],
+    )
+    if result.mask.any() and not result.mask.all():
+        # on the target as the mask saw it: a shifted or tinted copy still leaves the rest alone
+        rec["psnr"], rec["ssim"] = keep_metrics(source, undo_global_change(target, result), result.mask)
+
+
+def prepare_item(row: dict[str, Any], shard: Shard, k: int, cfg: CurateConfig, out: Path) -> dict[str, Any]:
+    """Stage 1 of one item: copy its images into OUT/items, mask the pair, measure it. Returns its
+    record (JSON-able); an unusable item gets `error` and no numbers."""
+    from cocoedit.actors.dedup import perceptual_hash, pixel_digest
+
+    row_id = row.get("id")
+    item_id = (
+        str(row_id) if row_id not in (None, "") else f"{Path(shard.path).stem}-{shard.first_row + k:07d}"
+    )
+    instruction = row.get("instruction")
+    rec: dict[str, Any] = {
+        "shard": shard.index,
+        "file": shard.path,
+        "row": shard.first_row + k,
+        "id": item_id,
+        "instruction": instruction if isinstance(instruction, str) else "",
+        "task": str(row.get("task") or ""),
+        "error": None,
+        "source": None,
+        "target": None,
+        "mask": None,
+        "mask_from": None,
+        "area": None,
+        "psnr": None,
+        "ssim": None,
+        "judged": False,
+        "mllm_todo": False,
+    }
+    stem = f"items/{shard.index:05d}/{k:05d}-{_safe(item_id)}"
+    try:
+        if row.get("_error"):
+            raise ItemError(f"input row: {row['_error']}")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ItemError("instruction: missing or empty")
+        base = Path(shard.path).parent
+        data = image_bytes(row.get("source"), base, "source")
+        source, suffix = decode_image(data, "source", cfg.max_image_pixels)
+        (out / stem).parent.mkdir(parents=True, exist_ok=True)
+        rec["width"], rec["height"] = int(source.shape[1]), int(source.shape[0])
+        rec["source"] = _store(out, f"{stem}.source", data, source, suffix)
+        if row.get("target") is not None:
+            _mask_pair(rec, source, row, base, stem, cfg, out)
+        elif cfg.mllm and cfg.annotate.ground:
+            rec["mask_from"] = "grounding"
+            rec["digest"] = pixel_digest(source) + ":" + " ".join(rec["instruction"].lower().split())
+            rec["hashes"] = [perceptual_hash(source)]
+        else:
+            raise ItemError("no target image, and grounding is off (curate.mllm / curate.annotate.ground)")
+    except ItemError as e:
+        rec["error"] = str(e)
+    except OSError as e:  # writing into OUT failed, or a file vanished mid-read
+        rec["error"] = f"i/o: {e}"
+    rec["mllm_todo"] = bool(cfg.mllm and rec["error"] is None and passes_cheap(rec, cfg.filters))
+    return rec
+
+
+def prepare_shards(batch: dict[str, np.ndarray], cfg: CurateConfig, out: str, layout: str) -> dict[str, list]:
+    """Ray Data stage 1 (a task per shard): shard specs in, one JSON record per item out."""
+    records = []
+    for spec in batch["shard"]:
+        shard = Shard(**json.loads(spec))
+        for k, row in enumerate(read_shard(shard, layout)):
+            records.append(json.dumps(prepare_item(row, shard, k, cfg, Path(out))))
+    return {"record": records}
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB")).copy()
+
+
+class AnnotateStage:
+    """Ray Data stage 2 (an actor holding one vLLM engine): refinement and judge scores for items with
+    a target, grounding (a box mask) for items without, for the records marked `mllm_todo`."""
+
+    def __init__(self, judge_cfg: JudgeConfig, cfg: CurateConfig, out: str) -> None:
+        from cocoedit.rewards.annotate import Annotator
+
+        self.cfg = cfg
+        self.out = Path(out)
+        self.annotator = Annotator(judge_cfg, cfg.annotate)
+        self.annotator.load()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        from cocoedit.actors.masks import box_mask
+        from cocoedit.rewards.annotate import AnnotationRequest
+
+        records = [json.loads(r) for r in batch["record"]]
+        todo = [r for r in records if r["mllm_todo"]]
+        requests = [
+            AnnotationRequest(
+                r["id"],
+                r["instruction"],
+                _read_rgb(self.out / r["source"]),
+                _read_rgb(self.out / r["target"]) if r["target"] else None,
+            )
+            for r in todo
+        ]
+        for rec, req, ann in zip(todo, requests, self.annotator.annotate(requests), strict=True):
+            if req.target_image is None:
+                rec["ground_answer"], rec["ground_error"] = ann.ground_answer, ann.ground_error
+                if ann.boxes is None:
+                    rec["error"] = f"grounding failed: {ann.ground_error}"
+                    continue
+                mask = box_mask(
+                    req.source_image.shape[:2],
+                    [(b.x1, b.y1, b.x2, b.y2) for b in ann.boxes],
+                    self.cfg.ground_margin,
+                )
+                rec["boxes"] = [[b.x1, b.y1, b.x2, b.y2, b.label] for b in ann.boxes]
+                rec["mask"] = rec["source"].rsplit(".source", 1)[0] + ".mask.png"  # beside the source
+                _save_png(mask.astype(np.uint8) * 255, self.out / rec["mask"])
+                rec["area"] = float(mask.mean())
+                continue
+            rec["refine_answer"], rec["refine_error"] = ann.refine_answer, ann.refine_error
+            if ann.refined is not None:
+                rec["refined"] = dataclasses.asdict(ann.refined)
+            if self.cfg.annotate.judge:
+                rec["judged"] = True
+                rec["judge_score"], rec["judge_error"] = ann.judge_score, ann.judge_error
+                rec["judge_instruction"] = ann.judge_instruction
+        return {"record": [json.dumps(r) for r in records]}
+
+    def __del__(self) -> None:
+        annotator = getattr(self, "annotator", None)
+        if annotator is not None:
+            annotator.close()
+
+
+def _settings(cfg: Config) -> dict[str, Any]:
+    """What a record depends on: a rerun into the same OUT must have the same."""
+    from cocoedit.cluster.config import to_dict
+
+    c = cfg.curate
+    pinned: dict[str, Any] = {
+        "layout": c.layout,
+        "shard_size": c.shard_size,
+        "max_image_pixels": c.max_image_pixels,
+        "mask": to_dict(c.mask),
+        "filters_before_mllm": {
+            k: v
+            for k, v in to_dict(c.filters).items()
+            if k in ("min_area", "max_area", "min_keep_psnr_db", "min_keep_ssim")
+        },
+        "mllm": c.mllm,
+    }
+    if c.mllm:
+        judge = to_dict(cfg.rewards.mllm)
+        pinned["annotate"] = to_dict(c.annotate)
+        pinned["ground_margin"] = c.ground_margin
+        pinned["judge"] = {
+            k: judge[k]
+            for k in (
+                "model_path",
+                "score_mode",
+                "prompt_version",
+                "seed",
+                "dtype",
+                "image_size",
+                "logprobs_k",
+            )
+        }
+    return pinned
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+
+
+def _write_json_atomic(path: Path, value: Any, lines: bool = False) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    text = "".join(json.dumps(v) + "\n" for v in value) if lines else json.dumps(value, indent=1)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def make_plan(
+    cfg: Config, inputs: Sequence[str | Path], out: Path
+) -> tuple[list[Shard], str, dict[str, Any]]:
+    """(shards, resolved layout, plan) for a run into `out`; a rerun must find the same plan there."""
+    files = input_files(inputs)
+    layouts = {detect_layout(f, cfg.curate.layout) for f in files}
+    if len(layouts) != 1:
+        raise ValueError(f"the inputs have different layouts {sorted(layouts)}; curate them separately")
+    layout = layouts.pop()
+    shards = plan_shards(files, cfg.curate.shard_size)
+    if not shards:
+        raise ValueError(f"the inputs {[str(f) for f in files]} hold no rows")
+    plan = {
+        "inputs": [
+            {"path": str(f), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files
+        ],
+        "layout": layout,
+        "shards": len(shards),
+        "rows": sum(s.count for s in shards),
+        "settings": _settings(cfg),
+    }
+    path = out / PLAN_FILE
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        changes = _diff(old, plan)
+        if changes:
+            listing = "\n  ".join(changes[:20])
+            raise ValueError(
+                f"{out} holds a curation run with other inputs or settings; use a new --out, or delete {out} "
+                f"to start over. Differences:\n  {listing}"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(path, plan)
+    return shards, layout, plan
+
+
+def _shard_file(out: Path, index: int) -> Path:
+    return out / "shards" / f"{index:05d}.jsonl"
+
+
+def run_shards(
+    cfg: Config,
+    shards: Sequence[Shard],
+    layout: str,
+    out: Path,
+    committed: list[int],
+    on_commit: Optional[Callable[[int], None]] = None,
+) -> None:
+    """Process `shards` on Ray Data and commit each as its records come back, appending its index to
+    `committed` (which thus holds what was done even when the run is interrupted). `on_commit(index)`
+    runs after each commit (progress, tests)."""
+    import ray
+    from tqdm import tqdm
+
+    c = cfg.curate
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    ds = ray.data.from_items(
+        [{"shard": json.dumps(dataclasses.asdict(s))} for s in shards], override_num_blocks=len(shards)
+    )
+    ds = ds.map_batches(
+        prepare_shards,
+        batch_size=1,
+        fn_kwargs={"cfg": c, "out": str(out), "layout": layout},
+        num_cpus=c.cpus_per_task,
+    )
+    if c.mllm:
+        judge = cfg.rewards.mllm
+        ds = ds.map_batches(
+            AnnotateStage,
+            batch_size=c.mllm_batch,
+            fn_constructor_kwargs={"judge_cfg": judge, "cfg": c, "out": str(out)},
+            concurrency=c.mllm_actors,
+            num_cpus=judge.cpus_per_replica,
+            num_gpus=judge.gpus_per_replica or None,
+        )
+    expected = {s.index: s.count for s in shards}
+    pending: dict[int, list[dict[str, Any]]] = {}
+    with tqdm(total=len(shards), desc="shards", unit="shard", disable=None) as bar:
+        for row in ds.iter_rows():
+            rec = json.loads(row["record"])
+            got = pending.setdefault(rec["shard"], [])
+            got.append(rec)
+            if len(got) == expected[rec["shard"]]:
+                index = rec["shard"]
+                _write_json_atomic(_shard_file(out, index), sorted(got, key=lambda r: r["row"]), lines=True)
+                del pending[index]
+                committed.append(index)
+                bar.update(1)
+                if on_commit is not None:
+                    on_commit(index)
+
+
+def load_records(out: Path, shards: Sequence[Shard]) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for shard in shards:
+        with open(_shard_file(out, shard.index), encoding="utf-8") as f:
+            records.extend(json.loads(line) for line in f if line.strip())
+    return records
+
+
+def select(records: list[dict[str, Any]], cfg: CurateConfig, num: Optional[int]) -> dict[str, Any]:
+    """Apply the filters in FILTERS order. Sets rec["rejected_by"] (None = kept) and, for duplicates,
+    rec["duplicate_of"]; returns the funnel {filter: {"reached", "passed"}} and the kept ids in order."""
+    from cocoedit.actors.dedup import DedupKey, balanced_sample, duplicates
+
+    alive = []
+    for rec in records:
+        rec["rejected_by"] = first_failure(rec, cfg.filters, judged=True)
+        if rec["rejected_by"] is None:
+            alive.append(rec)
+    seen: set[str] = set()
+    for rec in alive:
+        if rec["id"] in seen:
+            rec["rejected_by"] = "unique_id"
+        seen.add(rec["id"])
+    alive = [r for r in alive if r["rejected_by"] is None]
+    dupes = duplicates(
+        [
+            DedupKey(r["id"], r["digest"], tuple(r["hashes"]), "" if r["target"] else r["instruction"])
+            for r in alive
+        ],
+        cfg.filters.near_duplicate_bits,
+    )
+    for rec in alive:
+        if rec["id"] in dupes:
+            kind, first = dupes[rec["id"]]
+            rec["rejected_by"] = f"{kind}_duplicate"
+            rec["duplicate_of"] = first
+    alive = [r for r in alive if r["rejected_by"] is None]
+    groups: dict[str, list[str]] = {}
+    for rec in alive:
+        groups.setdefault(edit_type(rec), []).append(rec["id"])
+    chosen = balanced_sample(groups, num if num is not None else len(alive), cfg.seed)
+    keep = set(chosen)
+    for rec in alive:
+        if rec["id"] not in keep:
+            rec["rejected_by"] = "balance"
+    rejected = Counter(r["rejected_by"] for r in records)
+    funnel, reached = {}, len(records)
+    for name in FILTERS:
+        passed = reached - rejected.get(name, 0)
+        rate = passed / reached if reached else None
+        funnel[name] = {"keeps": FILTER_TEXT[name], "reached": reached, "passed": passed, "rate": rate}
+        reached = passed
+    return {"funnel": funnel, "kept": chosen}
+
+
+def edit_type(rec: dict[str, Any]) -> str:
+    """The edit type an item is balanced by: the dataset's task, else the refinement's type."""
+    if rec.get("task"):
+        return rec["task"]
+    refined = rec.get("refined")
+    return refined["type"] if refined else "unknown"
+
+
+def final_instruction(rec: dict[str, Any]) -> str:
+    refined = rec.get("refined")
+    return refined["instruction"] if refined else rec["instruction"]
+
+
+def write_outputs(records: list[dict[str, Any]], kept: Sequence[str], out: Path, fmt: str) -> Path:
+    """The manifest (edit = white masks) or CoCoEdit-40K metadata.jsonl (keep = white masks written
+    to OUT/masks_keep_white) of the kept items, and curated.jsonl of every item; returns the data file."""
+    from PIL import Image
+
+    by_id = {r["id"]: r for r in records if r["rejected_by"] is None}
+    lines = []
+    for item_id in kept:
+        rec = by_id[item_id]
+        if fmt == "manifest":
+            entry = {
+                "id": rec["id"],
+                "source": rec["source"],
+                "instruction": final_instruction(rec),
+                "mask": rec["mask"],
+            }
+            if rec["target"]:
+                entry["target"] = rec["target"]
+            if edit_type(rec) != "unknown":
+                entry["task"] = edit_type(rec)
+        else:
+            keep_mask = Path("masks_keep_white") / Path(rec["mask"]).name
+            (out / keep_mask).parent.mkdir(exist_ok=True)
+            with Image.open(out / rec["mask"]) as m:
+                Image.fromarray(255 - np.asarray(m.convert("L"))).save(out / keep_mask)
+            entry = {
+                "id": rec["id"],
+                "prompt": final_instruction(rec),
+                "image": rec["source"],
+                "mask": str(keep_mask),
+            }
+        lines.append(entry)
+    data = out / ("manifest.jsonl" if fmt == "manifest" else "metadata.jsonl")
+    _write_json_atomic(data, lines, lines=True)
+    _write_json_atomic(out / "curated.jsonl", records, lines=True)
+    return data
+
+
+def summarize(
+    records: list[dict[str, Any]],
+    selection: dict[str, Any],
+    plan: dict[str, Any],
+    cfg: Config,
+    fmt: str,
+    num: Optional[int],
+) -> dict[str, Any]:
+    """Everything the report shows, as JSON: funnel, counts, refinement / grounding / judge outcomes."""
+    from cocoedit.cluster.config import to_dict
+    from cocoedit.cluster.evaluate import versions
+
+    def failures(key: str) -> list[dict[str, Any]]:
+        return [
+            {"id": r["id"], "error": r[f"{key}_error"], "answer": (r.get(f"{key}_answer") or "")[:300]}
+            for r in records
+            if r.get(f"{key}_error")
+        ]
+
+    refine_tried = [r for r in records if "refine_answer" in r or "refine_error" in r]
+    ground_tried = [r for r in records if "ground_answer" in r or "ground_error" in r]
+    judged = [r for r in records if r.get("judged")]
+    kept_ids = set(selection["kept"])
+    tasks_in = Counter(edit_type(r) for r in records)
+    tasks_kept = Counter(edit_type(r) for r in records if r["id"] in kept_ids and r["rejected_by"] is None)
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": plan["inputs"],
+        "layout": plan["layout"],
+        "rows": len(records),
+        "kept": len(selection["kept"]),
+        "num": num,
+        "format": fmt,
+        "funnel": selection["funnel"],
+        "rejected": dict(Counter(r["rejected_by"] for r in records if r["rejected_by"])),
+        "errors": [{"id": r["id"], "error": r["error"]} for r in records if r.get("error")][:200],
+        "refinement": {
+            "attempted": len(refine_tried),
+            "parsed": sum(1 for r in refine_tried if r.get("refined")),
+            "failed": len(failures("refine")),
+            "failures": failures("refine"),
+        },
+        "grounding": {
+            "attempted": len(ground_tried),
+            "parsed": sum(1 for r in ground_tried if r.get("boxes")),
+            "failed": len(failures("ground")),
+            "failures": failures("ground"),
+        },
+        "judge": {
+            "scored": sum(1 for r in judged if r.get("judge_score") is not None),
+            "failed": len(failures("judge")),
+            "failures": failures("judge"),
+        },
+        "tasks": {t: {"in": tasks_in[t], "kept": tasks_kept.get(t, 0)} for t in sorted(tasks_in)},
+        "mask_from": dict(Counter(r.get("mask_from") or "none" for r in records)),
+        "config": to_dict(cfg.curate),
+        "settings": plan["settings"],
+        "versions": versions(),
+    }
+
+
+def curate(
+    cfg: Config,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    num: Optional[int] = None,
+    fmt: Optional[str] = None,
+    on_commit: Optional[Callable[[int], None]] = None,
+) -> dict[str, Any]:
+    """A whole curation run into `out` (resuming one that was interrupted); returns its summary, with
+    `shards_done_before` and `shards_processed` (this run) added. Ray must be initialised by the caller
+    when shards remain (cli_curate starts or joins it)."""
+    from cocoedit.cluster.curate_report import write_report
+
+    out = Path(out)
+    num = num if num is not None else cfg.curate.num
+    fmt = fmt or cfg.curate.output_format
+    if fmt not in ("manifest", "cocoedit40k"):
+        raise ValueError(f"--format {fmt!r} must be 'manifest' or 'cocoedit40k'")
+    shards, layout, plan = make_plan(cfg, inputs, out)
+    done = [s for s in shards if _shard_file(out, s.index).is_file()]
+    todo = [s for s in shards if not _shard_file(out, s.index).is_file()]
+    if done:
+        log.info(
+            "%s: %d of %d shards finished before; processing the other %d",
+            out,
+            len(done),
+            len(shards),
+            len(todo),
+        )
+    processed: list[int] = []
+    runs = out / "runs.jsonl"
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    try:
+        if todo:
+            run_shards(cfg, todo, layout, out, processed, on_commit)
+    finally:
+        with open(runs, "a", encoding="utf-8") as f:
+            entry = {"started": started, "todo": [s.index for s in todo], "committed": processed}
+            f.write(json.dumps(entry) + "\n")
+    records = load_records(out, shards)
+    selection = select(records, cfg.curate, num)
+    data = write_outputs(records, selection["kept"], out, fmt)
+    summary = summarize(records, selection, plan, cfg, fmt, num)
+    summary["data"] = str(data)
+    _write_json_atomic(out / "summary.json", summary)
+    write_report(summary, records, out, cfg.curate.gallery_size)
+    summary["shards_done_before"] = [s.index for s in done]
+    summary["shards_processed"] = processed
+    return summary
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """The funnel and outcome counts as fixed-width text (what the command prints)."""
+    lines = [f"{'filter':<18} {'reached':>8} {'passed':>8} {'rate':>7}"]
+    for name, f in summary["funnel"].items():
+        rate = "n/a" if f["rate"] is None else f"{f['rate']:.1%}"
+        lines.append(f"{name:<18} {f['reached']:>8} {f['passed']:>8} {rate:>7}")
+    r, g, j = summary["refinement"], summary["grounding"], summary["judge"]
+    lines.append(f"refinement: {r['attempted']} attempted, {r['parsed']} parsed, {r['failed']} failed")
+    lines.append(f"grounding: {g['attempted']} attempted, {g['parsed']} parsed, {g['failed']} failed")
+    lines.append(f"judge: {j['scored']} scored, {j['failed']} failed")
+    lines.append(
+        "kept per edit type: " + ", ".join(f"{t} {v['kept']}/{v['in']}" for t, v in summary["tasks"].items())
+    )
+    return "\n".join(lines)
+
+
+def cli_curate(args: argparse.Namespace, cfg: Config) -> int:
+    """`cocoedit data curate --input IN [IN ...] --out DIR [--num N] [--format F] [key=value ...]`."""
+    from cocoedit.cluster.launch import init_ray
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if cfg.curate.mllm and cfg.rewards.mllm.model_path is None and not cfg.run.tiny:
+        print(
+            "data curate: rewards.mllm.model_path is not set; point it at a local Qwen2.5-VL-Instruct directory, "
+            "set run.tiny=true for the tiny judge, or curate.mllm=false for masks and pixel filters only",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        files = input_files(args.input)
+        init_ray(cfg.run)
+        summary = curate(cfg, files, args.out, args.num, args.format)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"data curate: {e}", file=sys.stderr)
+        return 1
+    print(summary_text(summary))
+    print(f"wrote {summary['kept']} items to {summary['data']}; report: {Path(args.out) / 'report.html'}")
+    return 0
