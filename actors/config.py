@@ -25,6 +25,16 @@ class DataConfig:
     group_size: Annotated[int, Range(ge=2)] = 12  # edits per item (one group); advantages need >= 2
     # Sampler order (bans are decided by the learner's advantages: learner.ban_*)
     seed: Annotated[int, Range(ge=0)] = 0
+    # Folder that the data file's paths are relative to and must stay inside; None = the data file's folder.
+    root: Optional[str] = None
+    # Files checked before training: full = every item; sample = validate_sample items drawn at random
+    # (every item when there are fewer); off = none. Workers check each item's files again when they read
+    # them, and `cocoedit data check` checks every item.
+    validate: Literal["full", "sample", "off"] = "sample"
+    validate_sample: Annotated[int, Range(ge=1)] = 1000
+    max_file_bytes: Annotated[int, Range(ge=1)] = 64 * 2**20  # per image file
+    max_image_pixels: Annotated[int, Range(ge=1)] = 8192 * 8192  # width * height, from the header
+    max_manifest_bytes: Annotated[int, Range(ge=1)] = 256 * 2**20
 
 
 @dataclass(frozen=True)

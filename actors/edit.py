@@ -6,8 +6,8 @@
 The family (FLUX.1-Kontext, Qwen-Image-Edit, Qwen-Image-Edit-2509) comes from DIR/model_index.json.
 A LoRA written by training (`RUN_DIR/lora`, a checkpoint's `lora/`, `cocoedit export`) or any diffusers
 LoRA file or directory is applied with `pipe.load_lora_weights`. `--size` center-crops the input to a
-square and resizes it to PX, as the training data is prepared; the edit has the input's size. bf16 on a
-GPU, float32 on CPU.
+square and resizes it to PX with the same function that prepares training items; the edit has the
+input's size. bf16 on a GPU, float32 on CPU.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
+from cocoedit.actors.config import DataConfig
+from cocoedit.actors.items import center_crop_resize, read_rgb
+
 FLUX_GUIDANCE = 2.5
 
 
 def load_image(path: str | Path, size: Optional[int]) -> Image.Image:
-    """RGB image; with `size`, center-cropped to a square and resized to size x size."""
-    image = Image.open(path).convert("RGB")
+    """RGB image; with `size`, center-cropped to a square and resized to size x size by the function
+    that prepares training items (actors.items), so an edit sees the pixels training saw."""
+    image = read_rgb(str(path), DataConfig.max_image_pixels)
     if size is not None:
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize(
-            (size, size), Image.Resampling.BICUBIC
-        )
-    return image
+        image = center_crop_resize(image, None, size)[0]
+    return Image.fromarray(image.permute(1, 2, 0).numpy())
 
 
 def build_pipeline(model: str | Path, lora: Optional[str | Path] = None) -> tuple[Any, str]:
@@ -93,9 +93,13 @@ def cli_edit(args: argparse.Namespace) -> int:
     if not args.instruction.strip():
         print("--instruction is empty", file=sys.stderr)
         return 2
+    try:
+        image = load_image(args.image, args.size)
+    except ValueError as e:  # not an image, or over the pixel limit (read from its header)
+        print(f"--image: {e}", file=sys.stderr)
+        return 2
     pipe, family = build_pipeline(args.model, args.lora)
     pipe.set_progress_bar_config(disable=True)
-    image = load_image(args.image, args.size)
     result = edit_image(pipe, family, image, args.instruction, args.steps, args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,15 @@
 A plain class; `cluster/` makes it a Ray actor (`ray.remote(RolloutWorker)`), tests build it directly:
 
     worker = RolloutWorker(policy_cfg, rollout_cfg)            # loads policy_cfg.model_path
+    worker.prefetch(next_grouped_items)                        # read their files in the background
     batch = worker.sample(grouped_items, policy_version=0)     # RolloutBatch
     worker.load_weights(learner_sampling_state, version=1)     # new theta_old
 
 Each edit's initial noise comes from its own `GroupedItem.seed` (`samplers.initial_noise`: a CPU
 generator, drawn as the diffusers pipelines draw it for batch size 1), so an edit's result does not
 depend on which worker samples it or on its batch-mates. The batch holds each group's condition once.
+Items given as ItemRefs are read by the worker that samples them (actors.items), ahead of time when it
+was told to `prefetch` them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Optional
 import torch
 
 from cocoedit.actors.config import PolicyConfig, RolloutConfig
+from cocoedit.actors.items import ItemPrefetcher
 from cocoedit.actors.policies.base import EditPolicy
 from cocoedit.actors.samplers import SAMPLERS, initial_noise, sample, shifted_sigmas
 from cocoedit.actors.types import Condition, GroupedItem, RolloutBatch
@@ -48,6 +52,7 @@ class RolloutWorker:
         self.policy_cfg = policy_cfg
         self.rollout_cfg = rollout_cfg
         self._version = 0
+        self._items = ItemPrefetcher()
 
     @property
     def version(self) -> int:
@@ -71,6 +76,14 @@ class RolloutWorker:
         length, _ = self.policy.latent_shape(height, width)
         return shifted_sigmas(self.rollout_cfg.num_steps, length, self.policy.scheduler_config())
 
+    def prefetch(self, items: list[GroupedItem]) -> None:
+        """Start reading the files of items this worker will sample next; returns at once."""
+        self._items.prefetch(items)
+
+    def reads(self) -> dict[str, int]:
+        """Items this worker took from a prefetch and items it had to read when asked to sample them."""
+        return {"prefetched": self._items.hits, "read_on_the_spot": self._items.misses}
+
     @torch.no_grad()
     def sample(self, items: list[GroupedItem], policy_version: int) -> RolloutBatch:
         """Sample one edit per GroupedItem with theta_old, in micro-batches of rollout.batch_size."""
@@ -81,12 +94,15 @@ class RolloutWorker:
                 f"asked to sample with policy version {policy_version} but this worker holds version "
                 f"{self._version}; call load_weights(state, {policy_version}) first"
             )
+        start = time.perf_counter()
+        items = self._items.resolve(items)  # ItemRefs -> EditItems (prefetched, or read now)
+        read_s = time.perf_counter() - start
         policy, cfg = self.policy, self.rollout_cfg
         sizes = {tuple(gi.item.source_image.shape) for gi in items}
         if len(sizes) != 1:
             raise ValueError(f"all items of one sample() call must share one image size, got {sorted(sizes)}")
         _, height, width = sizes.pop()
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {"read_s": read_s}
 
         start = time.perf_counter()
         # One condition per group (all edits of a group share source and instruction), one item at a

@@ -25,10 +25,39 @@ class EditItem:
 
 
 @dataclass(frozen=True)
+class DataSource:
+    """Where the files of one data file's items live and how they are prepared (one per data file,
+    shared by its ItemRefs)."""
+
+    path: str  # the data file, as error messages name it
+    root: str  # every item path is relative to this folder and must resolve inside it
+    image_size: int  # center-crop to square, then resize to image_size
+    mask_polarity: str  # "edit_white" or "keep_white"
+    max_file_bytes: int
+    max_image_pixels: int  # width * height, read from the image header before decoding
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """One item of a data file as the driver holds it: text and file paths, no pixels (a few hundred
+    bytes). Rollout workers read, decode and crop the files themselves (`actors.items.read_item`)."""
+
+    item_id: str
+    instruction: str
+    source: str  # path relative to data.root (normalised, never absolute, never leaving the root)
+    mask: str
+    target: Optional[str]
+    task: str
+    group: str
+    line: int  # 1-based line of the data file that lists the item
+    data: DataSource
+
+
+@dataclass(frozen=True)
 class GroupedItem:
     """An item drawn for one epoch: the same item appears group_size times with one group_id."""
 
-    item: EditItem
+    item: EditItem | ItemRef  # an ItemRef is read by the rollout worker that samples it
     group_id: str  # f"{epoch}:{item_id}" - explicit, never derived from the instruction text
     edit_id: str  # unique within the epoch
     seed: int  # initial-noise seed of this edit (distinct inside a group)

@@ -1,12 +1,14 @@
 """The `cocoedit` command line.
 
     cocoedit data synth --out DIR --num N --size PX --seed S
-    cocoedit data check MANIFEST
+    cocoedit data check MANIFEST [--format F] [--root DIR]
     cocoedit data curate --input IN [IN ...] --out DIR [--num N] [--format manifest|cocoedit40k] [key=value ...]
     cocoedit config show [--config FILE] [key=value ...]
-    cocoedit train [--config FILE] [--resume [CHECKPOINT]] [key=value ...]
+    cocoedit train [--config FILE] [--resume [CHECKPOINT]] [--dry-run] [key=value ...]
     cocoedit sweep [--config FILE] --grid KEY=V1,V2 [--grid ...] [--seeds N] [--out DIR] [key=value ...]
     cocoedit pretrain-tiny --out DIR
+    cocoedit plan [--config FILE] [--gpu-memory GiB] [--dry-run] [key=value ...]
+    cocoedit build-model --family F [--dims tiny|real] [--depth N] --out DIR
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
     cocoedit edit --model DIR [--lora FILE|DIR] --image IN --instruction TEXT --out OUT
     cocoedit export --checkpoint DIR --out DIR [--view default|old]
@@ -40,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "train": ("cocoedit.cluster.train", "cli_train", True),
     "sweep": ("cocoedit.cluster.sweep", "cli_sweep", True),
     "pretrain-tiny": ("cocoedit.cluster.cli", "cli_pretrain", True),
+    "plan": ("cocoedit.cluster.plan", "cli_plan", True),
+    "build-model": ("cocoedit.actors.policies.builders", "cli_build_model", False),
     "serve": ("cocoedit.cluster.cli", "cli_serve", True),
     "edit": ("cocoedit.actors.edit", "cli_edit", False),
     "export": ("cocoedit.learner.export", "cli_export", False),
@@ -51,6 +55,15 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="experiment YAML (default: cluster/configs/tiny_cpu.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. learner.lr=1e-4")
+
+
+def _add_dry_run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="the config shrunk to this machine: CPUs only, one worker/rank/replica, one epoch of one group, "
+        "the real-dims editor at depth 1 and the synthetic judge (cluster/dryrun.py)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("manifest")
     check.add_argument("--format", choices=["manifest", "cocoedit40k", "benchmask"], default="manifest")
     check.add_argument("--mask-polarity", choices=["edit_white", "keep_white"], default=None)
+    check.add_argument("--root", default=None, help="folder the paths are relative to (default: the file's)")
     curate = data_sub.add_parser(
         "curate", help="turn editing datasets (source, target, instruction) into a masked training set"
     )
@@ -90,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="show the resolved config")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    _add_config_args(config_sub.add_parser("show", help="print the resolved config as YAML"))
+    show = config_sub.add_parser("show", help="print the resolved config as YAML")
+    _add_config_args(show)
+    _add_dry_run_arg(show)
 
     train = sub.add_parser(
         "train",
@@ -108,6 +124,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from the latest complete checkpoint of run.run_dir, or from CHECKPOINT (a checkpoint "
         "directory, or a run directory: its latest); the config may differ only in run length and logging",
     )
+    _add_dry_run_arg(train)
+
+    plan = sub.add_parser(
+        "plan",
+        help="per role: devices asked, parameters, estimated memory; exit 1 if a role cannot fit",
+        description="Print what every role of the run asks for (devices), the parameters it holds and its "
+        "estimated peak memory on one device (weights, LoRA + optimizer by ZeRO stage, simulated "
+        "activations, the judge's KV cache); exit 1 naming each GPU role that does not fit (cluster/plan.py).",
+    )
+    plan.add_argument(
+        "--gpu-memory", type=float, default=80.0, metavar="GiB", help="memory of one GPU (default 80)"
+    )
+    _add_config_args(plan)
+    _add_dry_run_arg(plan)
+
+    build = sub.add_parser(
+        "build-model",
+        help="write an editor with random weights: tiny, or the real model widths at a chosen depth",
+        description="Write a diffusers directory of FLUX.1-Kontext-dev / Qwen-Image-Edit(-2509) with random "
+        "weights: --dims real has the published widths with --depth transformer blocks (FLUX: that many "
+        "dual-stream + single-stream blocks) and 1-layer text encoders, to dry-run a cluster config on a "
+        "workstation (policy.model_path=DIR). A real-dims FLUX of depth 1 is ~0.83 B parameters.",
+    )
+    build.add_argument(
+        "--family", required=True, choices=["flux_kontext", "qwen_image_edit", "qwen_image_edit_plus"]
+    )
+    build.add_argument("--dims", choices=["tiny", "real"], default="real")
+    build.add_argument("--depth", type=int, default=None, help="transformer blocks (real: default 1)")
+    build.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="saved weights")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--out", required=True)
 
     sweep = sub.add_parser(
         "sweep",
@@ -217,18 +264,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.overrides, args.resume = [resume, *args.overrides], True
     module_name, func_name, takes_config = COMMANDS[_command(args)]
     # The config first: a bad value fails in well under a second, before torch or Ray is imported.
-    cfg = _load_config(args.config, args.overrides) if takes_config else None
+    cfg = _load_config(args.config, args.overrides, getattr(args, "dry_run", False)) if takes_config else None
     if takes_config and cfg is None:
         return 1
     func: Callable[..., int] = getattr(importlib.import_module(module_name), func_name)
     return int(func(args) if cfg is None else func(args, cfg) or 0)
 
 
-def _load_config(path: Optional[str], overrides: Sequence[str]) -> Optional[Config]:
-    """The resolved config, or None after printing why it cannot be loaded."""
+def _load_config(path: Optional[str], overrides: Sequence[str], dry_run: bool = False) -> Optional[Config]:
+    """The resolved config (with the dry-run profile when asked), or None after printing why it cannot
+    be loaded."""
     from cocoedit.cluster.config import ConfigError, load_config
 
     try:
+        if dry_run:
+            from cocoedit.cluster.dryrun import dry_run_config
+
+            return dry_run_config(path, list(overrides))
         return load_config(path, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
@@ -272,7 +324,7 @@ def _print_train_help(rest: list[str]) -> None:
     known = [a for a in rest if a not in ("--help", "-h")]
     ns, _ = train_parser.parse_known_args(known)
     print("\nresolved config:\n")
-    cfg = _load_config(ns.config, ns.overrides)
+    cfg = _load_config(ns.config, ns.overrides, ns.dry_run)
     if cfg is not None:
         cli_show_config(ns, cfg)
 

@@ -88,11 +88,16 @@ class RolloutGroup:
         self.resampled_shards = 0
 
     def sample_async(
-        self, items: list[GroupedItem], version: int
+        self, items: list[GroupedItem], version: int, upcoming: Optional[list[GroupedItem]] = None
     ) -> list[tuple[int, list[GroupedItem], int, Any]]:
-        """Start sampling; returns (worker index, shard, version, ObjectRef) for `gather`."""
+        """Start sampling; returns (worker index, shard, version, ObjectRef) for `gather`. Each worker
+        first starts reading its shard of `upcoming` (the next call's items), to be ready by then."""
         if version != self._version:
             raise ValueError(f"sampling version {version} but the workers hold version {self._version}")
+        if upcoming:  # an actor runs calls in order: the prefetch starts before this sample
+            for i, (a, b) in enumerate(shard_bounds(len(upcoming), len(self.workers))):
+                if b > a:
+                    self.workers[i].prefetch.remote(upcoming[a:b])
         bounds = shard_bounds(len(items), len(self.workers))
         return [
             (

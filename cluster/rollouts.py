@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cocoedit.actors.data import EpochSampler, grouped_items
-from cocoedit.actors.types import EditItem, RolloutBatch
+from cocoedit.actors.epochs import EpochSampler, epoch_items
+from cocoedit.actors.types import EditItem, ItemRef, RolloutBatch
 from cocoedit.cluster.groups import RolloutGroup
 
 
@@ -35,7 +35,7 @@ class RolloutQueue:
         self,
         rollout: RolloutGroup,
         sampler: EpochSampler,
-        items: Mapping[str, EditItem],
+        items: Mapping[str, EditItem | ItemRef],
         start: int,
         epochs: int,
     ) -> None:
@@ -51,10 +51,9 @@ class RolloutQueue:
         """Start sampling until `depth` batches are in flight (or every epoch is drawn)."""
         while len(self.pending) < depth and self.next_epoch < self.epochs:
             state = copy.deepcopy(self.sampler.state_dict())
-            batch_items = grouped_items(self.sampler.next_epoch(), self.items)
-            self.pending.append(
-                Pending(self.rollout.sample_async(batch_items, version), state, self.next_epoch)
-            )
+            batch_items, upcoming = epoch_items(self.sampler, self.items)  # workers prefetch `upcoming`
+            refs = self.rollout.sample_async(batch_items, version, upcoming)
+            self.pending.append(Pending(refs, state, self.next_epoch))
             self.next_epoch += 1
 
     def next(self) -> RolloutBatch:

@@ -29,12 +29,14 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
-from cocoedit.actors.data import EpochSampler, split_held_out
-from cocoedit.actors.types import EditItem, GroupedItem, RolloutBatch
+from cocoedit.actors.data import split_held_out
+from cocoedit.actors.epochs import EpochSampler
+from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
 from cocoedit.cluster.config import Config
 from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
 from cocoedit.cluster.launch import RayConnectError, init_ray, resolve_models
 from cocoedit.cluster.placement import Placement, PlacementError
+from cocoedit.cluster.plan import log_plan
 from cocoedit.cluster.resume import Resume, ResumeConfigError, resume_from
 from cocoedit.cluster.rollouts import RolloutQueue
 from cocoedit.cluster.runlog import RunLog
@@ -57,7 +59,7 @@ class Run:
     """The parts of one training run, as `start_run` built them."""
 
     cfg: Config
-    items: dict[str, EditItem]  # item_id -> item
+    items: dict[str, EditItem | ItemRef]  # item_id -> item (ItemRef: read by the rollout workers)
     sampler: EpochSampler
     runlog: RunLog
     learner: LearnerGroup
@@ -216,9 +218,9 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
             parts, Placement(cfg)
         )  # first: fails within run.placement_timeout_s, naming the role
         cfg = resolve_models(cfg)
+        log_plan(cfg)  # devices and memory per role (cocoedit plan)
         # the fixed evaluation set is held out of training (items the policy never trains on)
-        train_items, held_out = split_held_out(cfg.data, cfg.run.eval_items if cfg.run.eval_every else 0)
-        items = {item.item_id: item for item in train_items}
+        items, held_out = split_held_out(cfg.data, cfg.run.eval_items if cfg.run.eval_every else 0)
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
         runlog = _closing(parts, RunLog(cfg, resume=ckpt is not None))
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
@@ -300,7 +302,7 @@ def _last_line(e: BaseException) -> str:
     return text[-1] if text else repr(e)
 
 
-def fixed_eval_items(items: list[EditItem], n_items: int, n_seeds: int) -> list[GroupedItem]:
+def fixed_eval_items(items: list[EditItem | ItemRef], n_items: int, n_seeds: int) -> list[GroupedItem]:
     """The first n_items items, each with n_seeds fixed noise seeds (outside the training seed range)."""
     return [
         GroupedItem(item, f"eval:{item.item_id}", f"eval:{item.item_id}:{k}", 2**30 + j * n_seeds + k)

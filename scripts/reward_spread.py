@@ -19,7 +19,7 @@ import itertools
 import numpy as np
 import torch
 
-from cocoedit.actors.data import load_items
+from cocoedit.actors.data import load_index
 from cocoedit.actors.rollout import RolloutWorker
 from cocoedit.actors.types import GroupedItem, RolloutBatch
 from cocoedit.cluster.config import load_config
@@ -63,7 +63,7 @@ def main() -> None:
         scorers[name] = scorer
 
     scores: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
-    for j, item in enumerate(load_items(cfg.data)[: args.items]):
+    for j, item in enumerate(list(load_index(cfg.data).values())[: args.items]):
         group = [GroupedItem(item, f"g{j}", f"g{j}:{k}", 7919 * j + k) for k in range(args.group)]
         batch = worker.sample(group, worker.version)
         edits = [decoded(batch, i) for i in range(len(group))]

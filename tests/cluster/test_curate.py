@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cocoedit.actors.data import scan, validate_manifest
+from cocoedit.actors.config import DataConfig
+from cocoedit.actors.data import scan
 from cocoedit.actors.mask_eval import Degradation, degrade_pair
 from cocoedit.actors.masks import mask_iou
 from cocoedit.actors.synth import synthetic_example
@@ -84,6 +85,11 @@ def finished(dataset: Path, tmp_path_factory: pytest.TempPathFactory, ray_local)
     return out, curate(_cfg(), [dataset / "data.jsonl"], out)
 
 
+def _check(path: Path, fmt: str = "manifest"):  # type: ignore[no-untyped-def]
+    """Every item of a written data file checked as training reads it."""
+    return scan(DataConfig(manifest=str(path), format=fmt), validate="full")  # type: ignore[arg-type]
+
+
 def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "curated.jsonl").read_text().splitlines()]
 
@@ -93,18 +99,17 @@ def test_curated_manifest_passes_check_and_its_masks_match_the_truth(finished, d
 
     out, summary = finished
     manifest = out / "manifest.jsonl"
-    assert validate_manifest(manifest) == []
-    result = scan(manifest)
-    assert len(result.records) == summary["kept"] > 0
+    result = _check(manifest)
+    assert result.problems == [] and len(result.refs) == summary["kept"] > 0
     truth = json.loads((dataset / "truth.json").read_text())
     ious = []
-    for rec in result.records:
-        with Image.open(rec.mask) as m, Image.open(dataset / truth[rec.item_id]) as t:
+    for rec in result.refs:
+        with Image.open(out / rec.mask) as m, Image.open(dataset / truth[rec.item_id]) as t:
             ious.append(mask_iou(np.asarray(m) >= 128, np.asarray(t) >= 128))
-        assert rec.target is not None and rec.target.suffix == ".jpg"  # the JPEG is copied, not re-encoded
+        assert rec.target is not None and rec.target.endswith(".jpg")  # the JPEG is copied, not re-encoded
     assert np.mean(ious) >= 0.9, ious
     # the background edits are global (area > max_area): dropped, and the rest balanced
-    tasks = {r.task for r in result.records}
+    tasks = {r.task for r in result.refs}
     assert tasks == {"recolour", "remove", "add"}
 
 
@@ -175,15 +180,15 @@ def test_cocoedit40k_output_and_balanced_num_from_the_finished_shards(finished, 
     # a rerun into a finished OUT reuses every shard (no Ray work) and only re-selects and re-writes
     again = curate(_cfg(), [dataset / "data.jsonl"], out, num=6, fmt="cocoedit40k")
     assert again["shards_processed"] == [] and again["shards_done_before"] == [0, 1, 2, 3]
-    result = scan(out / "metadata.jsonl", "cocoedit40k")
-    assert result.problems == [] and len(result.records) == 6
+    result = _check(out / "metadata.jsonl", "cocoedit40k")
+    assert result.problems == [] and len(result.refs) == 6
     by_id = {r["id"]: r for r in _records(out)}
     assert (
-        sorted(by_id[r.item_id]["task"] for r in result.records)
+        sorted(by_id[r.item_id]["task"] for r in result.refs)
         == ["add"] * 2 + ["recolour"] * 2 + ["remove"] * 2
     )
-    for rec in result.records:  # white = keep: the inverse of our edit mask
-        with Image.open(rec.mask) as keep, Image.open(out / by_id[rec.item_id]["mask"]) as edit:
+    for rec in result.refs:  # white = keep: the inverse of our edit mask
+        with Image.open(out / rec.mask) as keep, Image.open(out / by_id[rec.item_id]["mask"]) as edit:
             assert np.array_equal(np.asarray(keep) >= 128, np.asarray(edit) < 128)
     curate(_cfg(), [dataset / "data.jsonl"], out)  # back to the module's manifest for the other tests
 
@@ -217,7 +222,7 @@ def test_interrupted_run_resumes_with_only_the_remaining_shards(
     assert first.stat().st_mtime_ns == stamp  # the finished shard was not redone
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert [len(r["todo"]) for r in runs] == [4, 3] and len(runs[0]["committed"]) == 1
-    assert validate_manifest(out / "manifest.jsonl") == [] and summary["rows"] == NUM + 3
+    assert _check(out / "manifest.jsonl").problems == [] and summary["rows"] == NUM + 3
 
 
 def test_layouts_jsonl_paths_and_parquet_bytes_give_the_same_records(dataset: Path, tmp_path: Path) -> None:
@@ -327,4 +332,4 @@ def test_killed_cli_run_resumes_with_only_the_remaining_shards(dataset: Path, tm
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert sorted(runs[-1]["committed"]) == sorted(set(range(total)) - {int(n[:5]) for n in done_first})
     assert all((out / "shards" / n).stat().st_mtime_ns == s for n, s in stamps.items())
-    assert validate_manifest(out / "manifest.jsonl") == []
+    assert _check(out / "manifest.jsonl").problems == []

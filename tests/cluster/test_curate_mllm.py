@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cocoedit.actors.data import validate_manifest
+from cocoedit.actors.config import DataConfig
+from cocoedit.actors.data import scan
 from cocoedit.actors.synth import synthetic_example
 from cocoedit.cluster.config import load_config
 from cocoedit.cluster.curate import curate
@@ -93,7 +94,7 @@ def test_curate_with_the_tiny_vllm_judge_counts_every_failure(
     assert len(kept) == summary["kept"] == summary["funnel"]["balance"]["passed"]
     for entry in kept:  # failed refinement: the original instruction, unchanged
         assert entry["instruction"] == by_id[entry["id"]]["instruction"]
-    assert validate_manifest(out / "manifest.jsonl") == []
+    assert scan(DataConfig(manifest=str(out / "manifest.jsonl")), validate="full").problems == []
     report = (out / "report.html").read_text()
     assert (
         f"Refinement failures ({ref['failed']})" in report and f"Grounding failures ({NO_TARGET})" in report
