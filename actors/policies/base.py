@@ -40,6 +40,12 @@ class EditPolicy(ABC):
     def pipeline_class(cls) -> type:
         """The stock diffusers pipeline class of this family (what loads an exported LoRA)."""
 
+    @classmethod
+    def stock_call_kwargs(cls, pipe: object, height: int, width: int, guidance: float) -> dict:
+        """Arguments the stock pipeline needs beyond image/prompt/size/generator to edit at exactly
+        height x width with the family's distilled `guidance` (`cocoedit edit`); none by default."""
+        return {}
+
     @abstractmethod
     def components(self) -> dict[str, nn.Module]:
         """The modules this policy holds, by pipeline component name (e.g. transformer, vae)."""
