@@ -1,4 +1,4 @@
-"""Configs of the actor side: edit data, the policy, and rollout sampling (ALGORITHM.md sections 1, 2, 5)."""
+"""Configs of the actor side: edit data, the policy, and rollout sampling (docs/algorithm.md sections 1, 2, 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Config of `cocoedit eval` (ALGORITHM.md section 6), composed into cluster.config.Config as `eval`.
+"""Config of `cocoedit eval` (docs/algorithm.md section 6), composed into cluster.config.Config as `eval`.
 
 Generation defaults follow each family's stock pipeline: FLUX.1-Kontext 28 Euler steps with distilled
 guidance 2.5; Qwen-Image-Edit 40 Euler steps with true CFG 4.0 against the negative prompt " ".

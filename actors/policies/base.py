@@ -1,4 +1,4 @@
-"""The one narrow interface every edit-model family implements (DESIGN.md, Policies).
+"""The one narrow interface every edit-model family implements (docs/architecture.md, Policies).
 
 Latents are *packed*: [N, L, D] token sequences as the diffusers transformers consume them
 (FLUX packs 2x2 patches of the VAE latent; Qwen-Image likewise). `unpack` gives [N, C, h, w] on the
