@@ -41,7 +41,6 @@ class RunConfig:
     name: str = "cocoedit"
     epochs: Annotated[int, Range(ge=1)] = 100
     run_dir: str = "runs/${name}"  # ${name} is replaced by run.name
-    log_every: Annotated[int, Range(ge=1)] = 1
     image_every: Annotated[int, Range(ge=0)] = 10  # 0 = never
     checkpoint_every: Annotated[int, Range(ge=0)] = 10  # 0 = only after the last epoch
     keep_checkpoints: Annotated[int, Range(ge=1)] = 3
