@@ -1,4 +1,4 @@
-"""Configs of the actor side: edit data, the policy, and rollout sampling (ALGORITHM.md sections 1, 2, 5)."""
+"""Configs of the actor side: edit data, the policy, and rollout sampling (docs/algorithm.md sections 1, 2, 5)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class DataConfig:
 class PolicyConfig:
     """The diffusion editor and its LoRA."""
 
-    family: Literal["flux_kontext", "qwen_image_edit", "qwen_image_edit_plus"] = "flux_kontext"
+    family: str = "flux_kontext"  # a key of actors.policies.FAMILIES, checked at load
     # Local diffusers directory; None in tiny mode = build/cache the tiny editor
     model_path: Optional[str] = None
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
@@ -83,7 +83,7 @@ class PretrainConfig:
     transformer by flow matching from (instruction, source) to the known target.
     """
 
-    family: Literal["flux_kontext", "qwen_image_edit", "qwen_image_edit_plus"] = "flux_kontext"
+    family: str = "flux_kontext"  # a key of actors.policies.FAMILIES, checked at load
     image_size: Annotated[int, Range(ge=8)] = 32
     # Synthetic training items (seed below; disjoint from the RL items' seed)
     num_items: Annotated[int, Range(ge=1)] = 1024

@@ -23,8 +23,6 @@ from PIL import Image
 from cocoedit.actors.config import DataConfig
 from cocoedit.actors.items import center_crop_resize, read_rgb
 
-FLUX_GUIDANCE = 2.5
-
 
 def load_image(path: str | Path, size: Optional[int]) -> Image.Image:
     """RGB image; with `size`, center-cropped to a square and resized to size x size by the function
@@ -75,13 +73,10 @@ def edit_image(
     )
     if steps is not None:
         kwargs["num_inference_steps"] = steps
-    if family == "flux_kontext":
-        kwargs.update(
-            guidance_scale=FLUX_GUIDANCE,
-            max_area=height * width,
-            _auto_resize=False,
-            max_sequence_length=min(512, pipe.tokenizer_2.model_max_length),
-        )
+    from cocoedit.actors.policies import family as family_of
+
+    fam = family_of(family)
+    kwargs.update(fam.policy_class().stock_call_kwargs(pipe, height, width, fam.guidance))
     return pipe(**kwargs).images[0]
 
 

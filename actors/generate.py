@@ -68,8 +68,8 @@ class EditGenerator:
             policy_cfg = dataclasses.replace(
                 policy_cfg, lora_rank=rank, lora_alpha=alpha if alpha is not None else policy_cfg.lora_alpha
             )
-        if policy_cfg.family == "flux_kontext":
-            policy_cfg = dataclasses.replace(policy_cfg, guidance=self.settings["guidance"])
+        # the stock setting's distilled guidance (a family without a guidance embedding ignores it)
+        policy_cfg = dataclasses.replace(policy_cfg, guidance=self.settings["guidance"])
         self.policy = load_policy(policy_cfg, seed=self.settings["seed"])
         self.adapter = "ref"
         if state is not None:
@@ -101,7 +101,7 @@ class EditGenerator:
         sources = torch.stack([i.source_image for i in items])
         cond = policy.encode_condition([i.instruction for i in items], sources)
         neg = None
-        if policy.family != "flux_kontext" and self.settings["true_cfg_scale"] > 1.0:
+        if self.settings["true_cfg"] and self.settings["true_cfg_scale"] > 1.0:
             neg = policy.encode_condition([self.settings["negative_prompt"]] * len(items), sources)
         length, _ = policy.latent_shape(h, w)
         # initial noise as the rollout draws it: one generator per item, seeded from (eval seed, item id)

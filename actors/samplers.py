@@ -1,4 +1,4 @@
-"""Flow-matching samplers for rollouts (ALGORITHM.md sections 2 and 7). Pure torch.
+"""Flow-matching samplers for rollouts (docs/algorithm.md sections 2 and 7). Pure torch.
 
 Flow time t in (0, 1] (1 = noise), x_t = (1 - t) x0 + t eps, velocity v = eps - x0, x0_hat = x_t - t v.
 Shapes: N edits, L packed tokens, D packed channels, T steps. Latents are float32 [N, L, D].

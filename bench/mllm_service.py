@@ -84,8 +84,8 @@ def main() -> None:
     from cocoedit.rewards.base import DecodedEdit
     from cocoedit.rewards.client import RewardClient, make_edit
     from cocoedit.rewards.config import ClientConfig, JudgeConfig, ServerConfig
+    from cocoedit.rewards.hosting import BackgroundServer
     from cocoedit.rewards.mllm import MLLMJudge
-    from cocoedit.rewards.server import BackgroundServer
     from cocoedit.rewards.tiny_judge import build_tiny_judge
 
     tmp = tempfile.TemporaryDirectory()

@@ -8,7 +8,7 @@ Each of --runs rounds measures, back to back on the same photo-like edits:
   (c) RewardClient.score through a `cocoedit serve pixel` subprocess on 127.0.0.1: the request's
       bytes, protobuf parsing, PNG header checks, decoding, validation, scoring and the reply
       (encoding the PNGs on the client is timed separately);
-  (d) decoding and validating the same edits in process (server.decode_edit), one thread: the part
+  (d) decoding and validating the same edits in process (edits.decode_edit), one thread: the part
       of (c) that is not scoring and not the wire;
 and prints per round edits/s and CPU ms per edit, then min/median/max over the rounds of the ratios
 b/a and c/a (edits/s, wall clock) and of c/b in CPU time per edit, for the server process alone (the
@@ -41,9 +41,9 @@ from cocoedit.loopback import apply_loopback_env, free_port  # noqa: E402
 from cocoedit.rewards.base import DecodedEdit  # noqa: E402
 from cocoedit.rewards.client import RewardClient, make_edit  # noqa: E402
 from cocoedit.rewards.config import ClientConfig, PixelConfig  # noqa: E402
+from cocoedit.rewards.edits import decode_edit  # noqa: E402
 from cocoedit.rewards.metrics import masked_psnr_ssim_reference  # noqa: E402
 from cocoedit.rewards.pixel import PixelScorer  # noqa: E402
-from cocoedit.rewards.server import decode_edit  # noqa: E402
 
 ELEMENTWISE_FLOPS_PER_PIXEL = 80  # ~25 array ops per channel on the filtered moments, + the mask
 

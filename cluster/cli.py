@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from cocoedit.actors.policies import FAMILIES
+
 if TYPE_CHECKING:
     from cocoedit.cluster.config import Config
 
@@ -147,9 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dual-stream + single-stream blocks) and 1-layer text encoders, to dry-run a cluster config on a "
         "workstation (policy.model_path=DIR). A real-dims FLUX of depth 1 is ~0.83 B parameters.",
     )
-    build.add_argument(
-        "--family", required=True, choices=["flux_kontext", "qwen_image_edit", "qwen_image_edit_plus"]
-    )
+    build.add_argument("--family", required=True, choices=sorted(FAMILIES))
     build.add_argument("--dims", choices=["tiny", "real"], default="real")
     build.add_argument("--depth", type=int, default=None, help="transformer blocks (real: default 1)")
     build.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="saved weights")

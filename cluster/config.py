@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 
 from cocoedit.actors.config import DataConfig, PolicyConfig, PretrainConfig, RolloutConfig
+from cocoedit.actors.policies import FAMILIES
 from cocoedit.cluster.curate_config import CurateConfig
 from cocoedit.cluster.eval_config import EvalConfig
 from cocoedit.learner.config import LearnerConfig
@@ -40,7 +41,6 @@ class RunConfig:
     name: str = "cocoedit"
     epochs: Annotated[int, Range(ge=1)] = 100
     run_dir: str = "runs/${name}"  # ${name} is replaced by run.name
-    log_every: Annotated[int, Range(ge=1)] = 1
     image_every: Annotated[int, Range(ge=0)] = 10  # 0 = never
     checkpoint_every: Annotated[int, Range(ge=0)] = 10  # 0 = only after the last epoch
     keep_checkpoints: Annotated[int, Range(ge=1)] = 3
@@ -167,6 +167,12 @@ class Config:
     def check(self) -> None:
         """Rules between sections (the config loader calls this)."""
         data, rollout, learner = self.data, self.rollout, self.learner
+        for key, name in (("policy.family", self.policy.family), ("pretrain.family", self.pretrain.family)):
+            if name not in FAMILIES:
+                raise ValueError(
+                    f"{key}={name!r} is no model family; expected one of {sorted(FAMILIES)} (a new family is "
+                    "an EditPolicy subclass plus one line in actors/policies/__init__.py: README, Extending)"
+                )
         if data.manifest is None and data.n_items > data.synth_num:
             raise ValueError(
                 f"data.n_items={data.n_items} distinct items per epoch, but the synthetic task has only "

@@ -1,8 +1,9 @@
-"""Config of `cocoedit eval` (ALGORITHM.md section 6), composed into cluster.config.Config as `eval`.
+"""Config of `cocoedit eval` (docs/algorithm.md section 6), composed into cluster.config.Config as `eval`.
 
 Generation defaults follow each family's stock pipeline: FLUX.1-Kontext 28 Euler steps with distilled
 guidance 2.5; Qwen-Image-Edit 40 Euler steps with true CFG 4.0 against the negative prompt " ".
-`None` means "the family's default" (FAMILY_DEFAULTS), resolved by `generation_settings`.
+`None` means "the family's default" (its entry in actors.policies.FAMILIES), resolved by
+`generation_settings`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional
 
 from cocoedit.actors.config import PolicyConfig
+from cocoedit.actors.policies import family
 from cocoedit.ranges import Range
-
-# family -> stock pipeline settings used when the config leaves them unset
-FAMILY_DEFAULTS: dict[str, dict[str, float]] = {
-    "flux_kontext": {"num_steps": 28, "guidance": 2.5, "true_cfg_scale": 1.0},
-    "qwen_image_edit": {"num_steps": 40, "guidance": 1.0, "true_cfg_scale": 4.0},
-    "qwen_image_edit_plus": {"num_steps": 40, "guidance": 1.0, "true_cfg_scale": 4.0},
-}
 
 
 @dataclass(frozen=True)
@@ -55,15 +50,16 @@ class EvalConfig:
 
 def generation_settings(policy_cfg: PolicyConfig, cfg: EvalConfig) -> dict[str, Any]:
     """The resolved stock-pipeline settings of the policy's family (eval.* overrides the defaults)."""
-    defaults = FAMILY_DEFAULTS[policy_cfg.family]
+    stock = family(policy_cfg.family)
     return {
         "family": policy_cfg.family,
         "sampler": cfg.sampler,
-        "num_steps": int(cfg.num_steps if cfg.num_steps is not None else defaults["num_steps"]),
-        "guidance": float(cfg.guidance if cfg.guidance is not None else defaults["guidance"]),
+        "num_steps": int(cfg.num_steps if cfg.num_steps is not None else stock.num_steps),
+        "guidance": float(cfg.guidance if cfg.guidance is not None else stock.guidance),
         "true_cfg_scale": float(
-            cfg.true_cfg_scale if cfg.true_cfg_scale is not None else defaults["true_cfg_scale"]
+            cfg.true_cfg_scale if cfg.true_cfg_scale is not None else stock.true_cfg_scale
         ),
+        "true_cfg": stock.true_cfg,
         "negative_prompt": cfg.negative_prompt,
         "seed": cfg.seed,
         "image_size": cfg.image_size,

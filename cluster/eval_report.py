@@ -1,4 +1,4 @@
-"""Aggregation tables and reports of `cocoedit eval` (ALGORITHM.md section 6).
+"""Aggregation tables and reports of `cocoedit eval` (docs/algorithm.md section 6).
 
 Aggregation is the benchmarks' own: per group (GEdit task group, ImgEdit edit type, manifest task) the
 mean of each metric over the items where it is defined, then overall = the mean of the group means

@@ -110,7 +110,7 @@ def _join(address: str, source: str, timeout_s: float) -> None:
         if not host or not port.isdigit():
             raise RayConnectError(f"Ray address {target!r} (from {source}) is not host:port. " + _WHAT_TO_DO)
         if host in ("127.0.0.1", "localhost", "::1"):
-            # otherwise Ray swaps a loopback address for the machine's external one (ENV.md)
+            # otherwise Ray swaps a loopback address for the machine's external one (docs/architecture.md, Machine facts)
             apply_loopback_env()
         try:
             socket.create_connection((host, int(port)), timeout=min(timeout_s, 5.0)).close()

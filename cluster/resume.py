@@ -25,7 +25,6 @@ RESUMABLE = (
     "run.name",
     "run.run_dir",
     "run.epochs",
-    "run.log_every",
     "run.image_every",
     "run.checkpoint_every",
     "run.keep_checkpoints",

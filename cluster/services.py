@@ -1,5 +1,5 @@
 """Reward services at their own scale: each service is a set of Ray actors, each hosting one gRPC
-server (rewards.server.BackgroundServer around the service's Scorer), plus a client that balances over
+server (rewards.hosting.BackgroundServer around the service's Scorer), plus a client that balances over
 their addresses. Replicas can be added or removed while training runs (`scale`); an external service
 is used by address instead (`rewards.addresses`).
 
@@ -42,7 +42,7 @@ class RewardReplica:
     """One replica: builds the scorer, serves it on this node, reports its address."""
 
     def __init__(self, service: Service, section: ServiceConfig) -> None:
-        from cocoedit.rewards.server import BackgroundServer
+        from cocoedit.rewards.hosting import BackgroundServer
 
         threads = use_cpus(section.scaling.cpus_per_replica)
         if getattr(section, "threads", None) == 0:

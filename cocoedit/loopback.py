@@ -1,6 +1,6 @@
 """Environment that keeps Ray, vLLM and gRPC traffic on 127.0.0.1 for local runs and tests.
 
-Ray and vLLM bind the machine's external address by default (ENV.md); these settings keep every
+Ray and vLLM bind the machine's external address by default (docs/architecture.md, Machine facts); these settings keep every
 port on loopback. They are applied by `cocoedit train` when it starts its own local Ray cluster,
 and by the test suite.
 """

@@ -1,4 +1,4 @@
-"""Group advantages, validity filtering, item bans and the NFT optimality probability (ALGORITHM.md s4).
+"""Group advantages, validity filtering, item bans and the NFT optimality probability (docs/algorithm.md section 4).
 
 Pure torch. Shapes: N edits of one epoch; groups are keyed by explicit `group_id` strings (never by
 instruction text). Standard deviations are population ones (ddof = 0), as numpy's `std` in the
@@ -93,7 +93,7 @@ def banned_items(
 
 def optimality_probability(advantages: torch.Tensor, adv_clip: float = 5.0) -> torch.Tensor:
     """r = clip(0.5 + clip(A, -adv_clip, adv_clip) / (2 adv_clip), 0, 1). [N] -> [N].
-    With the default adv_clip = 5 this is ALGORITHM.md's 0.5 + clip(A, -5, 5) / 10."""
+    With the default adv_clip = 5 this is docs/algorithm.md's 0.5 + clip(A, -5, 5) / 10."""
     return (0.5 + advantages.clamp(-adv_clip, adv_clip) / (2.0 * adv_clip)).clamp(0.0, 1.0)
 
 

@@ -1,5 +1,5 @@
 """Config of the learner: advantages, the NFT objective, the region regularizer, optimisation
-(ALGORITHM.md sections 4, 5, 7)."""
+(docs/algorithm.md sections 4, 5, 7)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The DiffusionNFT objective, CoCoEdit's region regularizer, the KL to the reference and the Flow-GRPO
-clipped objective (ALGORITHM.md sections 5 and 7). Pure torch. (The SDE step and its log-probability
+clipped objective (docs/algorithm.md sections 5 and 7). Pure torch. (The SDE step and its log-probability
 are the rollout's own `actors.samplers.sde_step`, so sampling and training cannot disagree.)
 
 Shapes: N edits; packed latents [N, L, D]; latent grid [N, C, h, w]; masks [N, 1, H, W] (pixels) or
@@ -265,7 +265,7 @@ def nft_objective(
     weights: RegionWeights | None,
     unpack: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = L_policy + L_reg + kl_weight * KL for one micro-batch at one timestep (ALGORITHM.md s5).
+    """L = L_policy + L_reg + kl_weight * KL for one micro-batch at one timestep (docs/algorithm.md section 5).
 
     x_t, x0, x_src, v, v_old, v_ref: packed [N, L, D]; t, r, valid: [N]; weights: the latent-grid regions
     (None or cfg.use_reg False: no regularizer); unpack: packed [N, L, D] -> grid [N, C, h, w];

@@ -1,4 +1,4 @@
-"""What a reward scorer implements; the gRPC server (rewards/server.py) does decoding, validation,
+"""What a reward scorer implements; the gRPC server (rewards/server.py, rewards/edits.py) does decoding, validation,
 concurrency and the wire format around it, so every service behaves the same."""
 
 from __future__ import annotations

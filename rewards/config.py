@@ -1,4 +1,4 @@
-"""Configs of the reward side (ALGORITHM.md section 3; DESIGN.md, Reward services).
+"""Configs of the reward side (docs/algorithm.md section 3; docs/architecture.md, Reward services).
 
 Every reward service's section (`rewards.<name>`) is a `ServiceConfig`: whether it runs, its `scaling`
 (replicas and what each asks of the cluster) and its gRPC `server`, plus its scorer's own settings.

@@ -1,4 +1,4 @@
-"""Benchmark judge prompts and robust parsing of their JSON answers (ALGORITHM.md section 6). Pure Python.
+"""Benchmark judge prompts and robust parsing of their JSON answers (docs/algorithm.md section 6). Pure Python.
 
 Two protocols, each a list of *questions* put to an MLLM judge for one edit:
 

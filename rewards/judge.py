@@ -1,4 +1,4 @@
-"""The MLLM judge's prompt and score maths (ALGORITHM.md section 3); pure Python, no vLLM.
+"""The MLLM judge's prompt and score maths (docs/algorithm.md section 3); pure Python, no vLLM.
 
 The judge sees [source, edited] images in that order (the released server passes them reversed),
 the instruction, and the CoCoEdit 0-5 rubric. Two score modes turn its answer into S in [0, 1]:

@@ -6,7 +6,7 @@ rewards/metrics_cv.py computes the same S_pix for one uint8 edit with OpenCV (no
 path of the pixel service (several times faster than torch there, see bench/pixel_service.py);
 this module is the batched path for GPUs, the benchmark conventions and the reference.
 
-Training reward (ALGORITHM.md section 3), `pixel_reward(...)`:
+Training reward (docs/algorithm.md section 3), `pixel_reward(...)`:
   - compat="standard": MSE over the pixels and channels of B; PSNR = 10 log10(1 / max(MSE, 1e-8));
     SSIM by normalised convolution restricted to B (Gaussian 11x11, sigma 1.5, zero padding, so pixels
     outside the image count as not kept), averaged over channels, then over B, clipped to [0, 1].
@@ -16,7 +16,7 @@ Training reward (ALGORITHM.md section 3), `pixel_reward(...)`:
   - S_pix = 0.35 SSIM + 0.65 clip(PSNR / 40, 0, 1); an empty B gives S_pix = 0. (Release PSNR is below
     0 dB when the keep region is nearly inverted; the clip keeps S_pix in [0, 1] in both modes.)
 
-Benchmark conventions (ALGORITHM.md section 6), `masked_psnr_ssim(..., convention=...)`:
+Benchmark conventions (docs/algorithm.md section 6), `masked_psnr_ssim(..., convention=...)`:
   - "keep-only": PSNR over the kept pixels; scikit-image's SSIM map (Gaussian, sigma 1.5,
     population covariance, symmetric padding) averaged over channels, then over the kept pixels.
   - "pie": both images multiplied by the keep mask, then full-image PSNR and scikit-image's mean

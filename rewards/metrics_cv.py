@@ -1,4 +1,4 @@
-"""The pixel reward S_pix (rewards/metrics.py, ALGORITHM.md section 3) for one uint8 edit on CPU, with
+"""The pixel reward S_pix (rewards/metrics.py, docs/algorithm.md section 3) for one uint8 edit on CPU, with
 OpenCV's separable filters on float32 row bands and numpy; no torch, so a CPU pixel service starts (and
 exits) without loading it.
 

@@ -87,7 +87,7 @@ def resolve_model_path(cfg: JudgeConfig) -> Path:
 
 
 class MLLMJudge(Scorer):
-    """Scores each edit with an MLLM judge on vLLM (ALGORITHM.md section 3, S_mllm)."""
+    """Scores each edit with an MLLM judge on vLLM (docs/algorithm.md section 3, S_mllm)."""
 
     service = "mllm"
     score_name = "mllm"

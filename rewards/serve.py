@@ -72,7 +72,7 @@ def service(name: str) -> Service:
 def serve(name: str, section: ServiceConfig, host: str, port: int) -> int:
     """Serve service `name` with config `section` on host:port until SIGTERM/SIGINT (graceful shutdown);
     returns the exit code."""
-    from cocoedit.rewards.server import run_standalone
+    from cocoedit.rewards.hosting import run_standalone
 
     scorer = service(name).scorer(section)
     return run_standalone(scorer, dataclasses.replace(section.server, host=host, port=port))

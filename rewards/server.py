@@ -1,8 +1,8 @@
 """The one gRPC server of every reward service (pixel, mllm, synthetic), around a `Scorer`.
 
     srv = await start_server(PixelScorer(PixelConfig()), ServerConfig(port=0))   # in an event loop
-    with BackgroundServer(scorer, ServerConfig()) as srv: ...srv.address...     # tests, Ray actors
-    run_standalone(scorer, cfg)                                                 # `cocoedit serve`
+    with BackgroundServer(scorer, ServerConfig()) as srv: ...srv.address...     # rewards.hosting
+    run_standalone(scorer, cfg)                                                 # rewards.hosting
 
 What every service gets from here, so they behave the same:
   - `grpc.aio`, explicit max message sizes, reflection, grpc.health.v1 (NOT_SERVING until
@@ -25,26 +25,22 @@ What every service gets from here, so they behave the same:
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import math
-import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 import grpc
-import numpy as np
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cocoedit.protos import reward_pb2, reward_pb2_grpc
 from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import ServerConfig
-from cocoedit.rewards.images import ImageDecodeError, PngHeader, check_png_header, decode_png, read_png_header
+from cocoedit.rewards.edits import check_edit, check_outcome, decode_edit
 from cocoedit.telemetry import record_server_request
 
 log = logging.getLogger(__name__)
@@ -68,130 +64,6 @@ def _cocoedit_version() -> str:
         return "unknown (not installed)"
 
 
-def _header(data: bytes, field: str, max_pixels: int) -> PngHeader:
-    try:
-        return check_png_header(read_png_header(data), max_pixels)
-    except ImageDecodeError as e:
-        raise ValueError(f"{field}: {e}") from None
-
-
-def _same_size(header: PngHeader, field: str, source: PngHeader) -> None:
-    if (header.width, header.height) != (source.width, source.height):
-        raise ValueError(
-            f"{field}: {header.width}x{header.height} (WxH) does not match source_image "
-            f"{source.width}x{source.height}"
-        )
-
-
-def _image_header(data: bytes, field: str, max_pixels: int) -> PngHeader:
-    header = _header(data, field, max_pixels)
-    if header.color_type in (4, 6):
-        raise ValueError(
-            f"{field}: has {header.channels} channels ({header.describe()}); send RGB (3) or grey (1) PNGs "
-            "(drop the alpha channel)"
-        )
-    return header
-
-
-class _Images(NamedTuple):
-    """The PNG bytes of an edit, read once (every read of a bytes field of a message copies it)."""
-
-    source: bytes
-    edited: bytes
-    mask: bytes
-    target: bytes
-
-    @classmethod
-    def of(cls, edit: reward_pb2.Edit) -> _Images:
-        return cls(edit.source_image, edit.edited_image, edit.edit_mask, edit.target_image)
-
-
-def check_edit(edit: reward_pb2.Edit, scorer: Scorer, max_image_pixels: Optional[int] = None) -> int:
-    """Check an edit from its PNG headers alone (nothing is decoded); return the bytes its decoded images
-    will take. Raises ValueError naming the field: missing parts, non-PNG bytes, sizes that differ or are
-    over `max_image_pixels`, 16-bit or alpha images, a mask that is not single-channel."""
-    return _check(edit, _Images.of(edit), scorer, max_image_pixels)
-
-
-def _check(edit: reward_pb2.Edit, images: _Images, scorer: Scorer, max_image_pixels: Optional[int]) -> int:
-    limit = max_image_pixels or 2**62
-    if scorer.needs_instruction and not edit.instruction.strip():
-        raise ValueError(f"instruction: empty, but the {scorer.service} service needs the edit instruction")
-    for name, data in (("source_image", images.source), ("edited_image", images.edited)):
-        if not data:
-            raise ValueError(f"{name}: missing (empty bytes)")
-    source = _image_header(images.source, "source_image", limit)
-    _same_size(_image_header(images.edited, "edited_image", limit), "edited_image", source)
-    per_pixel = 3 + 3  # source and edited, uint8 RGB (grey is expanded)
-    if images.mask:
-        mask = _header(images.mask, "edit_mask", limit)
-        if mask.channels != 1:
-            raise ValueError(
-                f"edit_mask: has {mask.channels} channels ({mask.describe()}); send a single-channel (grey) "
-                "PNG, 255 = edit"
-            )
-        _same_size(mask, "edit_mask", source)
-        per_pixel += 1 + 4  # decoded uint8, kept as float32
-    elif scorer.needs_mask:
-        raise ValueError(f"edit_mask: missing, but the {scorer.service} service needs the edit mask")
-    if images.target:
-        _same_size(_image_header(images.target, "target_image", limit), "target_image", source)
-        per_pixel += 3
-    elif scorer.needs_target:
-        raise ValueError(f"target_image: missing, but the {scorer.service} service needs the target image")
-    return source.pixels * per_pixel
-
-
-def _decode_rgb(data: bytes, field: str) -> np.ndarray:
-    """[H, W, 3] uint8 from PNG bytes of RGB, grey or palette (header already checked)."""
-    try:
-        image = decode_png(data)
-    except ImageDecodeError as e:
-        raise ValueError(f"{field}: {e}") from None
-    if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
-    if image.shape[2] != 3:
-        raise ValueError(
-            f"{field}: has {image.shape[2]} channels; send RGB (3) or grey (1) PNGs (drop the alpha channel)"
-        )
-    return image
-
-
-def decode_edit(edit: reward_pb2.Edit, scorer: Scorer, max_image_pixels: Optional[int] = None) -> DecodedEdit:
-    """Check (check_edit) then decode one edit for `scorer`; raise ValueError naming the field on bad input."""
-    images = _Images.of(edit)
-    _check(edit, images, scorer, max_image_pixels)
-    source = _decode_rgb(images.source, "source_image")
-    edited = _decode_rgb(images.edited, "edited_image")
-    warnings: list[str] = []
-    mask = None
-    if images.mask:
-        try:
-            raw = decode_png(images.mask)
-        except ImageDecodeError as e:
-            raise ValueError(f"edit_mask: {e}") from None
-        if raw.ndim != 2:
-            raise ValueError(
-                f"edit_mask: has {raw.shape[2]} channels; send a single-channel (grey) PNG, 255 = edit"
-            )
-        # raw + 1 wraps 255 to 0: only 0 and 255 stay <= 1 (one pass, unlike np.isin)
-        if np.any(raw + np.uint8(1) > 1):
-            warnings.append("edit_mask was not binary (values other than 0 and 255); binarised at 0.5")
-        mask = (raw >= 128).astype(np.float32)  # 128/255 >= 0.5 > 127/255
-    target = _decode_rgb(images.target, "target_image") if images.target else None
-    return DecodedEdit(
-        edit_id=edit.edit_id,
-        group_id=edit.group_id,
-        policy_version=edit.policy_version,
-        instruction=edit.instruction,
-        source_image=source,
-        edited_image=edited,
-        edit_mask=mask,
-        target_image=target,
-        warnings=warnings,
-    )
-
-
 @dataclass(frozen=True)
 class _CorruptRequest:
     """What the request deserializer returns for bytes that are not the expected message."""
@@ -213,22 +85,6 @@ def _parser(message_type: type) -> Callable[[bytes], object]:
             )
 
     return parse
-
-
-def _check_outcome(outcome: EditOutcome) -> Optional[str]:
-    """Why a scorer's outcome cannot go on the wire as is, or None."""
-    if (outcome.score is None) == (outcome.error is None):
-        return "scorer returned neither or both of score and error"
-    if outcome.error is not None:
-        return None
-    if not math.isfinite(outcome.score):
-        return f"scorer returned a non-finite score ({outcome.score})"
-    if not -1e-6 <= outcome.score <= 1 + 1e-6:
-        return f"scorer returned score {outcome.score}, outside [0, 1]"
-    bad = {k: v for k, v in outcome.components.items() if not math.isfinite(v)}
-    if bad:
-        return f"scorer returned non-finite components {bad}"
-    return None
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
@@ -426,7 +282,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 item.error = result
                 continue
             item.warnings.extend(result.warnings)
-            problem = _check_outcome(result)
+            problem = check_outcome(result)
             if problem is not None:
                 item.error = problem
             elif result.error is not None:
@@ -560,130 +416,3 @@ async def start_server(scorer: Scorer, cfg: ServerConfig, wait_loaded: bool = Tr
             await srv.stop(0)
             raise
     return srv
-
-
-class BackgroundServer:
-    """A reward server on its own event-loop thread, for tests and Ray actors.
-
-        with BackgroundServer(PixelScorer(PixelConfig()), ServerConfig()) as srv:
-            client = RewardClient([srv.address], ClientConfig(), "pixel")
-
-    `start()` returns once the server is bound (and loaded, when wait_loaded); `stop()` shuts it down.
-    """
-
-    def __init__(self, scorer: Scorer, cfg: ServerConfig, wait_loaded: bool = True) -> None:
-        self.scorer = scorer
-        self.cfg = cfg
-        self.wait_loaded = wait_loaded
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self.server: Optional[RewardServer] = None
-        self._thread: Optional[threading.Thread] = None
-        self._started = threading.Event()
-        self._error: Optional[BaseException] = None
-        self._done: Optional[asyncio.Event] = None
-
-    @property
-    def port(self) -> int:
-        return self._require().port
-
-    @property
-    def address(self) -> str:
-        return self._require().address
-
-    def _require(self) -> RewardServer:
-        if self.server is None:
-            raise RuntimeError("BackgroundServer is not running; call start() or use it as a context manager")
-        return self.server
-
-    def start(self) -> BackgroundServer:
-        if self._thread is not None:
-            raise RuntimeError("BackgroundServer already started")
-        self._thread = threading.Thread(target=self._run, name=f"{self.scorer.service}-server", daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._error is not None:
-            self._thread.join()
-            raise RuntimeError(
-                f"{self.scorer.service} server failed to start: {self._error!r}"
-            ) from self._error
-        return self
-
-    def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._main())
-        finally:
-            self.loop.close()
-
-    async def _main(self) -> None:
-        self._done = asyncio.Event()
-        try:
-            self.server = await start_server(self.scorer, self.cfg, wait_loaded=self.wait_loaded)
-        except BaseException as e:
-            self._error = e
-            self._started.set()
-            return
-        self._started.set()
-        await self._done.wait()
-
-    def run_coroutine(self, coro):  # type: ignore[no-untyped-def]
-        """Run a coroutine on the server's loop from another thread; return its result."""
-        if self.loop is None:
-            raise RuntimeError("BackgroundServer is not running")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def stop(self, grace_s: Optional[float] = None) -> None:
-        """Stop serving (in-flight calls get up to grace_s) and join the thread. Idempotent."""
-        if self._thread is None or self.loop is None or self.server is None:
-            return
-        if self._thread.is_alive():
-            self.run_coroutine(self._shutdown(grace_s))
-            self._thread.join()
-        self._thread = None
-
-    async def _shutdown(self, grace_s: Optional[float]) -> None:
-        try:
-            await self._require().stop(grace_s)
-        finally:
-            assert self._done is not None
-            self._done.set()
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def run_standalone(scorer: Scorer, cfg: ServerConfig) -> int:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully (cfg.grace_s). Returns the exit code.
-
-    Health answers NOT_SERVING while the scorer loads; a failed load exits with code 1.
-    """
-
-    async def main() -> int:
-        # The objects of the imports live as long as the process: frozen, the collector skips them,
-        # also in its passes at exit (measured: ~0.4 s of the time from SIGTERM to exit on 2 busy cores).
-        gc.freeze()
-        srv = await start_server(scorer, cfg, wait_loaded=False)
-        print(f"{scorer.service} reward service listening on {srv.address}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        stopper = loop.create_task(stop.wait())
-        done, _ = await asyncio.wait({srv.load_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if srv.load_task in done and srv.load_task.exception() is not None:
-            print(f"{scorer.service} scorer failed to load: {srv.load_task.exception()!r}", flush=True)
-            stopper.cancel()
-            await srv.stop(0)
-            return 1
-        if srv.load_task in done:
-            print(f"{scorer.service} reward service SERVING on {srv.address}", flush=True)
-            await stopper
-        print(f"{scorer.service} reward service shutting down (grace {cfg.grace_s} s)", flush=True)
-        await srv.stop()
-        return 0
-
-    return asyncio.run(main())

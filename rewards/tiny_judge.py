@@ -5,7 +5,7 @@
 
 The weights are random, so its scores mean nothing; what is real is everything around them: the
 Qwen2.5-VL architecture as vLLM runs it, the image processor, a BPE tokenizer with the digits "0".."9"
-as single tokens and the Qwen chat special tokens, and the chat template. Shapes follow ENV.md: text
+as single tokens and the Qwen chat special tokens, and the chat template. Shapes follow docs/architecture.md (Machine facts): text
 hidden 128, 2 heads of head_dim 64 (head_dim 16 fails in vLLM's CPU attention), 2 layers, vision
 depth 2. The output rows of the digit tokens are scaled up so that, like a real judge asked for a
 number, the first generated token is almost always a digit (the digits sit in vLLM's top-k logprobs).

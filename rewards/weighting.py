@@ -1,4 +1,4 @@
-"""R = sum_k w_k S_k over the reward services' outcomes (ALGORITHM.md section 3).
+"""R = sum_k w_k S_k over the reward services' outcomes (docs/algorithm.md section 3).
 
     rewards = combine({"mllm": mllm_outcomes, "pixel": pixel_outcomes}, {"mllm": 0.9, "pixel": 0.1})
     rewards.total, rewards.scored, rewards.metrics()

@@ -2,8 +2,11 @@
 
     policy = load_policy(PolicyConfig(family="flux_kontext", model_path="/models/FLUX.1-Kontext-dev"))
 
-`FAMILIES` is the one registry of model families: a family's name, its EditPolicy class and the
-diffusers pipeline class its checkpoints name in `model_index.json`.
+`FAMILIES` is the one registry of model families: a family's name, its EditPolicy class, the diffusers
+pipeline class its checkpoints name in `model_index.json` and the stock pipeline's generation settings.
+A new family is a module with its EditPolicy subclass plus one `Family(...)` line here (README,
+Extending). This module imports no torch, so the config loader can check `policy.family` in
+milliseconds; the policy classes are imported when used.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cocoedit.actors.config import PolicyConfig
-from cocoedit.actors.policies.base import EditPolicy, Parts
+
+if TYPE_CHECKING:
+    from cocoedit.actors.policies.base import EditPolicy, Parts
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,13 @@ class Family:
     name: str  # policy.family
     policy: str  # "module:Class" of its EditPolicy (imported only when used)
     pipeline: str  # the diffusers pipeline class a checkpoint of this family names in model_index.json
+    # The stock pipeline's generation (cocoedit eval's defaults): Euler steps, distilled guidance
+    # (FLUX-Kontext's guidance embedding; 1.0 where the model has none), true CFG against a negative
+    # prompt with the conditional-norm rescale (Qwen-Image-Edit's; 1.0 = off, and False = never).
+    num_steps: int
+    guidance: float
+    true_cfg_scale: float
+    true_cfg: bool
 
     def policy_class(self) -> type[EditPolicy]:
         module, _, cls = self.policy.partition(":")
@@ -32,17 +45,31 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family(
-            "flux_kontext", "cocoedit.actors.policies.flux_kontext:FluxKontextPolicy", "FluxKontextPipeline"
+            "flux_kontext",
+            "cocoedit.actors.policies.flux_kontext:FluxKontextPolicy",
+            "FluxKontextPipeline",
+            num_steps=28,
+            guidance=2.5,
+            true_cfg_scale=1.0,
+            true_cfg=False,
         ),
         Family(
             "qwen_image_edit",
             "cocoedit.actors.policies.qwen_image_edit:QwenImageEditPolicy",
             "QwenImageEditPipeline",
+            num_steps=40,
+            guidance=1.0,
+            true_cfg_scale=4.0,
+            true_cfg=True,
         ),
         Family(
             "qwen_image_edit_plus",
             "cocoedit.actors.policies.qwen_image_edit:QwenImageEditPlusPolicy",
             "QwenImageEditPlusPipeline",
+            num_steps=40,
+            guidance=1.0,
+            true_cfg_scale=4.0,
+            true_cfg=True,
         ),
     )
 }

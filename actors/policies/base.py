@@ -1,4 +1,4 @@
-"""The one narrow interface every edit-model family implements (DESIGN.md, Policies).
+"""The one narrow interface every edit-model family implements (docs/architecture.md, Policies).
 
 Latents are *packed*: [N, L, D] token sequences as the diffusers transformers consume them
 (FLUX packs 2x2 patches of the VAE latent; Qwen-Image likewise). `unpack` gives [N, C, h, w] on the
@@ -39,6 +39,12 @@ class EditPolicy(ABC):
     @abstractmethod
     def pipeline_class(cls) -> type:
         """The stock diffusers pipeline class of this family (what loads an exported LoRA)."""
+
+    @classmethod
+    def stock_call_kwargs(cls, pipe: object, height: int, width: int, guidance: float) -> dict:
+        """Arguments the stock pipeline needs beyond image/prompt/size/generator to edit at exactly
+        height x width with the family's distilled `guidance` (`cocoedit edit`); none by default."""
+        return {}
 
     @abstractmethod
     def components(self) -> dict[str, nn.Module]:

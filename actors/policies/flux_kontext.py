@@ -55,6 +55,16 @@ class FluxKontextPolicy(DiffusersEditPolicy):
 
         return FluxKontextPipeline
 
+    @classmethod
+    def stock_call_kwargs(cls, pipe: Any, height: int, width: int, guidance: float) -> dict:
+        # the pipeline would otherwise resize to its preferred resolutions and cap the prompt at 512
+        return dict(
+            guidance_scale=guidance,
+            max_area=height * width,
+            _auto_resize=False,
+            max_sequence_length=min(512, pipe.tokenizer_2.model_max_length),
+        )
+
     @staticmethod
     def latent_geometry(vae_config: dict) -> tuple[int, int]:
         return 2 ** (len(vae_config["block_out_channels"]) - 1), vae_config["latent_channels"]

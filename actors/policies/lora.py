@@ -1,4 +1,4 @@
-"""LoRA views of one transformer via peft (ALGORITHM.md section 5).
+"""LoRA views of one transformer via peft (docs/algorithm.md section 5).
 
 Adapters: `default` (theta, trained, gaussian init), `old` (theta_old, samples; starts equal to
 `default`); the reference policy is the transformer with adapters disabled. Only `default` is trainable.

@@ -1,4 +1,4 @@
-"""Advantages, validity, bans and r on hand-computed reward tables (ALGORITHM.md s4)."""
+"""Advantages, validity, bans and r on hand-computed reward tables (docs/algorithm.md section 4)."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ class TargetScorer(Scorer):
 @pytest.fixture
 def serve() -> Iterator[Callable]:
     """serve(scorer, **server_cfg) -> a started BackgroundServer on a free port, stopped after the test."""
-    from cocoedit.rewards.server import BackgroundServer
+    from cocoedit.rewards.hosting import BackgroundServer
 
     servers = []
 
@@ -111,8 +111,8 @@ def serve() -> Iterator[Callable]:
 @pytest.fixture(scope="module")
 def pixel_server() -> Iterator:
     """One standard-mode pixel server per test module."""
+    from cocoedit.rewards.hosting import BackgroundServer
     from cocoedit.rewards.pixel import PixelScorer
-    from cocoedit.rewards.server import BackgroundServer
 
     with BackgroundServer(PixelScorer(PixelConfig(threads=1)), ServerConfig(grace_s=0.5)) as srv:
         yield srv

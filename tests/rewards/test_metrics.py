@@ -38,7 +38,7 @@ def batch(rng: np.random.Generator, n: int, h: int, w: int, noise: float = 0.05)
 
 
 def reference_s_pix(x: np.ndarray, y: np.ndarray, edit_mask: np.ndarray, compat: str) -> dict[str, float]:
-    """Float64 transcription of ALGORITHM.md section 3 with scipy filters. x, y [3,H,W]; mask [H,W]."""
+    """Float64 transcription of docs/algorithm.md section 3 with scipy filters. x, y [3,H,W]; mask [H,W]."""
     keep = (edit_mask < 0.5).astype(np.float64)
     x, y = x.astype(np.float64), y.astype(np.float64)
     area = keep.sum()

@@ -42,8 +42,8 @@ def judge_cfg(judge_dir: Path) -> JudgeConfig:
 
 @pytest.fixture(scope="module")
 def judge_server(judge_cfg: JudgeConfig) -> Iterator:
+    from cocoedit.rewards.hosting import BackgroundServer
     from cocoedit.rewards.mllm import MLLMJudge
-    from cocoedit.rewards.server import BackgroundServer
 
     with BackgroundServer(MLLMJudge(judge_cfg), ServerConfig(grace_s=1.0)) as srv:
         yield srv

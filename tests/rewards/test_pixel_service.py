@@ -354,7 +354,7 @@ def test_sigterm_shuts_down_cocoedit_serve_gracefully(fast_client_cfg) -> None:
 def test_parallel_edits_equal_sequential_scoring() -> None:
     import cv2
 
-    from cocoedit.rewards.server import decode_edit
+    from cocoedit.rewards.edits import decode_edit
 
     scorer = PixelScorer(PixelConfig(threads=2))
     decoded = [decode_edit(e, scorer) for e in make_edits(7, 24, 24, seed=9)]
@@ -480,8 +480,8 @@ def test_corrupt_request_bytes_are_invalid_argument(pixel_server) -> None:
 def test_stop_event_and_batched_torch_path(monkeypatch) -> None:
     import threading
 
+    from cocoedit.rewards.edits import decode_edit
     from cocoedit.rewards.metrics_cv import ScoringStopped
-    from cocoedit.rewards.server import decode_edit
 
     scorer = PixelScorer(PixelConfig(threads=1))
     decoded = [
