@@ -19,6 +19,7 @@ config); write it with `cocoedit data synth` to train on it at large sizes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import warnings
@@ -165,6 +166,32 @@ def load_index(cfg: DataConfig) -> dict[str, EditItem | ItemRef]:
         cfg.validate,
     )
     return {ref.item_id: ref for ref in result.refs}
+
+
+def split_held_out(cfg: DataConfig, n: int) -> tuple[dict[str, EditItem | ItemRef], list[EditItem | ItemRef]]:
+    """(training items by id as `load_index` gives them, `n` held-out items never trained on): the fixed
+    evaluation set's source.
+
+    The synthetic task generates `n` more items after its `synth_num` training items (item i is the same
+    whatever the count); a data file gives up the `n` items whose ids hash lowest (sha256), so the split
+    does not depend on the order of the file."""
+    if n < 0:
+        raise ValueError(f"held-out item count must be >= 0, got {n}")
+    if cfg.manifest is None:
+        from cocoedit.actors.synth import synthetic_items
+
+        items = synthetic_items(cfg.synth_num + n, cfg.image_size, cfg.synth_seed)
+        return {item.item_id: item for item in items[: cfg.synth_num]}, items[cfg.synth_num :]
+    index = load_index(cfg)
+    if n >= len(index):
+        raise ValueError(
+            f"{cfg.manifest} has {len(index)} items; holding out {n} for evaluation (run.eval_items) leaves "
+            f"none to train on: lower run.eval_items or add data"
+        )
+    held = set(sorted(index, key=lambda i: hashlib.sha256(i.encode()).digest())[:n])
+    return {i: item for i, item in index.items() if i not in held}, [
+        item for i, item in index.items() if i in held
+    ]
 
 
 def load_edit_data(

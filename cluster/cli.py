@@ -5,6 +5,7 @@
     cocoedit data curate --input IN [IN ...] --out DIR [--num N] [--format manifest|cocoedit40k] [key=value ...]
     cocoedit config show [--config FILE] [key=value ...]
     cocoedit train [--config FILE] [--resume [CHECKPOINT]] [--dry-run] [key=value ...]
+    cocoedit sweep [--config FILE] --grid KEY=V1,V2 [--grid ...] [--seeds N] [--out DIR] [key=value ...]
     cocoedit pretrain-tiny --out DIR
     cocoedit plan [--config FILE] [--gpu-memory GiB] [--dry-run] [key=value ...]
     cocoedit build-model --family F [--dims tiny|real] [--depth N] --out DIR
@@ -41,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "data curate": ("cocoedit.cluster.curate", "cli_curate", True),
     "config show": ("cocoedit.cluster.cli", "cli_show_config", True),
     "train": ("cocoedit.cluster.train", "cli_train", True),
+    "sweep": ("cocoedit.cluster.sweep", "cli_sweep", True),
     "pretrain-tiny": ("cocoedit.cluster.cli", "cli_pretrain", True),
     "plan": ("cocoedit.cluster.plan", "cli_plan", True),
     "build-model": ("cocoedit.actors.policies.builders", "cli_build_model", False),
@@ -153,6 +155,28 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="saved weights")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--out", required=True)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="a grid of training runs on Ray Tune (settings x seeds) and its report",
+        description="Each trial is a full training run with the config, its overrides and one point of the "
+        "grid; the same command resumes an interrupted sweep. Writes OUT/report.{md,png,html}.",
+    )
+    _add_config_args(sweep)
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="one axis of the grid (repeatable); tie keys with '+': learner.lam_pos+learner.lam_neg=0+0,0.8+0.5",
+    )
+    sweep.add_argument(
+        "--seeds", type=int, default=1, help="runs per setting (data/rollout/learner seed 0..N-1)"
+    )
+    sweep.add_argument("--out", default="runs/sweep", help="sweep folder: Tune state, trial runs, report")
+    sweep.add_argument(
+        "--max-concurrent", type=int, default=0, help="trials at once (0 = as many as the cluster holds)"
+    )
 
     pre = sub.add_parser(
         "pretrain-tiny", help="pre-train the tiny editor on the synthetic task (CPU, minutes)"

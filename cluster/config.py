@@ -44,9 +44,9 @@ class RunConfig:
     image_every: Annotated[int, Range(ge=0)] = 10  # 0 = never
     checkpoint_every: Annotated[int, Range(ge=0)] = 10  # 0 = only after the last epoch
     keep_checkpoints: Annotated[int, Range(ge=1)] = 3
-    # Every eval_every epochs (and at the last) the current sampling policy edits a FIXED set (the first
-    # eval_items items x eval_seeds noise seeds) and the reward services score it: a learning curve free
-    # of the noise of which items an epoch happened to draw. 0 = never.
+    # Every eval_every epochs (and at the last) the current sampling policy edits a FIXED set (eval_items
+    # items held out of training, actors.data.split_held_out, x eval_seeds noise seeds) and the reward
+    # services score it: a held-out learning curve free of the noise of which items an epoch drew. 0 = never.
     eval_every: Annotated[int, Range(ge=0)] = 0
     eval_items: Annotated[int, Range(ge=1)] = 8
     eval_seeds: Annotated[int, Range(ge=1)] = 2

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from cocoedit.cluster.eval_report import _CSS, _SCRIPT, _png_uri, _table, bar_chart, mask_overlay
+from cocoedit.cluster.eval_report import CSS, SCRIPT, _png_uri, bar_chart, html_table, mask_overlay
 
 THUMB = 160  # px, longer side of gallery images
 # text columns read left to right, and unbroken answers ("0000...") wrap instead of widening the page
@@ -86,7 +86,7 @@ def _gallery(records: Sequence[dict[str, Any]], out: Path) -> str:
         if r.get("error"):
             text += f"<br><small>error: {html.escape(r['error'][:200])}</small>"
         rows.append([source, target, overlay, f'<div style="text-align:left;max-width:420px">{text}</div>'])
-    return _table(["source", "target", "mask overlay", "item"], rows, "gallery")
+    return html_table(["source", "target", "mask overlay", "item"], rows, "gallery")
 
 
 def _failures(title: str, entries: Sequence[dict[str, Any]], limit: int = 20) -> str:
@@ -100,7 +100,7 @@ def _failures(title: str, entries: Sequence[dict[str, Any]], limit: int = 20) ->
     note = f"{len(entries)} items, {distinct} distinct answers"
     if len(entries) > limit:
         note += f"; the first {limit} shown, all in summary.json"
-    return f"<h3>{html.escape(title)} ({len(entries)})</h3><p class='meta'>{note}</p>" + _table(
+    return f"<h3>{html.escape(title)} ({len(entries)})</h3><p class='meta'>{note}</p>" + html_table(
         ["item", "error", "answer"], rows, "fail"
     )
 
@@ -147,17 +147,17 @@ def write_report(
     readable = [r for r in records if not r.get("error")]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>cocoedit data curate</title><style>{_CSS}{_EXTRA_CSS}</style>{_SCRIPT}</head><body>",
+        f"<title>cocoedit data curate</title><style>{CSS}{_EXTRA_CSS}</style>{SCRIPT}</head><body>",
         "<h1>cocoedit data curate</h1>",
-        _table(
+        html_table(
             ["", ""],
             [[html.escape(k), f'<span class="meta">{html.escape(v)}</span>'] for k, v in info.items()],
             "info",
         ),
         "<h2>Filters</h2>",
-        _table(["filter", "keeps", "reached", "passed", "pass rate"], funnel_rows, "funnel"),
+        html_table(["filter", "keeps", "reached", "passed", "pass rate"], funnel_rows, "funnel"),
         "<h2>Edit types</h2>",
-        _table(
+        html_table(
             ["edit type", "in", "kept"],
             [[html.escape(t), str(v["in"]), str(v["kept"])] for t, v in summary["tasks"].items()],
             "tasks",

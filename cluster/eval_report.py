@@ -143,7 +143,8 @@ def _png_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
 
 
-_CSS = """
+# The style of every self-contained report page (evaluation, curation, sweep).
+CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
@@ -155,7 +156,7 @@ td.l,th.l{text-align:left}.pos{color:#0a7a2a}.neg{color:#b3261e}
 """
 
 # Counts images that fail to decode, so a broken report is detectable (headless browsers, tests).
-_SCRIPT = """
+SCRIPT = """
 <script>
 window.addEventListener('load', function () {
   var imgs = document.images, broken = 0;
@@ -167,7 +168,8 @@ window.addEventListener('load', function () {
 """
 
 
-def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+def html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+    """A <table> of the reports (CSS): `header` escaped here, `rows` already HTML; first column left."""
     out = [f'<table class="{cls}"><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     for r in rows:
         out.append(
@@ -268,7 +270,7 @@ def _gallery(
             scores += f"<br><small>judge error: {html.escape(r['judge_error'][:200])}</small>"
         cells.append(f'<div style="text-align:left">{scores}</div>')
         out.append(cells)
-    return _table(header, out, "gallery")
+    return html_table(header, out, "gallery")
 
 
 def write_html(
@@ -296,9 +298,9 @@ def write_html(
     }
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>cocoedit eval: {html.escape(results['bench'])}</title><style>{_CSS}</style>{_SCRIPT}</head><body>",
+        f"<title>cocoedit eval: {html.escape(results['bench'])}</title><style>{CSS}</style>{SCRIPT}</head><body>",
         f"<h1>cocoedit eval - {html.escape(results['bench'])}</h1>",
-        _table(
+        html_table(
             ["", ""],
             [[html.escape(k), f'<span class="meta">{html.escape(v)}</span>'] for k, v in meta.items()],
             "info",
@@ -306,7 +308,7 @@ def write_html(
         "<h2>Overall</h2>",
         f"<p class='meta'>{html.escape(results['aggregation'])}; PSNR capped at "
         f"{results['metrics']['psnr_cap_db']:g} dB (MSE floor 1e-8).</p>",
-        _table(
+        html_table(
             ["metric", "overall (mean of group means)", "item mean"],
             [
                 [
@@ -326,7 +328,7 @@ def write_html(
         )
     parts.append("<h2>Per group</h2>")
     parts.append(
-        _table(
+        html_table(
             ["group", "n", *(LABELS.get(k, k) for k in keys), "judge failures"],
             [
                 [html.escape(name), str(g["n"]), *(_fmt(g[k], k) for k in keys), str(g["judge_failures"])]
@@ -358,7 +360,7 @@ def write_html(
     if failed:
         parts.append("<h2>Judge failures</h2>")
         parts.append(
-            _table(
+            html_table(
                 ["item", "error"],
                 [
                     [html.escape(r["id"]), f"<small>{html.escape(r['judge_error'][:400])}</small>"]
@@ -425,10 +427,10 @@ def compare_runs(run_a: Path, run_b: Path, out_html: Path) -> tuple[str, Path]:
         if k in (a.get("primary"), "psnr_keep")
     )
     page = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cocoedit eval compare</title><style>{_CSS}</style>"
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cocoedit eval compare</title><style>{CSS}</style>"
         f"</head><body><h1>cocoedit eval compare - {html.escape(a['bench'])}</h1>"
         f"<p>A = {html.escape(str(run_a))}<br>B = {html.escape(str(run_b))}</p>"
-        f"<p>{html.escape(note)}</p>{_table(header, table_rows, 'compare')}<div class='charts'>{charts}</div></body></html>"
+        f"<p>{html.escape(note)}</p>{html_table(header, table_rows, 'compare')}<div class='charts'>{charts}</div></body></html>"
     )
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(page, encoding="utf-8")

@@ -15,6 +15,11 @@ On an autoscaling cluster, where nodes join on demand, set `run.check_resources=
 
 Reward replicas are not in placement groups: they are added and removed while training runs
 (cluster/services.py), each checked against the resources available at that moment.
+
+A run started inside a placement group (a Ray Tune trial of `cocoedit sweep`) reserves nothing of its
+own: the trial's group already holds `run_bundles(cfg)`, and the learner ranks and rollout workers take
+their bundles in it. Its reward replicas land in the remaining bundles, because Tune captures the
+actors a trial starts into the trial's group.
 """
 
 from __future__ import annotations
@@ -128,6 +133,28 @@ def check_cluster(wanted: list[Demand], total: dict[str, float], nodes: list[dic
             left -= need
 
 
+def run_bundles(cfg: Any) -> list[dict[str, float]]:
+    """Every bundle a run needs, in the order it uses them inside one placement group (a Tune trial):
+    the learner ranks (or, with run.colocate, the rollout worker + learner rank pairs), the rollout
+    workers, then each reward service's replicas (at most max_replicas when it autoscales)."""
+    rollout, learner = cfg.rollout, cfg.learner
+    if cfg.run.colocate:
+        pair = _bundle(
+            rollout.cpus_per_worker + learner.cpus_per_rank, rollout.gpus_per_worker + learner.gpus_per_rank
+        )
+        bundles = [pair] * learner.world_size
+    else:
+        bundles = [_bundle(learner.cpus_per_rank, learner.gpus_per_rank)] * learner.world_size
+        bundles += [_bundle(rollout.cpus_per_worker, rollout.gpus_per_worker)] * rollout.num_workers
+    for name in cfg.rewards.weights:
+        if name in cfg.rewards.addresses:
+            continue  # an external service: not ours to place
+        scaling = cfg.rewards.service(name).scaling
+        count = scaling.max_replicas if scaling.target_score_s is not None else scaling.replicas
+        bundles += [_bundle(scaling.cpus_per_replica, scaling.gpus_per_replica)] * count
+    return bundles
+
+
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
     bundle = {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
     if not bundle:
@@ -145,6 +172,12 @@ class Placement:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        self.owned = True  # False inside a trial's placement group: the trial's, not ours to remove
+        self._first: dict[str, int] = {}  # role -> index of its first bundle in its group
+        trial = ray.util.get_current_placement_group()
+        if trial is not None:
+            self._join(trial)
+            return
         if cfg.run.check_resources:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
             check_cluster(demands(cfg), ray.cluster_resources(), nodes)
@@ -172,6 +205,30 @@ class Placement:
             )
         self._wait(cfg.run.placement_timeout_s)
 
+    def _join(self, group: PlacementGroup) -> None:
+        """Use the bundles of the placement group this process runs in, laid out as `run_bundles`."""
+        wanted = run_bundles(self.cfg)
+        have = [{k: v for k, v in b.items() if k in ("CPU", "GPU") and v} for b in group.bundle_specs]
+        if have != wanted:
+            raise PlacementError(
+                f"this run is inside a placement group (a Ray Tune trial) whose bundles {have} are not the "
+                f"run's {wanted}: give the trial `run_bundles(cfg)` of the config it runs "
+                f"(cocoedit sweep does), or start the run outside any placement group"
+            )
+        if self.cfg.run.pin_cpus:
+            raise PlacementError(
+                "run.pin_cpus pins to this machine's cores, which trials side by side would share: set "
+                "run.pin_cpus=false for a run inside a placement group (a Ray Tune trial)"
+            )
+        self.owned = False
+        self.cores = {}
+        self._first = {
+            "learner ranks": 0,
+            "rollout workers": 0 if self.cfg.run.colocate else self.cfg.learner.world_size,
+        }
+        self.groups = {role: group for role in self._first}
+        self.groups["colocated rollout workers + learner ranks"] = group
+
     def _wait(self, timeout_s: float) -> None:
         refs = {pg.ready(): role for role, pg in self.groups.items()}
         ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
@@ -193,7 +250,7 @@ class Placement:
             "num_cpus": cpus,
             "num_gpus": gpus,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                self.groups[key], placement_group_bundle_index=index
+                self.groups[key], placement_group_bundle_index=self._first.get(role, 0) + index
             ),
         }
 
@@ -212,8 +269,8 @@ class Placement:
         return self.cores[role][index] if self.cores else None
 
     def close(self) -> None:
-        """Remove the placement groups (the actors in them must be gone first)."""
-        for pg in self.groups.values():
+        """Remove the placement groups (the actors in them must be gone first); a trial's stay."""
+        for pg in self.groups.values() if self.owned else ():
             try:
                 remove_placement_group(pg)
             except Exception as e:  # noqa: BLE001 - already gone with the cluster

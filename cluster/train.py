@@ -29,7 +29,7 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
-from cocoedit.actors.data import load_index
+from cocoedit.actors.data import split_held_out
 from cocoedit.actors.epochs import EpochSampler
 from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
 from cocoedit.cluster.config import Config
@@ -219,7 +219,8 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
         )  # first: fails within run.placement_timeout_s, naming the role
         cfg = resolve_models(cfg)
         log_plan(cfg)  # devices and memory per role (cocoedit plan)
-        items = load_index(cfg.data)
+        # the fixed evaluation set is held out of training (items the policy never trains on)
+        items, held_out = split_held_out(cfg.data, cfg.run.eval_items if cfg.run.eval_every else 0)
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
         runlog = _closing(parts, RunLog(cfg, resume=ckpt is not None))
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
@@ -239,7 +240,7 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
             services=services,
             rollouts=RolloutQueue(rollout, sampler, items, start, cfg.run.epochs),
             guard=guard,
-            fixed=fixed_eval_items(list(items.values()), cfg.run.eval_items, cfg.run.eval_seeds),
+            fixed=fixed_eval_items(held_out, cfg.run.eval_items, cfg.run.eval_seeds),
             start=start,
             version=version,
         )

@@ -10,7 +10,6 @@ import json
 import math
 import multiprocessing
 import shutil
-import subprocess
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -36,6 +35,7 @@ from cocoedit.rewards.eval_prompts import (
     imgedit_questions,
     parse_json_answer,
 )
+from tests.browser import open_in_chromium
 
 NUM_ITEMS = 8
 SIZE = 32
@@ -135,30 +135,9 @@ def test_eval_writes_results_json_and_report(policy_run: Path) -> None:
 
 
 def test_report_opens_in_headless_chromium(policy_run: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if chromium is None:
-        pytest.skip("no chromium binary (apt-get install -y chromium); DOM checked by html.parser above")
-    proc = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--enable-logging=stderr",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-            (policy_run / "report.html").as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    dom = proc.stdout
+    dom = open_in_chromium(policy_run / "report.html")
     # the report's load handler counts images that did not decode
     assert 'data-images="48"' in dom and 'data-broken-images="0"' in dom
-    console_errors = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln and "Uncaught" in ln]
-    assert not console_errors
     assert dom.count("<svg") >= 3 and dom.count("<table") >= 5
 
 

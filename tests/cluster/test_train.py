@@ -142,6 +142,7 @@ def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest
     cut = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'cut'}"])
 
     with start_run(cut) as run:
+        assert not {g.item.item_id for g in run.fixed} & set(run.items)  # evaluation items are held out
         for epoch, _ in run_epochs(run):
             if epoch == 1:  # the driver stops after epoch 1 (its checkpoint is written), epoch 2 in flight
                 assert run.rollouts.depth == 1

@@ -1,0 +1,285 @@
+"""The report of a `cocoedit sweep`: per setting, the final held-out metrics over seeds, and a Pareto plot.
+
+    OUT/report.md    the table (Markdown): per setting, mean +- 95% CI over seeds (Student t) of the final
+                     held-out instruction score and keep-region PSNR / SSIM, and whether it is on the front;
+                     then the failed trials, each with the first line of its error
+    OUT/report.png   instruction score (x) vs keep PSNR (y), one point per setting with its 95% CIs,
+                     the Pareto front (no other setting is at least as good on both and better on one)
+    OUT/report.html  self-contained page: the table, the plot (embedded PNG), every trial and its error
+
+"Final" is the last evaluation of the run (the loop evaluates the held-out set at the last epoch).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from cocoedit.cluster.eval_report import CSS, SCRIPT, html_table
+
+PSNR, SSIM = "eval/pixel/psnr", "eval/pixel/ssim"
+# the instruction judge of the run: the MLLM in production, the exact synthetic judge in the tiny mode
+INSTRUCTION_KEYS = ("eval/mllm", "eval/synthetic")
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What one trial ended with: its last reported metrics (Tune's) and its error, if it failed."""
+
+    key: str  # Trial.key, "<setting slug>/seed<k>"
+    setting: str  # Setting.name
+    seed: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: Optional[str] = None
+    finished: bool = False  # ran its last epoch (an interrupted trial has not)
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.error is not None else ("done" if self.finished else "unfinished")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and 95% confidence half-width over n seeds (half-width NaN for n < 2)."""
+
+    mean: float
+    ci95: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "n/a"
+        return f"{self.mean:.3f}" if math.isnan(self.ci95) else f"{self.mean:.3f} +- {self.ci95:.3f}"
+
+
+def stat(values: Sequence[float]) -> Stat:
+    """Mean +- t_{0.975, n-1} * s / sqrt(n) of the finite values."""
+    from scipy.stats import t
+
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if len(v) == 0:
+        return Stat(math.nan, math.nan, 0)
+    if len(v) == 1:
+        return Stat(float(v[0]), math.nan, 1)
+    half = float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return Stat(float(v.mean()), half, len(v))
+
+
+@dataclass(frozen=True)
+class SettingSummary:
+    label: str  # S1, S2, ... (the plot's labels)
+    setting: str
+    instruction: Stat
+    psnr: Stat
+    ssim: Stat
+    done: int  # trials with final metrics
+    failed: int
+    unfinished: int
+    on_front: bool = False
+
+
+def instruction_key(outcomes: Sequence[TrialOutcome]) -> str:
+    """The instruction score the trials report: eval/mllm if any does, else eval/synthetic."""
+    for key in INSTRUCTION_KEYS:
+        if any(key in o.metrics for o in outcomes):
+            return key
+    return INSTRUCTION_KEYS[-1]
+
+
+def summarize(settings: Sequence[str], outcomes: Sequence[TrialOutcome]) -> list[SettingSummary]:
+    """One summary per setting (in `settings` order) over its finished trials, with the Pareto front."""
+    ikey = instruction_key(outcomes)
+    rows = []
+    for i, name in enumerate(settings):
+        mine = [o for o in outcomes if o.setting == name]
+        ok = [o.metrics for o in mine if o.status == "done" and PSNR in o.metrics]
+        rows.append(
+            SettingSummary(
+                label=f"S{i + 1}",
+                setting=name,
+                instruction=stat([m.get(ikey, math.nan) for m in ok]),
+                psnr=stat([m[PSNR] for m in ok]),
+                ssim=stat([m.get(SSIM, math.nan) for m in ok]),
+                done=len(ok),
+                failed=sum(o.status == "failed" for o in mine),
+                unfinished=sum(o.status == "unfinished" for o in mine),
+            )
+        )
+    front = pareto_front([(r.instruction.mean, r.psnr.mean) for r in rows])
+    return [SettingSummary(**{**r.__dict__, "on_front": i in front}) for i, r in enumerate(rows)]
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
+    """Indices of the points no other point dominates (>= on both coordinates, > on one); NaN never wins."""
+    finite = [i for i, (x, y) in enumerate(points) if math.isfinite(x) and math.isfinite(y)]
+    front = set()
+    for i in finite:
+        xi, yi = points[i]
+        dominated = any(
+            points[j][0] >= xi and points[j][1] >= yi and (points[j][0] > xi or points[j][1] > yi)
+            for j in finite
+            if j != i
+        )
+        if not dominated:
+            front.add(i)
+    return front
+
+
+def markdown_table(rows: Sequence[SettingSummary], ikey: str) -> str:
+    header = f"| | setting | seeds | {ikey} | keep PSNR (dB) | keep SSIM | front |"
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        seeds = _seeds(r)
+        lines.append(
+            f"| {r.label} | `{r.setting}` | {seeds} | {r.instruction} | {_fmt_db(r.psnr)} | {r.ssim} | "
+            f"{'yes' if r.on_front else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def _seeds(r: SettingSummary) -> str:
+    more = [f"{n} {what}" for n, what in ((r.failed, "failed"), (r.unfinished, "unfinished")) if n]
+    return f"{r.done}" + (f" ({', '.join(more)})" if more else "")
+
+
+def _fmt_db(s: Stat) -> str:
+    if s.n == 0:
+        return "n/a"
+    return f"{s.mean:.2f}" if math.isnan(s.ci95) else f"{s.mean:.2f} +- {s.ci95:.2f}"
+
+
+def pareto_png(rows: Sequence[SettingSummary], ikey: str, title: str = "") -> bytes:
+    """The Pareto plot as PNG bytes: instruction score vs keep PSNR, 95% CI bars, front dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    shown = [r for r in rows if r.psnr.n > 0 and math.isfinite(r.instruction.mean)]
+    for r in shown:
+        ax.errorbar(
+            r.instruction.mean,
+            r.psnr.mean,
+            xerr=0 if math.isnan(r.instruction.ci95) else r.instruction.ci95,
+            yerr=0 if math.isnan(r.psnr.ci95) else r.psnr.ci95,
+            fmt="o",
+            color="#c0504d" if r.on_front else "#4a7bd0",
+            capsize=3,
+        )
+        ax.annotate(r.label, (r.instruction.mean, r.psnr.mean), textcoords="offset points", xytext=(5, 5))
+    front = sorted((r.instruction.mean, r.psnr.mean) for r in shown if r.on_front)
+    if len(front) > 1:
+        ax.plot(*zip(*front, strict=True), "--", color="#c0504d", linewidth=1, label="Pareto front")
+        ax.legend(loc="best", fontsize=8)
+    _min_span(ax, 0.02, 0.2)
+    ax.set_xlabel(f"held-out instruction score ({ikey}), higher is better")
+    ax.set_ylabel("held-out keep-region PSNR (dB)")
+    ax.set_title(title or "final held-out metrics per setting (mean, 95% CI over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _min_span(ax: Any, x_span: float, y_span: float) -> None:
+    """Axes at least this wide, in plain numbers: settings that nearly tie are shown as a tie, not as a
+    magnified rounding difference under an offset."""
+    for get, put, span in ((ax.get_xlim, ax.set_xlim, x_span), (ax.get_ylim, ax.set_ylim, y_span)):
+        lo, hi = get()
+        if hi - lo < span:
+            mid = (lo + hi) / 2
+            put(mid - span / 2, mid + span / 2)
+    ax.ticklabel_format(useOffset=False)
+
+
+def report_html(
+    rows: Sequence[SettingSummary], outcomes: Sequence[TrialOutcome], ikey: str, png: bytes, command: str
+) -> str:
+    """The self-contained page: the settings table, the embedded plot, every trial."""
+    setting_rows = [
+        [
+            r.label,
+            f"<code>{html.escape(r.setting)}</code>",
+            _seeds(r),
+            str(r.instruction),
+            _fmt_db(r.psnr),
+            str(r.ssim),
+            "yes" if r.on_front else "",
+        ]
+        for r in rows
+    ]
+    trial_rows = [
+        [
+            html.escape(o.key),
+            str(o.seed),
+            o.status,
+            _num(o.metrics.get("epoch")),
+            _num(o.metrics.get(ikey)),
+            _num(o.metrics.get(PSNR)),
+            _num(o.metrics.get(SSIM)),
+            html.escape(o.error or ""),
+        ]
+        for o in outcomes
+    ]
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    return "".join(
+        [
+            "<!DOCTYPE html><html><head><meta charset='utf-8'><title>cocoedit sweep</title>",
+            f"<style>{CSS}</style>{SCRIPT}</head><body>",
+            "<h1>cocoedit sweep</h1>",
+            f"<p class='meta'><code>{html.escape(command)}</code></p>",
+            "<h2>Settings (final held-out metrics, mean +- 95% CI over seeds)</h2>",
+            html_table(
+                ["", "setting", "seeds", ikey, "keep PSNR (dB)", "keep SSIM", "Pareto front"], setting_rows
+            ),
+            "<h2>Instruction score vs keep-region PSNR</h2>",
+            f"<img alt='Pareto plot' src='{uri}'>",
+            "<h2>Trials</h2>",
+            html_table(
+                ["trial", "seed", "status", "epoch", ikey, "keep PSNR", "keep SSIM", "error"], trial_rows
+            ),
+            "</body></html>",
+        ]
+    )
+
+
+def _num(v: Any) -> str:
+    return "" if v is None else f"{v:.4g}"
+
+
+@dataclass(frozen=True)
+class Report:
+    text: str  # the Markdown table, then each failed trial's error (first line)
+    markdown: Path
+    png: Path
+    html: Path
+    rows: list[SettingSummary]
+
+
+def write_report(
+    out: Path, settings: Sequence[str], outcomes: Sequence[TrialOutcome], command: str = ""
+) -> Report:
+    """OUT/report.md, report.png and report.html of a sweep's `settings` (Setting.name, in grid order)
+    from its trials' outcomes."""
+    ikey = instruction_key(outcomes)
+    rows = summarize(settings, outcomes)
+    failed = [f"- `{o.key}`: {o.error.splitlines()[0]}" for o in outcomes if o.error]
+    text = markdown_table(rows, ikey) + ("\n\nFailed trials:\n" + "\n".join(failed) if failed else "")
+    png = pareto_png(rows, ikey)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "report.md", out / "report.png", out / "report.html"
+    paths[0].write_text(text + "\n")
+    paths[1].write_bytes(png)
+    paths[2].write_text(report_html(rows, outcomes, ikey, png, command))
+    return Report(text, *paths, rows)
