@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from cocoedit.cluster.eval_report import CSS, SCRIPT, _png_uri, bar_chart, html_table, mask_overlay
+from cocoedit.cluster.eval_report import CSS, SCRIPT, bar_chart, html_table, mask_overlay, png_uri
 
 THUMB = 160  # px, longer side of gallery images
 # text columns read left to right, and unbroken answers ("0000...") wrap instead of widening the page
@@ -66,7 +66,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def _gallery(records: Sequence[dict[str, Any]], out: Path) -> str:
     rows = []
     for r in records:
-        img = lambda a, alt: f'<img alt="{alt}" src="{_png_uri(a)}">'  # noqa: E731
+        img = lambda a, alt: f'<img alt="{alt}" src="{png_uri(a)}">'  # noqa: E731
         source = img(_thumb(out / r["source"]), "source") if r.get("source") else ""
         target = img(_thumb(out / r["target"]), "target") if r.get("target") else ""
         overlay = img(_overlay(out / r["source"], out / r["mask"]), "mask overlay") if r.get("mask") else ""

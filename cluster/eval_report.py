@@ -139,7 +139,7 @@ def summary_text(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _png_uri(image: np.ndarray) -> str:
+def png_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
 
 
@@ -250,7 +250,7 @@ def _gallery(
         item = items[r["id"]]
 
         def img(a: np.ndarray, alt: str) -> str:
-            return f'<img alt="{alt}" src="{_png_uri(a)}">'
+            return f'<img alt="{alt}" src="{png_uri(a)}">'
 
         cells = [
             f"{html.escape(r['id'])}<br><small>{html.escape(r['group'])}</small><br>"
