@@ -8,8 +8,9 @@ the command line's own overrides (so those still win). It changes counts, device
   logical CPUs as the roles ask for;
 - counts: one rollout worker, one learner rank, one replica per reward service (no autoscaling), one
   epoch of one group of 2 edits, 1 sampling step and 1 training timestep, a checkpoint at its end;
-- validity: a random-weight editor's two edits score almost alike, so any reward spread makes the group
-  valid (learner.valid_min_std=0) and the learner's update with the regularizer really runs;
+- validity: a random-weight editor's two edits score alike or almost (the real-dims Qwen-Image-Edit's
+  two edits decode to the same image), so the spread filter is off (learner.valid_min_std=0) and the
+  learner's update with the regularizer really runs;
 - data and models: the synthetic edit task at the config's image size (it has exact targets), the
   MLLM judge replaced by the exact synthetic judge at the judge's weight, and the policy replaced by
   the real-dims editor of the config's family at depth 1 (published widths, random weights;

@@ -66,10 +66,12 @@ def valid_edits(
     max_mean: float = 0.9,
     scored: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """[N] bool: the edit is scored and its group has >= 2 scored edits, reward std > min_std and mean
-    < max_mean (else it is not trained on)."""
+    """[N] bool: the edit is scored and its group has >= 2 scored edits, reward std > min_std (min_std = 0:
+    no spread filter, a uniform group is trained on with zero advantages) and mean < max_mean (else it is
+    not trained on)."""
     mean, std, count = group_stats(rewards, group_ids, scored)
-    return _check(rewards, group_ids, scored) & (count >= 2) & (std > min_std) & (mean < max_mean)
+    spread = std > min_std if min_std > 0 else torch.ones_like(count, dtype=torch.bool)
+    return _check(rewards, group_ids, scored) & (count >= 2) & spread & (mean < max_mean)
 
 
 def banned_items(

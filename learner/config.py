@@ -15,6 +15,7 @@ class LearnerConfig:
     # advantages and filtering (section 4)
     adv_std_eps: Annotated[float, Range(gt=0)] = 1e-4
     adv_clip: Annotated[float, Range(gt=0)] = 5.0
+    # Groups whose reward std is at most this are not trained on; 0 = no spread filter
     valid_min_std: Annotated[float, Range(ge=0)] = 0.02
     valid_max_mean: Annotated[float, Range()] = 0.9
     # Items whose group std is below this and mean above ban_min_mean are banned

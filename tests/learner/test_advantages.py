@@ -45,6 +45,8 @@ def test_validity_and_bans() -> None:
     low = torch.tensor([0.1, 0.1, 0.5, 0.9])
     assert banned_items(low, ["x", "x", "y", "y"], ["x", "x", "y", "y"]) == []
     assert valid_edits(low, ["x", "x", "y", "y"]).tolist() == [False, False, True, True]
+    # min_std = 0 turns the spread filter off: a uniform group is valid (with zero advantages)
+    assert valid_edits(low, ["x", "x", "y", "y"], min_std=0.0).tolist() == [True, True, True, True]
 
 
 def test_optimality_probability() -> None:
