@@ -73,6 +73,11 @@ def shifted_sigmas(num_steps: int, image_seq_len: int, scheduler_config: dict[st
         s = shift * s / (1 + (shift - 1) * s)
     terminal = cfg.get("shift_terminal")
     if terminal:
+        if num_steps == 1:  # the stretch maps the last sigma to the terminal: 0 / 0 for one step at 1.0
+            raise ValueError(
+                f"rollout.num_steps=1 with a scheduler that stretches its sigmas to shift_terminal={terminal} "
+                "(Qwen-Image-Edit) is undefined (the stock scheduler returns NaN): use num_steps >= 2"
+            )
         one_minus = 1 - s
         s = 1 - one_minus / (one_minus[-1] / (1 - terminal))
     return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).to(torch.float32)

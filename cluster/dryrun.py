@@ -7,7 +7,7 @@ the command line's own overrides (so those still win). It changes counts, device
   no fast bf16 matmul), and a local Ray cluster on 127.0.0.1 (run.ray_address=null) gets as many
   logical CPUs as the roles ask for;
 - counts: one rollout worker, one learner rank, one replica per reward service (no autoscaling), one
-  epoch of one group of 2 edits, 1 sampling step and 1 training timestep, a checkpoint at its end;
+  epoch of one group of 2 edits, 2 sampling steps and 1 training timestep, a checkpoint at its end;
 - validity: a random-weight editor's two edits score alike or almost (the real-dims Qwen-Image-Edit's
   two edits decode to the same image), so the spread filter is off (learner.valid_min_std=0) and the
   learner's update with the regularizer really runs;
@@ -61,7 +61,7 @@ def dry_run_overrides(cfg: Config, model_path: str) -> list[str]:
         "policy.dtype": "float32",
         "rollout.num_workers": 1,
         "rollout.gpus_per_worker": 0,
-        "rollout.num_steps": 1,
+        "rollout.num_steps": 2,  # one step is undefined under Qwen-Image's terminal stretch
         "learner.world_size": 1,
         "learner.gpus_per_rank": 0,
         "learner.bf16": False,

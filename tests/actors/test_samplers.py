@@ -40,6 +40,14 @@ def test_shifted_sigmas_match_diffusers_scheduler(config, steps, seq_len):
     assert (ours[1:] < ours[:-1]).all()
 
 
+def test_one_step_with_a_terminal_stretch_is_refused_not_nan():
+    """Qwen-Image's scheduler stretches the sigmas so the last equals shift_terminal: undefined for one
+    step at sigma 1 (diffusers' scheduler gives NaN, and every edit and loss with it)."""
+    with pytest.raises(ValueError, match=r"num_steps=1 .*shift_terminal=0.02.*num_steps >= 2"):
+        shifted_sigmas(1, 1024, QWEN_SCHEDULER)
+    assert torch.isfinite(shifted_sigmas(1, 1024, FLUX_SCHEDULER)).all()  # no stretch: one step is fine
+
+
 def test_calculate_shift_hand_values():
     assert calculate_shift(256) == pytest.approx(0.5)
     assert calculate_shift(4096) == pytest.approx(1.15)
