@@ -18,6 +18,7 @@ same data, up to float summation order. On CPU DeepSpeed runs with its CPU accel
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from pathlib import Path
@@ -186,6 +187,7 @@ class Learner:
         t0 = time.perf_counter()
         sums, n_recorded = self._accumulate(batch, advantages, micro, passes, n_valid)
         self._pad_passes(batch, advantages, n_passes - len(micro) * passes)
+        self._refuse_non_finite(sums)
         t1 = time.perf_counter()
         grad_norm, lr = self._optimizer_step()
         t2 = time.perf_counter()
@@ -256,6 +258,17 @@ class Learner:
                         sums[k] = sums.get(k, 0.0) + v * len(idx)
                 n_recorded += len(idx)
         return sums, n_recorded
+
+    def _refuse_non_finite(self, sums: dict[str, float]) -> None:
+        """A non-finite loss on any rank stops the update before the optimizer step: one NaN step would
+        turn theta (and, through the soft update, theta_old) into NaN for the rest of the run."""
+        bad = sorted(k for k, v in sums.items() if k.startswith("loss/") and not math.isfinite(v))
+        if self._all_reduce(torch.tensor([float(bool(bad))]), "max").item() > 0:
+            raise FloatingPointError(
+                f"learner step {self._step}: non-finite {', '.join(bad) or 'loss on another rank'}; no optimizer "
+                "step was taken (theta and theta_old are unchanged). Look at the rollout batch (are its x0 "
+                "finite? rollout.num_steps, the sampler) and the learning rate"
+            )
 
     def _pad_passes(self, batch: RolloutBatch, advantages: torch.Tensor, count: int) -> None:
         """ZeRO-2 reduces on every backward (a collective): a rank with fewer passes than the busiest

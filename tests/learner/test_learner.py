@@ -157,6 +157,19 @@ def test_update_refuses_bad_input(model_dir: Path) -> None:
         Learner(learner.policy_cfg, common.learner_config(zero_stage=3), policy=learner.policy)
 
 
+def test_a_non_finite_loss_takes_no_step(model_dir: Path) -> None:
+    """NaN latents (as a one-step Qwen-Image schedule made them) stop the update before the optimizer
+    step, naming the loss; theta and theta_old are untouched."""
+    learner = _learner(model_dir)
+    batch = common.make_batch(learner.policy)
+    batch.x0[1] = float("nan")
+    before = {a: learner.policy.lora_state_dict(a) for a in ("default", "old")}
+    with pytest.raises(FloatingPointError, match=r"non-finite loss/.*no optimizer step was taken"):
+        learner.update(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, dtype=torch.bool))
+    for adapter, state in before.items():
+        assert common.lora_max_diff(state, learner.policy.lora_state_dict(adapter)) == 0.0
+
+
 def test_save_kill_load_continue_is_bit_exact(model_dir: Path, tmp_path: Path) -> None:
     batch_policy = common.load(model_dir)
     batch = common.make_batch(batch_policy)
