@@ -88,12 +88,19 @@ class PretrainConfig:
     # Synthetic training items (seed below; disjoint from the RL items' seed)
     num_items: Annotated[int, Range(ge=1)] = 1024
     seed: Annotated[int, Range(ge=0)] = 1000
-    vae_steps: Annotated[int, Range(ge=0)] = 200
-    vae_lr: Annotated[float, Range(gt=0)] = 2e-3
+    # Stage 1 (one-cycle schedule, peak vae_lr): 1500 steps reach ~28.5 dB on held-out items at 32 px
+    vae_steps: Annotated[int, Range(ge=0)] = 1500
+    vae_batch_size: Annotated[int, Range(ge=1)] = 16
+    vae_lr: Annotated[float, Range(gt=0)] = 1e-2
     vae_kl_weight: Annotated[float, Range(ge=0)] = 1e-6
-    steps: Annotated[int, Range(ge=1)] = 1000
-    lr: Annotated[float, Range(gt=0)] = 1e-3
+    # Stage 2: this tiny transformer learns ~3x faster per step at lr 1e-2 than at 1e-3 (held-out
+    # keep PSNR 17.7 vs 14.6 dB after 1000 steps)
+    steps: Annotated[int, Range(ge=1)] = 2000
+    lr: Annotated[float, Range(gt=0)] = 1e-2
     batch_size: Annotated[int, Range(ge=1)] = 32
+    # Training times t = sigmoid(N(logit_mean, 1)): a positive mean trains more near pure noise, where
+    # the edit must be read off the source image (copying the keep region is what the editor learns last)
+    logit_mean: Annotated[float, Range(ge=-4, le=4)] = 1.5
     eval_items: Annotated[int, Range(ge=1)] = 64
     # tiny model size (actors.policies.tiny.build_tiny_model)
     num_layers: Annotated[int, Range(ge=1)] = 2

@@ -49,3 +49,27 @@ def test_pretrained_weights_are_what_the_policy_runs(editor: Path) -> None:
     }
     assert set(saved) == set(live)
     assert all(torch.equal(saved[k], live[k]) for k in saved)
+
+
+def test_report_and_grid_are_of_the_held_out_items(editor: Path) -> None:
+    import numpy as np
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from cocoedit.actors.pretrain import GRID_ITEMS, vae_psnr
+    from cocoedit.actors.synth import synthetic_items
+
+    report = json.loads((editor / "pretrain.json").read_text())
+    held_out = synthetic_items(FAST.num_items + FAST.eval_items, FAST.image_size, FAST.seed)[FAST.num_items :]
+    # the saved VAE reconstructs the held-out items at the PSNR the report states
+    vae = AutoencoderKL.from_pretrained(editor / "vae").eval()
+    assert report["eval"]["vae_psnr"] == pytest.approx(vae_psnr(vae, held_out), abs=1e-3)
+    assert set(report["eval"]) == {"vae_psnr", "instruction_score", "edit_psnr", "keep_psnr"}
+    # grid.png: one column per held-out item (x2 nearest), rows source / edit / target
+    grid = np.asarray(Image.open(editor / "grid.png"))[::2, ::2]
+    n, size = min(GRID_ITEMS, FAST.eval_items), FAST.image_size
+    assert grid.shape == (3 * size, n * size, 3)
+    for k, item in enumerate(held_out[:n]):
+        column = grid[:, k * size : (k + 1) * size]
+        assert np.array_equal(column[:size], item.source_image.permute(1, 2, 0).numpy())
+        assert np.array_equal(column[2 * size :], item.target_image.permute(1, 2, 0).numpy())
