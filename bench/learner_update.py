@@ -240,18 +240,9 @@ def bench_gpu(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench gpu needs a CUDA device (or --device cpu --small for a smoke run)")
-    full = dict(
-        patch_size=1,
-        in_channels=64,
-        num_layers=19,
-        num_single_layers=38,
-        attention_head_dim=128,
-        num_attention_heads=24,
-        joint_attention_dim=4096,
-        pooled_projection_dim=768,
-        guidance_embeds=True,
-        axes_dims_rope=(16, 56, 56),
-    )
+    from cocoedit.actors.policies.builders import real_spec
+
+    full = dict(real_spec("flux_kontext").transformer)  # the published FLUX.1-Kontext-dev transformer
     if args.small:  # a smoke test of this code path on CPU
         full.update(
             num_layers=1,

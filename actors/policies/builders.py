@@ -32,6 +32,7 @@ from typing import Any, Literal, Optional
 import torch
 
 from cocoedit.actors.policies import FAMILIES
+from cocoedit.rewards.tiny_judge import SPECIAL_TOKENS
 
 Dims = Literal["tiny", "real"]
 
@@ -124,15 +125,7 @@ def _t5_tokenizer(max_length: int):
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
-_QWEN_SPECIAL = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
+_QWEN_SPECIAL = SPECIAL_TOKENS  # the Qwen2.5-VL special tokens the judge tokenizer has too
 # Qwen-Image-Edit's chat template up to the user turn (identical in the Edit and Edit-Plus pipelines).
 _QWEN_SYSTEM = (
     "Describe the key features of the input image (color, shape, size, texture, objects, background), then "
