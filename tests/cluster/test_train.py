@@ -136,7 +136,8 @@ def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest
     from safetensors.torch import load_file
 
     monkeypatch.setenv("COCOEDIT_CACHE", str(tmp_path / "cache"))
-    base = [*TINY, "run.image_every=0", "run.checkpoint_every=1"]
+    # every update takes a step (valid_min_std=0), so each epoch's checkpoint is a new step to resume from
+    base = [*TINY, "run.image_every=0", "run.checkpoint_every=1", "learner.valid_min_std=0"]
     full = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'full'}"])
     train(full, progress=False)
     cut = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'cut'}"])
@@ -161,6 +162,7 @@ def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest
     # the full run ended
     older = complete_checkpoints(tmp_path / "full")[0]
     done = json.loads((older / "learner_state.json").read_text())["extra_state"]["epoch"]
+    assert len(complete_checkpoints(tmp_path / "full")) == 3 and done == 0  # one step per epoch
     branch = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'branch'}"])
     assert len(train(branch, resume=older, progress=False)) == 2 - done
     for adapter in ("default", "old"):
