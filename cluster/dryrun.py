@@ -16,7 +16,7 @@ the command line's own overrides (so those still win). It changes counts, device
   the real-dims editor of the config's family at depth 1 (published widths, random weights;
   actors/policies/builders.py), built once into $COCOEDIT_CACHE (~3.1 GB, about a minute).
 Everything else (LoRA, objective, regularizer, ZeRO stage, micro-batch, resolution, text length)
-is the config's. One epoch takes 15-25 minutes on 2 CPU cores; `cocoedit config show --config X
+is the config's. One epoch took 5-15 minutes on a busy 2-core machine; `cocoedit config show --config X
 --dry-run` prints the resulting config.
 """
 

@@ -1,7 +1,7 @@
 """`cocoedit train --config <production config> --dry-run`: the profile changes counts, devices and the
 model only; with it each production config trains one epoch on this machine (slow tests, below).
 
-Run the slow ones (15-25 min each on 2 cores, one at a time; ~3 GB of model built once per family into
+Run the slow ones (5-15 min each on 2 cores, one at a time; ~3 GB of model built once per family into
 $COCOEDIT_CACHE):
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -s -m slow tests/cluster/test_dry_run.py
