@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cocoedit.cluster.config import Config, ConfigError, load_config
-from cocoedit.cluster.sweep_report import TrialOutcome
+from cocoedit.cluster.sweep_report import PSNR, TrialOutcome
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +275,11 @@ def outcomes(sweep: Sweep, results: Any) -> list[TrialOutcome]:
         metrics = dict(result.metrics or {}) if result is not None else {}
         error = _error_text(result.error) if result is not None and result.error is not None else None
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        finished = error is None and numeric.get("epoch") == sweep.trial_config(trial).run.epochs - 1
-        out.append(TrialOutcome(trial.key, trial.setting.name, trial.seed, numeric, error, finished))
+        cfg = sweep.trial_config(trial)
+        finished = error is None and numeric.get("epoch") == cfg.run.epochs - 1
+        evals = [row for row in _logged_rows(Path(cfg.run.run_dir)) if PSNR in row]
+        first = {k: float(v) for k, v in evals[0].items() if isinstance(v, (int, float))} if evals else {}
+        out.append(TrialOutcome(trial.key, trial.setting.name, trial.seed, numeric, error, finished, first))
     return out
 
 

@@ -40,6 +40,7 @@ class TrialOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     error: Optional[str] = None
     finished: bool = False  # ran its last epoch (an interrupted trial has not)
+    first: dict[str, float] = field(default_factory=dict)  # its first evaluation's metrics (the start)
 
     @property
     def status(self) -> str:
@@ -80,6 +81,8 @@ class SettingSummary:
     instruction: Stat
     psnr: Stat
     ssim: Stat
+    d_instruction: Stat  # final - first evaluation, paired per seed: what training changed
+    d_psnr: Stat
     done: int  # trials with final metrics
     failed: int
     unfinished: int
@@ -100,7 +103,8 @@ def summarize(settings: Sequence[str], outcomes: Sequence[TrialOutcome]) -> list
     rows = []
     for i, name in enumerate(settings):
         mine = [o for o in outcomes if o.setting == name]
-        ok = [o.metrics for o in mine if o.status == "done" and PSNR in o.metrics]
+        done = [o for o in mine if o.status == "done" and PSNR in o.metrics]
+        ok = [o.metrics for o in done]
         rows.append(
             SettingSummary(
                 label=f"S{i + 1}",
@@ -108,6 +112,8 @@ def summarize(settings: Sequence[str], outcomes: Sequence[TrialOutcome]) -> list
                 instruction=stat([m.get(ikey, math.nan) for m in ok]),
                 psnr=stat([m[PSNR] for m in ok]),
                 ssim=stat([m.get(SSIM, math.nan) for m in ok]),
+                d_instruction=stat([_change(o, ikey) for o in done]),
+                d_psnr=stat([_change(o, PSNR) for o in done]),
                 done=len(ok),
                 failed=sum(o.status == "failed" for o in mine),
                 unfinished=sum(o.status == "unfinished" for o in mine),
@@ -115,6 +121,18 @@ def summarize(settings: Sequence[str], outcomes: Sequence[TrialOutcome]) -> list
         )
     front = pareto_front([(r.instruction.mean, r.psnr.mean) for r in rows])
     return [SettingSummary(**{**r.__dict__, "on_front": i in front}) for i, r in enumerate(rows)]
+
+
+def _change(o: TrialOutcome, key: str) -> float:
+    return o.metrics.get(key, math.nan) - o.first.get(key, math.nan)
+
+
+def start_point(outcomes: Sequence[TrialOutcome], ikey: str) -> tuple[float, float]:
+    """Mean (instruction, keep PSNR) of the trials' first evaluations: where training started from."""
+    firsts = [o.first for o in outcomes if PSNR in o.first and ikey in o.first]
+    if not firsts:
+        return math.nan, math.nan
+    return float(np.mean([f[ikey] for f in firsts])), float(np.mean([f[PSNR] for f in firsts]))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
@@ -134,13 +152,16 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
 
 
 def markdown_table(rows: Sequence[SettingSummary], ikey: str) -> str:
-    header = f"| | setting | seeds | {ikey} | keep PSNR (dB) | keep SSIM | front |"
-    lines = [header, "|---|---|---|---|---|---|---|"]
+    header = (
+        f"| | setting | seeds | {ikey} | keep PSNR (dB) | keep SSIM | change of {ikey} | "
+        "change of keep PSNR (dB) | front |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         seeds = _seeds(r)
         lines.append(
             f"| {r.label} | `{r.setting}` | {seeds} | {r.instruction} | {_fmt_db(r.psnr)} | {r.ssim} | "
-            f"{'yes' if r.on_front else ''} |"
+            f"{_signed(r.d_instruction, 3)} | {_signed(r.d_psnr, 2)} | {'yes' if r.on_front else ''} |"
         )
     return "\n".join(lines)
 
@@ -150,14 +171,28 @@ def _seeds(r: SettingSummary) -> str:
     return f"{r.done}" + (f" ({', '.join(more)})" if more else "")
 
 
+def _signed(s: Stat, digits: int) -> str:
+    """`+0.12 +- 0.05`: a change, its sign always shown."""
+    if s.n == 0:
+        return "n/a"
+    mean = f"{s.mean:+.{digits}f}"
+    return mean if math.isnan(s.ci95) else f"{mean} +- {s.ci95:.{digits}f}"
+
+
 def _fmt_db(s: Stat) -> str:
     if s.n == 0:
         return "n/a"
     return f"{s.mean:.2f}" if math.isnan(s.ci95) else f"{s.mean:.2f} +- {s.ci95:.2f}"
 
 
-def pareto_png(rows: Sequence[SettingSummary], ikey: str, title: str = "") -> bytes:
-    """The Pareto plot as PNG bytes: instruction score vs keep PSNR, 95% CI bars, front dashed."""
+def pareto_png(
+    rows: Sequence[SettingSummary],
+    ikey: str,
+    title: str = "",
+    start: tuple[float, float] = (math.nan, math.nan),
+) -> bytes:
+    """The Pareto plot as PNG bytes: instruction score vs keep PSNR, 95% CI bars, front dashed, and
+    `start` (the mean first evaluation) as a grey star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,6 +214,9 @@ def pareto_png(rows: Sequence[SettingSummary], ikey: str, title: str = "") -> by
     front = sorted((r.instruction.mean, r.psnr.mean) for r in shown if r.on_front)
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), "--", color="#c0504d", linewidth=1, label="Pareto front")
+    if all(math.isfinite(v) for v in start):
+        ax.plot(*start, "*", color="#777777", markersize=12, label="start (first evaluation)")
+    if len(front) > 1 or all(math.isfinite(v) for v in start):
         ax.legend(loc="best", fontsize=8)
     _min_span(ax, 0.02, 0.2)
     ax.set_xlabel(f"held-out instruction score ({ikey}), higher is better")
@@ -215,6 +253,8 @@ def report_html(
             str(r.instruction),
             _fmt_db(r.psnr),
             str(r.ssim),
+            _signed(r.d_instruction, 3),
+            _signed(r.d_psnr, 2),
             "yes" if r.on_front else "",
         ]
         for r in rows
@@ -239,9 +279,21 @@ def report_html(
             f"<style>{CSS}</style>{SCRIPT}</head><body>",
             "<h1>cocoedit sweep</h1>",
             f"<p class='meta'><code>{html.escape(command)}</code></p>",
-            "<h2>Settings (final held-out metrics, mean +- 95% CI over seeds)</h2>",
+            "<h2>Settings (final held-out metrics, mean +- 95% CI over seeds; changes from each trial's "
+            "first evaluation)</h2>",
             html_table(
-                ["", "setting", "seeds", ikey, "keep PSNR (dB)", "keep SSIM", "Pareto front"], setting_rows
+                [
+                    "",
+                    "setting",
+                    "seeds",
+                    ikey,
+                    "keep PSNR (dB)",
+                    "keep SSIM",
+                    f"change of {ikey}",
+                    "change of keep PSNR (dB)",
+                    "Pareto front",
+                ],
+                setting_rows,
             ),
             "<h2>Instruction score vs keep-region PSNR</h2>",
             f"<img alt='Pareto plot' src='{uri}'>",
@@ -276,7 +328,7 @@ def write_report(
     rows = summarize(settings, outcomes)
     failed = [f"- `{o.key}`: {o.error.splitlines()[0]}" for o in outcomes if o.error]
     text = markdown_table(rows, ikey) + ("\n\nFailed trials:\n" + "\n".join(failed) if failed else "")
-    png = pareto_png(rows, ikey)
+    png = pareto_png(rows, ikey, start=start_point(outcomes, ikey))
     out.mkdir(parents=True, exist_ok=True)
     paths = out / "report.md", out / "report.png", out / "report.html"
     paths[0].write_text(text + "\n")

@@ -38,6 +38,8 @@ class LearnerConfig:
     erode_radius: Annotated[int, Range(ge=0)] = 2
     reg_neg_target: Literal["neg_branch_vs_src", "pos_branch_vs_src"] = "neg_branch_vs_src"
     use_reg_xsrc: bool = True  # False: d_neg against x0 of the sample instead of the source latent
+    # d_pos against the sample's x0 (released) or the source latent: see docs/algorithm.md, the regularizer
+    reg_pos_target: Literal["sample", "source"] = "sample"
     binarize_mask: bool = False  # released code keeps the latent mask soft
     # Flow-GRPO (section 7)
     grpo_clip: Annotated[float, Range(gt=0)] = 1e-4

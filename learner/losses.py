@@ -155,11 +155,14 @@ def region_regularizer(
     tau_neg: float = 3e-2,
     reg_neg_target: str = "neg_branch_vs_src",
     use_reg_xsrc: bool = True,
+    reg_pos_target: str = "sample",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L_reg = mean_valid(r lam_pos relu(d_pos - tau_pos) + (1 - r) lam_neg relu(tau_neg - d_neg)).
 
     x0_pos, x0_neg, x0, x_src: latent grid [N, C, h, w]; r: [N]; valid: [N] bool.
-    d_pos = <(x0_pos - x0)^2>_{W_pos}: the positive branch reproduces the sample's keep region.
+    d_pos = <(x0_pos - a)^2>_{W_pos} with a = x0 (`sample`, released: the positive branch reproduces the
+    sample's keep region) or x_src (`source`: it reproduces the source's, which the keep region should be;
+    docs/algorithm.md says why the released anchor cannot undo drift that theta_old's samples already have).
     d_neg = <(y - ref)^2>_{W_neg} with y = x0_neg (`neg_branch_vs_src`, released) or x0_pos
     (`pos_branch_vs_src`) and ref = x_src (`use_reg_xsrc`) or x0: the edit region must move away."""
     if reg_neg_target == "neg_branch_vs_src":
@@ -170,8 +173,10 @@ def region_regularizer(
         raise ValueError(
             f"learner.reg_neg_target={reg_neg_target!r} must be 'neg_branch_vs_src' or 'pos_branch_vs_src'"
         )
+    if reg_pos_target not in ("sample", "source"):
+        raise ValueError(f"learner.reg_pos_target={reg_pos_target!r} must be 'sample' or 'source'")
     ref = x_src if use_reg_xsrc else x0
-    d_pos = weighted_sq_dist(x0_pos, x0, weights.w_pos)
+    d_pos = weighted_sq_dist(x0_pos, x_src if reg_pos_target == "source" else x0, weights.w_pos)
     d_neg = weighted_sq_dist(y, ref, weights.w_neg)
     h_pos = torch.relu(d_pos - tau_pos)
     h_neg = torch.relu(tau_neg - d_neg)
@@ -289,6 +294,7 @@ def nft_objective(
             cfg.tau_neg,
             cfg.reg_neg_target,
             cfg.use_reg_xsrc,
+            cfg.reg_pos_target,
         )
         loss = loss + reg
         metrics.update(m)

@@ -142,7 +142,8 @@ class _Dom(HTMLParser):
 
 
 def _outcomes(sweep: Sweep) -> list[TrialOutcome]:
-    """Seeds of S1 at psnr 20, 21, 22 and score 0.5; S2 one finished seed and one failed."""
+    """Seeds of S1 at psnr 20, 21, 22 and score 0.5; S2 one finished seed and one failed; every trial
+    started (first evaluation) at psnr 22 and score 0.4."""
     out = []
     for t in sweep.trials:
         if t.setting == sweep.settings[1] and t.seed == 1:
@@ -150,7 +151,8 @@ def _outcomes(sweep: Sweep) -> list[TrialOutcome]:
             continue
         psnr = 20.0 + t.seed if t.setting == sweep.settings[0] else 25.0
         metrics = {"eval/synthetic": 0.5, "eval/pixel/psnr": psnr, "eval/pixel/ssim": 0.9, "epoch": 4.0}
-        out.append(TrialOutcome(t.key, t.setting.name, t.seed, metrics, finished=True))
+        first = {"eval/synthetic": 0.4, "eval/pixel/psnr": 22.0, "epoch": 0.0}
+        out.append(TrialOutcome(t.key, t.setting.name, t.seed, metrics, finished=True, first=first))
     return out
 
 
@@ -165,7 +167,12 @@ def report_dir(tmp_path: Path) -> Path:
     report = write_report(
         tmp_path, settings, outcomes, command="cocoedit sweep --grid learner.lam_pos=0,0.8 --seeds 3"
     )
-    assert "| S1 | `learner.lam_pos=0` | 3 | 0.500 +- 0.000 | 21.00 +- 2.48 |" in report.text
+    assert (rows[0].d_psnr.mean, rows[1].d_psnr.mean) == (-1.0, 3.0)  # paired per seed: final - first
+    assert rows[0].d_instruction.mean == pytest.approx(0.1)
+    assert (
+        "| S1 | `learner.lam_pos=0` | 3 | 0.500 +- 0.000 | 21.00 +- 2.48 | 0.900 +- 0.000 | " in report.text
+    )
+    assert "| +0.100 +- 0.000 | -1.00 +- 2.48 |" in report.text
     assert "| S2 | `learner.lam_pos=0.8` | 2 (1 failed) |" in report.text
     assert report.text.endswith(
         "Failed trials:\n- `learner.lam_pos=0.8/seed1`: FileNotFoundError: no such file"
@@ -327,6 +334,9 @@ def test_sweep_on_tune_survives_a_failed_trial_and_resumes_after_an_interrupt(tm
         cells = next(ln for ln in report.splitlines() if ln.startswith(f"| {row} ")).split("|")
         assert cells[4].strip() == f"{final['eval/synthetic']:.3f}"
         assert cells[5].strip() == f"{final['eval/pixel/psnr']:.2f}"
+        evals = [row for row in map(json.loads, lines(run_dir)) if "eval/pixel/psnr" in row]
+        change = evals[-1]["eval/pixel/psnr"] - evals[0]["eval/pixel/psnr"]  # from the first evaluation
+        assert cells[8].strip() == f"{change:+.2f}"
     page = (out / "report.html").read_text()
     assert str(broken) in page and "problem(s)" in page  # the failed trial's error
     assert (out / "report.png").stat().st_size > 10_000

@@ -140,6 +140,27 @@ def test_reg_neg_target_and_xsrc_switches() -> None:
         region_regularizer(x0_pos, x0_neg, x0, x_src, weights, *args, reg_neg_target="src")
 
 
+def test_reg_pos_target_source_pulls_a_drifted_keep_region_back() -> None:
+    """A sample whose keep region drifted from the source, reproduced exactly by the positive branch:
+    the released anchor (the sample) sees nothing to fix; the source anchor pulls the branch back."""
+    n, c, h, w = 1, 2, 4, 4
+    weights = _uniform_weights(n, h, w)
+    x_src = torch.zeros(n, c, h, w)
+    x0 = torch.full((n, c, h, w), 0.2)  # theta_old's sample: keep region 0.2 off the source
+    x0_pos = x0.clone().requires_grad_(True)
+    x0_neg = torch.full_like(x0, 1.0)  # far from the source: the negative hinge stays off
+    args = (torch.tensor([1.0]), torch.tensor([True]), 1.0, 1.0, 1e-3, 3e-2)
+    loss, m = region_regularizer(x0_pos, x0_neg, x0, x_src, weights, *args)
+    assert loss.item() == 0.0 and m["reg/d_pos"] == 0.0 and m["reg/hinge_pos_active"] == 0.0
+    loss, m = region_regularizer(x0_pos, x0_neg, x0, x_src, weights, *args, reg_pos_target="source")
+    assert m["reg/d_pos"] == pytest.approx(0.2**2)
+    assert loss.item() == pytest.approx(0.2**2 - 1e-3, rel=1e-5)
+    loss.backward()
+    assert x0_pos.grad is not None and (x0_pos.grad > 0).all()  # descent moves x0_pos toward x_src = 0
+    with pytest.raises(ValueError, match="reg_pos_target"):
+        region_regularizer(x0_pos, x0_neg, x0, x_src, weights, *args, reg_pos_target="src")
+
+
 def test_weighted_sq_dist_by_hand() -> None:
     a = torch.zeros(1, 2, 1, 2)
     b = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
