@@ -27,10 +27,11 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -132,10 +133,15 @@ class Sweep:
     settings: tuple[Setting, ...]
     seeds: int
     out: Path
+    # Where the command ran: trials run there (Tune starts them in trial folders), so a relative --config
+    # or path override means what it means to `cocoedit train` run from the same place.
+    workdir: Path = field(default_factory=Path.cwd)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ValueError(f"--seeds {self.seeds} must be >= 1 (the runs per setting)")
+        if self.config is not None:
+            object.__setattr__(self, "config", str((self.workdir / self.config).resolve()))
 
     @property
     def trials(self) -> list[Trial]:
@@ -193,6 +199,8 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
     from cocoedit.learner.checkpoint import latest_checkpoint
 
     trial = next(t for t in sweep.trials if t.key == params["trial"])
+    if sweep.workdir.is_dir():  # a node of a cluster without it keeps Tune's folder
+        os.chdir(sweep.workdir)
     cfg = sweep.trial_config(trial)
     run_dir = Path(cfg.run.run_dir)
     resume = latest_checkpoint(run_dir) is not None

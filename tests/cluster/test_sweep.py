@@ -111,6 +111,23 @@ def test_trial_sets_every_seed_and_its_own_run_directory(tmp_path: Path) -> None
     assert Path(cfg.run.run_dir) == (tmp_path / "runs" / "learner.lam_pos=0.8" / "seed1").resolve()
 
 
+def test_a_relative_config_is_the_one_beside_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tune starts each trial in its own folder: a --config given relative to where `cocoedit sweep` ran
+    must still load there (it once failed every trial with "config file ... does not exist")."""
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "mine.yaml").write_text("run:\n  epochs: 7\n")
+    monkeypatch.chdir(tmp_path)
+    sweep = Sweep("cfgs/mine.yaml", (), tuple(grid_settings(["learner.lam_pos=0,0.8"])), 1, Path("out"))
+    assert sweep.config == str(tmp_path / "cfgs" / "mine.yaml") and sweep.workdir == tmp_path
+    elsewhere = tmp_path / "trial_dir"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # as Tune does
+    cfg = sweep.trial_config(sweep.trials[0])
+    assert cfg.run.epochs == 7
+
+
 def test_resuming_with_another_grid_is_refused(tmp_path: Path) -> None:
     sweep = Sweep(None, (), tuple(grid_settings(["learner.lam_pos=0,0.8"])), 1, tmp_path)
     (tmp_path / "sweep.json").write_text(json.dumps(sweep.to_json()))
