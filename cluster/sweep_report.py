@@ -210,7 +210,11 @@ def pareto_png(
             color="#c0504d" if r.on_front else "#4a7bd0",
             capsize=3,
         )
-        ax.annotate(r.label, (r.instruction.mean, r.psnr.mean), textcoords="offset points", xytext=(5, 5))
+    labels: dict[tuple[float, float], list[str]] = {}  # settings that end at the same point share a label
+    for r in shown:
+        labels.setdefault((r.instruction.mean, r.psnr.mean), []).append(r.label)
+    for xy, names in labels.items():
+        ax.annotate(", ".join(names), xy, textcoords="offset points", xytext=(5, 5))
     front = sorted((r.instruction.mean, r.psnr.mean) for r in shown if r.on_front)
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), "--", color="#c0504d", linewidth=1, label="Pareto front")
