@@ -287,7 +287,17 @@ def test_a_run_inside_a_tune_trial_takes_the_trials_bundles(ray_local, tmp_path:
 
 # A real sweep: 2 settings x 1 seed and a setting whose data file is broken (it fails in the run, not in
 # the config), 3 epochs each (one to interrupt), with the test-sized tiny editor of tests/cluster/test_train.py.
-SWEEP_OVERRIDES = [*TINY, "run.epochs=3", "run.image_every=0", "run.eval_seeds=1", "rollout.num_steps=2"]
+# enough epochs that the interrupt lands before the second trial ends even when an epoch takes a fraction
+# of a second (with 3 the window between its first checkpoint and its second epoch was missed on a quiet
+# machine)
+SWEEP_EPOCHS = 5
+SWEEP_OVERRIDES = [
+    *TINY,
+    f"run.epochs={SWEEP_EPOCHS}",
+    "run.image_every=0",
+    "run.eval_seeds=1",
+    "rollout.num_steps=2",
+]
 
 
 def _files(run_dir: Path) -> dict[str, int]:
@@ -318,14 +328,16 @@ def test_sweep_on_tune_survives_a_failed_trial_and_resumes_after_an_interrupt(tm
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(lines(second)) == 1 and latest_checkpoint(second) is not None:
+        if lines(second) and latest_checkpoint(second) is not None:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops the trials
     interrupted_log = proc.communicate(timeout=300)[0]
     assert proc.returncode == 1 and "run the same command again to resume" in interrupted_log
-    assert len(lines(first)) == 3 and 1 <= len(lines(second)) < 3, interrupted_log[-3000:]
+    assert len(lines(first)) == SWEEP_EPOCHS and 1 <= len(lines(second)) < SWEEP_EPOCHS, interrupted_log[
+        -3000:
+    ]
     first_files, second_before = _files(first), lines(second)
 
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
@@ -335,12 +347,14 @@ def test_sweep_on_tune_survives_a_failed_trial_and_resumes_after_an_interrupt(tm
     assert _files(first) == first_files  # the finished trial did not run again: not one file touched
     # continued from its checkpoint: the epochs run before the interrupt are kept, each epoch ran once
     assert lines(second)[: len(second_before)] == second_before
-    assert [json.loads(ln)["epoch"] for ln in lines(second)] == [0, 1, 2]
+    assert [json.loads(ln)["epoch"] for ln in lines(second)] == list(range(SWEEP_EPOCHS))
     # Tune holds every epoch of both (the resumed trial's earlier epochs reported again at its restart)
     for trial in ("00000", "00001"):
         (result,) = (out / "tune").glob(f"run_trial_*_{trial}_*/result.json")
         rows = [json.loads(ln) for ln in result.read_text().splitlines()]
-        assert [r["epoch"] for r in rows] == [0, 1, 2] and all("reward/mean" in r for r in rows)
+        assert [r["epoch"] for r in rows] == list(range(SWEEP_EPOCHS)) and all(
+            "reward/mean" in r for r in rows
+        )
         assert "eval/pixel/psnr" in rows[-1]
     report = (out / "report.md").read_text()
     assert "| S1 | `learner.lam_pos=0 data.manifest=null` | 1 |" in report
