@@ -210,11 +210,8 @@ def pareto_png(
             color="#c0504d" if r.on_front else "#4a7bd0",
             capsize=3,
         )
-    labels: dict[tuple[float, float], list[str]] = {}  # settings that end at the same point share a label
-    for r in shown:
-        labels.setdefault((r.instruction.mean, r.psnr.mean), []).append(r.label)
-    for xy, names in labels.items():
-        ax.annotate(", ".join(names), xy, textcoords="offset points", xytext=(5, 5))
+    for xy, label in point_labels(shown).items():
+        ax.annotate(label, xy, textcoords="offset points", xytext=(5, 5))
     front = sorted((r.instruction.mean, r.psnr.mean) for r in shown if r.on_front)
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), "--", color="#c0504d", linewidth=1, label="Pareto front")
@@ -232,6 +229,14 @@ def pareto_png(
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def point_labels(rows: Sequence[SettingSummary]) -> dict[tuple[float, float], str]:
+    """The plot's label per point: settings that end at the same point share one ("S3, S5")."""
+    names: dict[tuple[float, float], list[str]] = {}
+    for r in rows:
+        names.setdefault((r.instruction.mean, r.psnr.mean), []).append(r.label)
+    return {xy: ", ".join(labels) for xy, labels in names.items()}
 
 
 def _min_span(ax: Any, x_span: float, y_span: float) -> None:

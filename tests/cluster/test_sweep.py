@@ -28,8 +28,10 @@ from cocoedit.cluster.sweep import (
     grid_settings,
 )
 from cocoedit.cluster.sweep_report import (
+    SettingSummary,
     TrialOutcome,
     pareto_front,
+    point_labels,
     stat,
     summarize,
     write_report,
@@ -181,6 +183,8 @@ def report_dir(tmp_path: Path) -> Path:
     assert rows[0].psnr.mean == 21.0 and rows[0].psnr.ci95 == pytest.approx(2.484, abs=1e-3)
     assert (rows[1].done, rows[1].failed, rows[1].psnr.mean) == (2, 1, 25.0)
     assert [r.on_front for r in rows] == [False, True]
+    twin = SettingSummary(**{**rows[1].__dict__, "label": "S3"})  # ends where S2 does: one label for both
+    assert point_labels([*rows, twin]) == {(0.5, 21.0): "S1", (0.5, 25.0): "S2, S3"}
     report = write_report(
         tmp_path, settings, outcomes, command="cocoedit sweep --grid learner.lam_pos=0,0.8 --seeds 3"
     )
