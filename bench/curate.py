@@ -121,8 +121,8 @@ def main() -> int:
     )
 
     from cocoedit.cluster.config import load_config
-    from cocoedit.cluster.curate import plan_shards, prepare_shards, run_shards
-    from cocoedit.cluster.launch import init_ray
+    from cocoedit.cluster.curate.pipeline import plan_shards, prepare_shards, run_shards
+    from cocoedit.cluster.runtime.launch import init_ray
 
     work = Path(tempfile.mkdtemp(prefix="cocoedit_bench_curate_"))
     try:

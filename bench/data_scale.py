@@ -109,7 +109,7 @@ def train_peak(manifest: Path, run_dir: Path, epochs: int, overrides: list[str])
     """(driver peak RSS MB, wall s, exit code) of a tiny `cocoedit train` run on `manifest`."""
     overrides = [f"data.manifest={manifest}", f"run.epochs={epochs}", f"run.run_dir={run_dir}", *overrides]
     # the tiny editor is built (once, cached) by another process, so the driver's peak is the run's
-    build = "from cocoedit.cluster.config import load_config; from cocoedit.cluster.launch import resolve_models; "
+    build = "from cocoedit.cluster.config import load_config; from cocoedit.cluster.runtime.launch import resolve_models; "
     build += f"resolve_models(load_config(None, {overrides!r}))"
     subprocess.run([sys.executable, "-c", build], cwd=ROOT, check=True, capture_output=True)
     cmd = [sys.executable, "-m", "cocoedit.cluster.cli", "train", *overrides]

@@ -170,8 +170,8 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One role at one depth: measured and estimated bytes."""
     from cocoedit.cluster.config import load_config
-    from cocoedit.cluster.dryrun import real_editor
     from cocoedit.cluster.plan import learner_plan, policy_model, rollout_plan
+    from cocoedit.cluster.train.dryrun import real_editor
 
     model_path = str(real_editor(args.family, args.depth))
     spec = {"role": args.role, "overrides": overrides(args, model_path)}
@@ -227,7 +227,7 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 def cmd_batch_bytes(args: argparse.Namespace) -> None:
     """Bytes of one sampled group as pickled for Ray (the worker -> driver -> learner payload)."""
-    from cocoedit.cluster.dryrun import real_editor
+    from cocoedit.cluster.train.dryrun import real_editor
 
     ns = argparse.Namespace(**{**vars(args), "role": "batch"})
     model_path = str(real_editor(args.family, args.depth))

@@ -201,7 +201,7 @@ def bench_bytes(config: str | None, overrides: list[str]) -> None:
     from cocoedit.actors.rollout import RolloutWorker
     from cocoedit.actors.types import RolloutBatch
     from cocoedit.cluster.config import load_config
-    from cocoedit.cluster.groups import shard_bounds
+    from cocoedit.cluster.train.groups import shard_bounds
 
     cfg = load_config(config, overrides)
     model = cfg.policy.model_path

@@ -18,8 +18,8 @@ import tempfile
 import numpy as np
 
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.launch import init_ray
-from cocoedit.cluster.train import run_epochs, start_run
+from cocoedit.cluster.runtime.launch import init_ray
+from cocoedit.cluster.train.loop import run_epochs, start_run
 
 STAGES = ("time/sample_s", "time/score_s", "time/update_s", "time/sync_s", "time/epoch_s")
 LAYOUTS = {"contended": [], "separated": ["run.pin_cpus=true"]}

@@ -39,18 +39,18 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str, bool]] = {
     "data synth": ("cocoedit.actors.synth", "cli_synth", False),
     "data check": ("cocoedit.actors.data", "cli_check", False),
-    "data curate": ("cocoedit.cluster.curate", "cli_curate", True),
+    "data curate": ("cocoedit.cluster.curate.pipeline", "cli_curate", True),
     "config show": ("cocoedit.cluster.cli", "cli_show_config", True),
-    "train": ("cocoedit.cluster.train", "cli_train", True),
-    "sweep": ("cocoedit.cluster.sweep", "cli_sweep", True),
+    "train": ("cocoedit.cluster.train.loop", "cli_train", True),
+    "sweep": ("cocoedit.cluster.sweep.tune", "cli_sweep", True),
     "pretrain-tiny": ("cocoedit.cluster.cli", "cli_pretrain", True),
     "plan": ("cocoedit.cluster.plan", "cli_plan", True),
     "build-model": ("cocoedit.actors.policies.builders", "cli_build_model", False),
     "serve": ("cocoedit.cluster.cli", "cli_serve", True),
     "edit": ("cocoedit.actors.edit", "cli_edit", False),
     "export": ("cocoedit.learner.export", "cli_export", False),
-    "eval run": ("cocoedit.cluster.evaluate", "cli_eval", True),
-    "eval compare": ("cocoedit.cluster.evaluate", "cli_compare", False),
+    "eval run": ("cocoedit.cluster.eval.evaluate", "cli_eval", True),
+    "eval compare": ("cocoedit.cluster.eval.evaluate", "cli_compare", False),
 }
 
 
@@ -64,7 +64,7 @@ def _add_dry_run_arg(p: argparse.ArgumentParser) -> None:
         "--dry-run",
         action="store_true",
         help="the config shrunk to this machine: CPUs only, one worker/rank/replica, one epoch of one group, "
-        "the real-dims editor at depth 1 and the synthetic judge (cluster/dryrun.py)",
+        "the real-dims editor at depth 1 and the synthetic judge (cluster/train/dryrun.py)",
     )
 
 
@@ -278,7 +278,7 @@ def _load_config(path: Optional[str], overrides: Sequence[str], dry_run: bool = 
 
     try:
         if dry_run:
-            from cocoedit.cluster.dryrun import dry_run_config
+            from cocoedit.cluster.train.dryrun import dry_run_config
 
             return dry_run_config(path, list(overrides))
         return load_config(path, overrides)

@@ -21,8 +21,8 @@ import yaml
 
 from cocoedit.actors.config import DataConfig, PolicyConfig, PretrainConfig, RolloutConfig
 from cocoedit.actors.policies import FAMILIES
-from cocoedit.cluster.curate_config import CurateConfig
-from cocoedit.cluster.eval_config import EvalConfig
+from cocoedit.cluster.curate.config import CurateConfig
+from cocoedit.cluster.eval.config import EvalConfig
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.ranges import Range, check
 from cocoedit.rewards.config import ClientConfig, ServiceConfig
@@ -55,7 +55,7 @@ class RunConfig:
     # None = Ray picks one (logged at start); ignored when joining a cluster (`ray start --metrics-export-port`).
     metrics_export_port: Optional[Annotated[int, Range(ge=1, le=65535)]] = None
     ray_num_cpus: Optional[Annotated[int, Range(ge=1)]] = None
-    # Placement (cluster/placement.py): every role's actors are reserved as placement groups before
+    # Placement (cluster/runtime/placement.py): every role's actors are reserved as placement groups before
     # anything starts; a reservation the cluster cannot satisfy fails after this many seconds.
     placement_timeout_s: Annotated[float, Range(gt=0)] = 30.0
     # Compare what the roles ask for with the cluster's resources first (fails at once, naming the role);
@@ -65,7 +65,7 @@ class RunConfig:
     colocate: bool = False
     seed: Annotated[int, Range(ge=0)] = 0
     tiny: bool = False  # build the tiny editor / tiny judge in code when no model_path is given
-    # Experiment trackers (cluster/runlog.py): each gets the same scalars, image grids, the resolved
+    # Experiment trackers (cluster/train/runlog.py): each gets the same scalars, image grids, the resolved
     # config as parameters and the LoRA at the end. W&B stays offline (files under run_dir/wandb, no
     # network) unless wandb_mode=online; MLflow writes a file store under run_dir/mlruns unless a
     # tracking URI is given.
@@ -193,7 +193,9 @@ class Config:
                 f"learner.sde_noise_level={learner.sde_noise_level:g} must equal rollout.sde_noise_level="
                 f"{rollout.sde_noise_level:g}: GRPO re-evaluates the log-probabilities of the sampled steps"
             )
-        if self.run.colocate:  # rollout worker i and learner rank i share bundle i (cluster/placement.py)
+        if (
+            self.run.colocate
+        ):  # rollout worker i and learner rank i share bundle i (cluster/runtime/placement.py)
             if rollout.num_workers != learner.world_size:
                 raise ValueError(
                     f"run.colocate pairs rollout worker i with learner rank i: rollout.num_workers="

@@ -196,7 +196,7 @@ def _once(key: Any, simulate: Callable[[], float]) -> float:
     import diffusers
     import torch
 
-    from cocoedit.cluster.launch import cache_dir
+    from cocoedit.cluster.runtime.launch import cache_dir
 
     text = json.dumps(
         [SIMULATOR_VERSION, torch.__version__, diffusers.__version__, key], sort_keys=True, default=str

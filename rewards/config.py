@@ -40,7 +40,7 @@ class ScalingConfig:
     replicas: Annotated[int, Range(ge=1)] = 1  # at start
     min_replicas: Annotated[int, Range(ge=1)] = 1  # autoscaling bounds
     max_replicas: Annotated[int, Range(ge=1)] = 4
-    # Autoscaling (cluster/services.py): after each epoch one replica is added when scoring the epoch
+    # Autoscaling (cluster/runtime/services.py): after each epoch one replica is added when scoring the epoch
     # took longer than this, one removed when one fewer would still take under half of it. None = fixed.
     target_score_s: Optional[Annotated[float, Range(gt=0)]] = None
     cpus_per_replica: Annotated[float, Range(ge=0)] = 1.0

@@ -54,7 +54,7 @@ def _synthetic(cfg: SyntheticJudgeConfig) -> Scorer:
 
 
 # service name (its section rewards.<name> and its score's name in rewards.weights) -> Service. The Ray
-# replicas of cluster/services.py build scorers from here too: standalone and on a cluster they run alike.
+# replicas of cluster/runtime/services.py build scorers from here too: standalone and on a cluster they run alike.
 SERVICES: dict[str, Service] = {
     "pixel": Service(PixelConfig, _pixel),
     "mllm": Service(JudgeConfig, _mllm),

@@ -23,7 +23,7 @@ from cocoedit.actors.data import load_index
 from cocoedit.actors.rollout import RolloutWorker
 from cocoedit.actors.types import GroupedItem, RolloutBatch
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.launch import resolve_models
+from cocoedit.cluster.runtime.launch import resolve_models
 from cocoedit.rewards.base import DecodedEdit
 from cocoedit.rewards.serve import service
 

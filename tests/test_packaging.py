@@ -21,7 +21,10 @@ def test_the_wheel_holds_only_cocoedit_and_runs_outside_the_checkout(tmp_path: P
     ).stdout.split()
     source = tmp_path / "source"
     for name in files:
-        if (ROOT / name).is_file():
+        if (ROOT / name).is_symlink():  # cocoedit/<part> -> ../<part>: a link in git, and in the copy
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).symlink_to(os.readlink(ROOT / name))
+        elif (ROOT / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
     build = subprocess.run(
@@ -73,3 +76,29 @@ def test_the_wheel_holds_only_cocoedit_and_runs_outside_the_checkout(tmp_path: P
         [sys.executable, "-c", "import actors"], cwd=elsewhere, env=env, capture_output=True
     )
     assert leak.returncode != 0
+
+
+def test_each_module_has_one_name(tmp_path: Path) -> None:
+    """`cocoedit.<part>` resolves by plain paths (a link per part, no import hook), and nothing else
+    does: the bare part names refuse to import, and tests, bench and the package itself are not under it."""
+    for part in PARTS:
+        link = ROOT / "cocoedit" / part
+        assert link.is_symlink() and link.resolve() == ROOT / part
+    code = (
+        "import importlib, sys\n"
+        "import cocoedit.actors.data, cocoedit.cluster.cli\n"
+        "assert cocoedit.actors.data.__name__ == 'cocoedit.actors.data'\n"
+        "for name in ('actors', 'cluster.cli', 'rewards', 'learner', 'protos', 'cocoedit.tests', "
+        "'cocoedit.bench', 'cocoedit.cocoedit'):\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError as e:\n"
+        "        print(name, 'refused:', e)\n"
+        "    else:\n"
+        "        print(name, 'IMPORTED')\n"
+    )
+    # from the repository root, where every part's folder is on sys.path too
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "IMPORTED" not in out.stdout, out.stdout
+    assert "actors refused: import cocoedit.actors, not actors" in out.stdout

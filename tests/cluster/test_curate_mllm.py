@@ -19,7 +19,7 @@ from cocoedit.actors.config import DataConfig
 from cocoedit.actors.data import scan
 from cocoedit.actors.synth import synthetic_example
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.curate import curate
+from cocoedit.cluster.curate.pipeline import curate
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS, NO_TARGET = 12, 4

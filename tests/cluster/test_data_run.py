@@ -8,7 +8,7 @@ import ray
 from cocoedit.actors.synth import write_synthetic_dataset
 from cocoedit.actors.types import ItemRef
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.train import run_epochs, start_run
+from cocoedit.cluster.train.loop import run_epochs, start_run
 from tests.cluster.test_train import TINY
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from cocoedit.cluster.cli import main
 from cocoedit.cluster.config import CONFIG_DIR, load_config, to_dict
-from cocoedit.cluster.dryrun import dry_run_overrides
+from cocoedit.cluster.train.dryrun import dry_run_overrides
 
 PRODUCTION = ("flux_kontext_8gpu.yaml", "qwen_image_edit_16gpu.yaml")
 # What the profile may change: counts, devices, where models and data come from. Nothing of the algorithm.

@@ -23,10 +23,10 @@ from PIL import Image
 from cocoedit.actors.generate import EditGenerator
 from cocoedit.cluster.cli import main as cli_main
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.eval_config import generation_settings
-from cocoedit.cluster.eval_generate import generate_edits, read_png
-from cocoedit.cluster.eval_report import aggregate, compare_runs
-from cocoedit.cluster.evaluate import load_bench
+from cocoedit.cluster.eval.config import generation_settings
+from cocoedit.cluster.eval.evaluate import load_bench
+from cocoedit.cluster.eval.generate import generate_edits, read_png
+from cocoedit.cluster.eval.report import aggregate, compare_runs
 from cocoedit.rewards.eval_prompts import (
     AnswerParseError,
     gedit_item_scores,

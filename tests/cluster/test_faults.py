@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.train import LearnerFailure, run_epochs, start_run
+from cocoedit.cluster.train.loop import LearnerFailure, run_epochs, start_run
 from cocoedit.learner.checkpoint import latest_checkpoint
 from tests.cluster.test_train import TINY
 

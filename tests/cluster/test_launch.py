@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cocoedit.cluster.launch import RayConnectError, _join
+from cocoedit.cluster.runtime.launch import RayConnectError, _join
 from cocoedit.loopback import free_port
 
 WHAT_TO_DO = ("ray start --head", "RAY_ADDRESS", "run.ray_address=null")
@@ -83,7 +83,7 @@ def test_a_live_cluster_is_joined(tmp_path: Path, ray_local) -> None:  # noqa: A
     """The bounded join still joins: a child process joins this session's cluster by its address."""
     address = ray_local.get_runtime_context().gcs_address
     code = (
-        "import ray; from cocoedit.cluster.config import load_config; from cocoedit.cluster.launch import init_ray; "
+        "import ray; from cocoedit.cluster.config import load_config; from cocoedit.cluster.runtime.launch import init_ray; "
         f"init_ray(load_config(None, ['run.ray_address={address}', 'run.ray_connect_timeout_s=60']).run); "
         "print('joined', ray.get_runtime_context().gcs_address)"
     )

@@ -12,7 +12,7 @@ SCRIPT = """
 import json, time
 import psutil, ray                                   # imported first, as the train driver does
 from cocoedit.cluster.config import RunConfig
-from cocoedit.cluster.launch import init_ray
+from cocoedit.cluster.runtime.launch import init_ray
 
 init_ray(RunConfig(ray_num_cpus=1))
 ray.get(ray.remote(lambda: 1).remote())              # a worker process too

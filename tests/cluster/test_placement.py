@@ -8,8 +8,8 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from cocoedit.cluster.config import ConfigError, load_config
-from cocoedit.cluster.placement import Demand, Placement, PlacementError, check_cluster, demands
-from cocoedit.cluster.train import train
+from cocoedit.cluster.runtime.placement import Demand, Placement, PlacementError, check_cluster, demands
+from cocoedit.cluster.train.loop import train
 from cocoedit.rewards.serve import SERVICES
 
 # the tiny config's roles: learner 0.5 CPU, rollout 0.5 CPU, pixel 0.25 CPU, synthetic 0.25 CPU
@@ -163,8 +163,8 @@ def _threads_and_cores(actor) -> tuple[int, list[int]]:  # noqa: ANN001
 def test_actors_use_the_cpus_they_reserved(ray_local) -> None:  # noqa: ANN001
     """A process environment with OMP_NUM_THREADS=1 (as Ray gives actors with fractional asks, and as
     clusters often set) must not make a role that reserved 2 CPUs single-threaded."""
-    from cocoedit.cluster.groups import LearnerRank
-    from cocoedit.cluster.services import RewardReplica
+    from cocoedit.cluster.runtime.services import RewardReplica
+    from cocoedit.cluster.train.groups import LearnerRank
 
     one_thread = {"env_vars": {"OMP_NUM_THREADS": "1"}}
     rank = ray.remote(LearnerRank).options(num_cpus=2, runtime_env=one_thread).remote(0, 1, 2.0)
@@ -189,8 +189,8 @@ def test_actors_use_the_cpus_they_reserved(ray_local) -> None:  # noqa: ANN001
 def test_pinned_roles_get_disjoint_cores(ray_local) -> None:  # noqa: ANN001
     import os
 
-    from cocoedit.cluster.groups import LearnerRank
-    from cocoedit.cluster.placement import cpu_sets
+    from cocoedit.cluster.runtime.placement import cpu_sets
+    from cocoedit.cluster.train.groups import LearnerRank
 
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from cocoedit.cluster.config import dump_config, load_config
-from cocoedit.cluster.resume import ResumeConfigError, resume_from
+from cocoedit.cluster.train.resume import ResumeConfigError, resume_from
 
 
 def _run(tmp_path: Path, steps: tuple[int, ...], overrides: tuple[str, ...] = ()) -> tuple[Path, list[Path]]:

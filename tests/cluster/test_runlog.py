@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.runlog import RunLog, flat_params, make_grid_image, mask_overlay
+from cocoedit.cluster.train.runlog import RunLog, flat_params, make_grid_image, mask_overlay
 from tests.cluster.trackers import mlflow_series, wandb_history
 
 ALL = "run.trackers=[tensorboard,wandb,mlflow]"
@@ -41,7 +41,7 @@ def loopback_only(host, *args, **kwargs):
     return real(host, *args, **kwargs)
 socket.getaddrinfo = loopback_only
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.runlog import RunLog
+from cocoedit.cluster.train.runlog import RunLog
 runlog = RunLog(load_config(None, ["run.trackers=[wandb]", "run.run_dir=" + sys.argv[1]]))
 runlog.scalars(0, {"reward/mean": 0.5})
 runlog.close()

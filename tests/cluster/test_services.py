@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.placement import PlacementError
-from cocoedit.cluster.services import RewardServices
+from cocoedit.cluster.runtime.placement import PlacementError
+from cocoedit.cluster.runtime.services import RewardServices
 from cocoedit.rewards.client import make_edit
 
 

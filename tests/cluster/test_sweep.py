@@ -18,16 +18,8 @@ import pytest
 
 from cocoedit.cluster.cli import main as cli_main
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.placement import Placement, run_bundles
-from cocoedit.cluster.sweep import (
-    SEED_KEYS,
-    Setting,
-    Sweep,
-    Trial,
-    check_resumable,
-    grid_settings,
-)
-from cocoedit.cluster.sweep_report import (
+from cocoedit.cluster.runtime.placement import Placement, run_bundles
+from cocoedit.cluster.sweep.report import (
     SettingSummary,
     TrialOutcome,
     pareto_front,
@@ -35,6 +27,14 @@ from cocoedit.cluster.sweep_report import (
     stat,
     summarize,
     write_report,
+)
+from cocoedit.cluster.sweep.tune import (
+    SEED_KEYS,
+    Setting,
+    Sweep,
+    Trial,
+    check_resumable,
+    grid_settings,
 )
 from cocoedit.learner.checkpoint import latest_checkpoint
 from tests.browser import open_in_chromium
@@ -245,7 +245,7 @@ def test_a_run_inside_a_tune_trial_takes_the_trials_bundles(ray_local, tmp_path:
     and closing leaves the trial's group alone; in the other a run of another layout is refused."""
     from ray import tune
 
-    from cocoedit.cluster.sweep import trial_resources
+    from cocoedit.cluster.sweep.tune import trial_resources
 
     cfg = load_config(None, ["rollout.num_workers=2"])
     other = load_config(None, ["rollout.num_workers=1"])

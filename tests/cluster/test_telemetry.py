@@ -13,7 +13,7 @@ from typing import Optional
 
 import pytest
 
-from cocoedit.cluster.launch import metrics_url
+from cocoedit.cluster.runtime.launch import metrics_url
 from cocoedit.telemetry import (
     record_epoch,
     record_learner,

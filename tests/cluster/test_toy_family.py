@@ -22,7 +22,7 @@ from cocoedit.actors.policies.flux_kontext import FluxKontextPolicy
 from cocoedit.actors.policies.tiny import build_tiny_model
 from cocoedit.actors.rollout import RolloutWorker
 from cocoedit.cluster.config import ConfigError, load_config
-from cocoedit.cluster.eval_config import generation_settings
+from cocoedit.cluster.eval.config import generation_settings
 from cocoedit.learner.learner import Learner
 from tests.actors.test_rollout import make_items
 from tests.learner import common

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cocoedit.cluster.config import ConfigError, load_config
-from cocoedit.cluster.placement import Demand, PlacementError, check_cluster, demands
+from cocoedit.cluster.runtime.placement import Demand, PlacementError, check_cluster, demands
 from cocoedit.ranges import Range
 from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.client import make_edit
@@ -95,7 +95,7 @@ def test_registered_service_is_configured_checked_and_placed(toy: None) -> None:
 
 
 def test_registered_service_runs_on_ray_and_scores_through_grpc(toy: None, ray_local) -> None:  # noqa: ANN001
-    from cocoedit.cluster.services import RewardServices
+    from cocoedit.cluster.runtime.services import RewardServices
 
     cfg = load_config(
         None, [*TOY, "rewards.toy.scaling.replicas=2", "rewards.toy.scaling.cpus_per_replica=0.1"]

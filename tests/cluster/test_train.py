@@ -9,8 +9,8 @@ import torch
 
 from cocoedit.cluster.cli import main as cli_main
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.resume import ResumeConfigError
-from cocoedit.cluster.train import run_epochs, start_run, train
+from cocoedit.cluster.train.loop import run_epochs, start_run, train
+from cocoedit.cluster.train.resume import ResumeConfigError
 from cocoedit.learner.checkpoint import complete_checkpoints, latest_checkpoint
 from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import ServiceConfig

@@ -43,7 +43,7 @@ def mlflow_series(run_dir: Path, key: str) -> list[tuple[int, float]]:
     """(step, value) of our metric `key` in the run's MLflow run, by step."""
     from mlflow import MlflowClient
 
-    from cocoedit.cluster.runlog import mlflow_key
+    from cocoedit.cluster.train.runlog import mlflow_key
 
     key = mlflow_key(key)
     ids = json.loads((run_dir / "trackers.json").read_text())

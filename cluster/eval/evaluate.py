@@ -8,18 +8,18 @@
    JSON, our manifest), masks `<key>_mask.png`; GEdit/ImgEdit items are written once as a benchmask
    folder under OUT/bench and loaded through actors.data (same validation, same mask-polarity check as
    training data).
-2. Edits (cluster/eval_generate.py, actors/generate.py): the policy samples one edit per item with the
+2. Edits (cluster/eval/generate.py, actors/generate.py): the policy samples one edit per item with the
    stock pipeline settings (eval.* config), on the local process or sharded over `eval.num_workers` Ray
    actors when a Ray cluster is there. Each edit is written atomically as OUT/edits/<key>.png, so a rerun
    after a crash generates only the missing ones (OUT/edits/settings.json pins the settings; a rerun
    with different settings is refused). `--edits target|source` writes the known targets / the
    untouched sources instead (oracle bounds).
-3. Scores (cluster/eval_scores.py): masked PSNR/SSIM in both conventions (keep-only, pie; PSNR capped
+3. Scores (cluster/eval/scores.py): masked PSNR/SSIM in both conventions (keep-only, pie; PSNR capped
    at 80 dB by the 1e-8 MSE floor of rewards.metrics), the exact synthetic instruction score when the
    items carry targets, and the MLLM judge (GEdit VIEScore SC/PQ/O 0-10 or ImgEdit 1-5 criteria) when
    eval.judge is not none. Judge answers are cached in OUT/judge.jsonl (keyed by edit bytes and judge
    settings).
-4. Reports (cluster/eval_report.py): OUT/results.json (items, group tables, overall, settings,
+4. Reports (cluster/eval/report.py): OUT/results.json (items, group tables, overall, settings,
    versions) and OUT/report.html.
 """
 
@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any, Optional
 from cocoedit.actors.benchmarks import safe_key
 from cocoedit.actors.generate import item_seed
 from cocoedit.actors.types import EditItem
-from cocoedit.cluster.eval_config import EvalConfig
-from cocoedit.cluster.eval_generate import SETTINGS_FILE, generate_edits, read_png, sha256_file, write_atomic
-from cocoedit.cluster.eval_scores import PSNR_CAP_DB, judge_protocol, pixel_scores, run_judge
-from cocoedit.cluster.provenance import versions
+from cocoedit.cluster.eval.config import EvalConfig
+from cocoedit.cluster.eval.generate import SETTINGS_FILE, generate_edits, read_png, sha256_file, write_atomic
+from cocoedit.cluster.eval.scores import PSNR_CAP_DB, judge_protocol, pixel_scores, run_judge
+from cocoedit.cluster.runtime.provenance import versions
 
 if TYPE_CHECKING:
     from cocoedit.cluster.config import Config
@@ -69,7 +69,7 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Generate (resumably), score and report one run; returns the results dict (also results.json)."""
-    from cocoedit.cluster.eval_report import aggregate, write_html
+    from cocoedit.cluster.eval.report import aggregate, write_html
 
     cfg = config.eval
     out = Path(out_dir)
@@ -77,7 +77,7 @@ def evaluate(
     items = load_bench(bench, data, cfg, out)
     policy_cfg = None
     if edits == "policy":
-        from cocoedit.cluster.launch import resolve_models
+        from cocoedit.cluster.runtime.launch import resolve_models
 
         config = resolve_models(
             dataclasses.replace(config, rewards=dataclasses.replace(config.rewards, weights={}))
@@ -164,7 +164,7 @@ def _ray_available(config: Config) -> bool:
     if ray.is_initialized():
         return True
     if config.run.ray_address or os.environ.get("RAY_ADDRESS"):
-        from cocoedit.cluster.launch import init_ray
+        from cocoedit.cluster.runtime.launch import init_ray
 
         init_ray(config.run)
         return True
@@ -173,7 +173,7 @@ def _ray_available(config: Config) -> bool:
 
 def cli_eval(args: argparse.Namespace, config: Config) -> int:
     """`cocoedit eval [run] --bench B --data DIR [--lora FILE ...] [--out DIR] [--edits E] [key=value ...]`."""
-    from cocoedit.cluster.eval_report import summary_text
+    from cocoedit.cluster.eval.report import summary_text
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not args.data:
@@ -194,7 +194,7 @@ def cli_eval(args: argparse.Namespace, config: Config) -> int:
         print(f"results: {run_out / 'results.json'}\nreport:  {run_out / 'report.html'}")
         runs.append(run_out)
     if len(runs) > 1:
-        from cocoedit.cluster.eval_report import compare_runs
+        from cocoedit.cluster.eval.report import compare_runs
 
         for other in runs[1:]:
             text, _ = compare_runs(runs[0], other, out / f"compare_{runs[0].name}_vs_{other.name}.html")
@@ -204,7 +204,7 @@ def cli_eval(args: argparse.Namespace, config: Config) -> int:
 
 def cli_compare(args: argparse.Namespace) -> int:
     """`cocoedit eval compare RUN_A RUN_B [--out FILE.html]`: per-group deltas (B - A), text + HTML."""
-    from cocoedit.cluster.eval_report import compare_runs
+    from cocoedit.cluster.eval.report import compare_runs
 
     a, b = Path(args.run_a), Path(args.run_b)
     out = Path(args.out) if args.out else b / f"compare_{a.name}_vs_{b.name}.html"

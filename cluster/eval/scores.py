@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 
 from cocoedit.actors.types import EditItem
-from cocoedit.cluster.eval_config import EvalConfig
+from cocoedit.cluster.eval.config import EvalConfig
 
 PSNR_CAP_DB = 80.0  # 10 log10(1 / 1e-8): rewards.metrics floors the MSE at 1e-8
 

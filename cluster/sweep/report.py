@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from cocoedit.cluster.eval_report import CSS, SCRIPT, html_table
+from cocoedit.cluster.eval.report import CSS, SCRIPT, html_table
 
 PSNR, SSIM = "eval/pixel/psnr", "eval/pixel/ssim"
 # the instruction judge of the run: the MLLM in production, the exact synthetic judge in the tiny mode

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cocoedit.actors.types import EditItem
-from cocoedit.cluster.runlog import mask_overlay
+from cocoedit.cluster.train.runlog import mask_overlay
 from cocoedit.rewards.images import encode_png
 
 PIXEL_METRICS = ("psnr_keep", "ssim_keep", "psnr_pie", "ssim_pie")

@@ -1,7 +1,7 @@
 """The training loop: sample, score, advantages, update, sync, evaluate, log, checkpoint.
 
     cocoedit train [--config cluster/configs/tiny_cpu.yaml] [--resume [CHECKPOINT]] [key=value ...]
-    python -m cocoedit.cluster.train --config cluster/configs/flux_kontext_8gpu.yaml     # under `ray job submit`
+    python -m cocoedit.cluster.train.loop --config cluster/configs/flux_kontext_8gpu.yaml     # under `ray job submit`
 
     with start_run(cfg) as run:             # every part started; closed in reverse order on exit
         for epoch, row in run_epochs(run):  # the public seam: act on run.rollout / run.services between epochs
@@ -33,15 +33,15 @@ from cocoedit.actors.data import split_held_out
 from cocoedit.actors.epochs import EpochSampler
 from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
 from cocoedit.cluster.config import Config
-from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
-from cocoedit.cluster.launch import RayConnectError, init_ray, resolve_models
-from cocoedit.cluster.placement import Placement, PlacementError
 from cocoedit.cluster.plan import log_plan
-from cocoedit.cluster.resume import Resume, ResumeConfigError, resume_from
-from cocoedit.cluster.rollouts import RolloutQueue
-from cocoedit.cluster.runlog import RunLog
-from cocoedit.cluster.scores import Scores, score_batch
-from cocoedit.cluster.services import RewardServices
+from cocoedit.cluster.runtime.launch import RayConnectError, init_ray, resolve_models
+from cocoedit.cluster.runtime.placement import Placement, PlacementError
+from cocoedit.cluster.runtime.services import RewardServices
+from cocoedit.cluster.train.groups import LearnerGroup, RolloutGroup
+from cocoedit.cluster.train.resume import Resume, ResumeConfigError, resume_from
+from cocoedit.cluster.train.rollouts import RolloutQueue
+from cocoedit.cluster.train.runlog import RunLog
+from cocoedit.cluster.train.scores import Scores, score_batch
 from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint
 from cocoedit.rewards.weighting import RewardError
@@ -364,14 +364,3 @@ def _print_summary(cfg: Config, history: list[dict[str, float]]) -> None:
             print(
                 f"{key:>22}: first {k} epochs {mean(first, key):.4f} -> last {k} epochs {mean(last, key):.4f}"
             )
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m cocoedit.cluster.train ARGS` is `cocoedit train ARGS`."""
-    from cocoedit.cluster.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

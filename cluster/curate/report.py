@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from cocoedit.cluster.eval_report import CSS, SCRIPT, bar_chart, html_table, mask_overlay, png_uri
+from cocoedit.cluster.eval.report import CSS, SCRIPT, bar_chart, html_table, mask_overlay, png_uri
 
 THUMB = 160  # px, longer side of gallery images
 # text columns read left to right, and unbroken answers ("0000...") wrap instead of widening the page

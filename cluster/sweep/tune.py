@@ -8,8 +8,8 @@ keys that move together share an axis with `+`: `--grid learner.lam_pos+learner.
 A setting is one point of the grid; each setting runs `--seeds` times (data.seed, rollout.seed and
 learner.seed = 0, 1, ...). Trailing `key=value` overrides apply to every trial.
 
-Each trial is one whole training run (cluster/train.py): its learner ranks, rollout workers and reward
-service replicas are the trial's resources, one Tune placement group per trial (cluster/placement.py
+Each trial is one whole training run (cluster/train/loop.py): its learner ranks, rollout workers and reward
+service replicas are the trial's resources, one Tune placement group per trial (cluster/runtime/placement.py
 `run_bundles`), so trials run side by side on a cluster with room and one after another on a laptop.
 Every epoch's metrics go to Tune (`tune.report`); each trial's own run directory
 (OUT/runs/<setting>/seed<k>) holds its metrics.jsonl, images and checkpoints.
@@ -18,7 +18,7 @@ A failed trial does not stop the others (its error is in the report). An interru
 a lost driver from Tune's last saved experiment state) resumes when the same command is run again:
 finished trials are kept, unfinished ones continue from their last checkpoint (run.checkpoint_every),
 failed ones stay failed.
-The report (cluster/sweep_report.py) is written to OUT/report.{md,png,html} when the trials end.
+The report (cluster/sweep/report.py) is written to OUT/report.{md,png,html} when the trials end.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cocoedit.cluster.config import Config, ConfigError, load_config
-from cocoedit.cluster.sweep_report import PSNR, TrialOutcome
+from cocoedit.cluster.sweep.report import PSNR, TrialOutcome
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
     it afresh, so the epochs logged before the interruption are reported to it again first."""
     from ray import tune
 
-    from cocoedit.cluster.train import run_epochs, start_run
+    from cocoedit.cluster.train.loop import run_epochs, start_run
     from cocoedit.learner.checkpoint import latest_checkpoint
 
     trial = next(t for t in sweep.trials if t.key == params["trial"])
@@ -217,7 +217,7 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
 
 
 def _logged_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Every epoch's metrics in the run's metrics.jsonl (cluster/runlog.py), nulls left out."""
+    """Every epoch's metrics in the run's metrics.jsonl (cluster/train/runlog.py), nulls left out."""
     path = run_dir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
     return [{k: v for k, v in json.loads(line).items() if v is not None} for line in lines]
@@ -228,7 +228,7 @@ def trial_resources(cfg: Config) -> Any:
     train`), then the bundles of the run's learner ranks, rollout workers and reward replicas."""
     from ray import tune
 
-    from cocoedit.cluster.placement import run_bundles
+    from cocoedit.cluster.runtime.placement import run_bundles
 
     return tune.PlacementGroupFactory([{}, *run_bundles(cfg)], strategy="PACK")
 
@@ -240,7 +240,7 @@ def run_sweep(sweep: Sweep, cfg: Config, max_concurrent: int = 0) -> Any:
     value fails at once, and the tiny models are built once here, before any trial starts."""
     from ray import tune
 
-    from cocoedit.cluster.launch import init_ray, resolve_models
+    from cocoedit.cluster.runtime.launch import init_ray, resolve_models
 
     configs = sweep.trial_configs()
     check_resumable(sweep)
@@ -303,8 +303,8 @@ def cli_sweep(args: argparse.Namespace, cfg: Config) -> int:
 
     `cfg` (the config with the sweep-wide overrides) starts or joins the Ray cluster. Exits 1 before Ray
     starts on a bad grid, seed count or value, and 1 after the report when trials are left unfinished."""
-    from cocoedit.cluster.launch import RayConnectError
-    from cocoedit.cluster.sweep_report import write_report
+    from cocoedit.cluster.runtime.launch import RayConnectError
+    from cocoedit.cluster.sweep.report import write_report
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -103,7 +103,7 @@ def check_config(cfg: Config, ckpt: Path) -> None:
         raise ResumeConfigError(
             f"--resume {ckpt}: the config differs from the one that run was trained with ({saved_path}) in "
             f"{len(differ)} key(s): {'; '.join(differ)}. A resumed run may change only run length, logging and "
-            "where it runs (cluster/resume.py RESUMABLE); start a new run (without --resume) to change the rest"
+            "where it runs (cluster/train/resume.py RESUMABLE); start a new run (without --resume) to change the rest"
         )
 
 

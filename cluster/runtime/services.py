@@ -29,7 +29,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from cocoedit.cluster.config import RewardsConfig
-from cocoedit.cluster.placement import PlacementError, check_available, use_cpus
+from cocoedit.cluster.runtime.placement import PlacementError, check_available, use_cpus
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.client import RewardServiceError
 from cocoedit.rewards.config import ServiceConfig

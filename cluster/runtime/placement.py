@@ -14,7 +14,7 @@ On an autoscaling cluster, where nodes join on demand, set `run.check_resources=
 `run.placement_timeout_s` to cover node start-up.
 
 Reward replicas are not in placement groups: they are added and removed while training runs
-(cluster/services.py), each checked against the resources available at that moment.
+(cluster/runtime/services.py), each checked against the resources available at that moment.
 
 A run started inside a placement group (a Ray Tune trial of `cocoedit sweep`) reserves nothing of its
 own: the trial's group already holds `run_bundles(cfg)`, and the learner ranks and rollout workers take

@@ -106,7 +106,7 @@ def real_editor(family: str, depth: int = DRY_RUN_DEPTH) -> Path:
     """The real-dims editor of `family` with `depth` blocks (seed 0), built on first use into
     $COCOEDIT_CACHE and reused afterwards. Saved in float32, the dtype the dry run computes in: loading
     then maps the files instead of converting them (a bfloat16 copy would double the peak while loading)."""
-    from cocoedit.cluster.launch import _cached
+    from cocoedit.cluster.runtime.launch import _cached
 
     settings = {"version": REAL_EDITOR_VERSION, "family": family, "depth": depth}
     return _cached(f"real-{family}-d{depth}", settings, lambda path: _build_real(family, depth, path))

@@ -16,7 +16,7 @@ from typing import Any
 
 from cocoedit.actors.epochs import EpochSampler, epoch_items
 from cocoedit.actors.types import EditItem, ItemRef, RolloutBatch
-from cocoedit.cluster.groups import RolloutGroup
+from cocoedit.cluster.train.groups import RolloutGroup
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from cocoedit.actors.config import PolicyConfig
 from cocoedit.actors.types import EditItem
-from cocoedit.cluster.eval_config import EvalConfig, generation_settings
+from cocoedit.cluster.eval.config import EvalConfig, generation_settings
 
 EDIT_SOURCES = ("policy", "target", "source")
 SETTINGS_FILE = "settings.json"
@@ -150,7 +150,7 @@ def _generate_ray(
     import ray
 
     from cocoedit.actors.generate import EditGenerator
-    from cocoedit.cluster.placement import Demand, check_cluster
+    from cocoedit.cluster.runtime.placement import Demand, check_cluster
 
     n_workers = min(cfg.num_workers, len(chunks))
     # an actor the cluster could never place would wait forever: fail now, naming the knobs

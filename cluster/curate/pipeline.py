@@ -41,280 +41,28 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from cocoedit.cluster.curate_config import CurateConfig, FilterConfig
-from cocoedit.cluster.curate_inputs import (
-    ItemError,
+from cocoedit.cluster.curate.filters import (
+    edit_type,
+    final_instruction,
+    select,
+)
+from cocoedit.cluster.curate.inputs import (
     Shard,
-    decode_image,
     detect_layout,
-    image_bytes,
     input_files,
     plan_shards,
-    read_shard,
+)
+from cocoedit.cluster.curate.stages import (
+    AnnotateStage,
+    prepare_shards,
 )
 
 if TYPE_CHECKING:
     from cocoedit.cluster.config import Config
-    from cocoedit.rewards.config import JudgeConfig
 
 log = logging.getLogger("cocoedit.curate")
 
-FILTERS = (
-    "readable",
-    "mask_area",
-    "keep_consistency",
-    "judge",
-    "unique_id",
-    "exact_duplicate",
-    "near_duplicate",
-    "balance",
-)
-FILTER_TEXT = {
-    "readable": "images decode and a mask was found",
-    "mask_area": "mask area fraction within [min_area, max_area]",
-    "keep_consistency": "keep-region PSNR and SSIM of the target vs the source above thresholds",
-    "judge": "judge score of the target vs the (refined) instruction above a threshold",
-    "unique_id": "first item with its id",
-    "exact_duplicate": "not a pixel-identical copy of an earlier item",
-    "near_duplicate": "not a perceptual-hash near copy of an earlier item",
-    "balance": "in the sample balanced over edit types",
-}
 PLAN_FILE = "plan.json"
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
-
-
-def _safe(item_id: str) -> str:
-    from cocoedit.cluster.evaluate import safe_key
-
-    try:
-        return safe_key(item_id)[:80]
-    except ValueError:
-        return "item"
-
-
-def passes_cheap(rec: dict[str, Any], filters: FilterConfig) -> bool:
-    """Readable, mask area and keep consistency: the filters decided before any MLLM call."""
-    return first_failure(rec, filters, judged=False) is None
-
-
-def first_failure(rec: dict[str, Any], filters: FilterConfig, judged: bool) -> Optional[str]:
-    """The first per-item filter `rec` fails (FILTERS order), or None; `judged` includes the judge."""
-    if rec.get("error"):
-        return "readable"
-    area = rec.get("area")
-    # an empty mask is never an item to train on, whatever min_area says
-    if area is not None and (area == 0.0 or not filters.min_area <= area <= filters.max_area):
-        return "mask_area"
-    if rec.get("psnr") is not None:
-        psnr_ok = rec["psnr"] >= filters.min_keep_psnr_db
-        if not (psnr_ok and rec["ssim"] is not None and rec["ssim"] >= filters.min_keep_ssim):
-            return "keep_consistency"
-    if judged and rec.get("judged"):
-        if rec.get("judge_score") is None or rec["judge_score"] < filters.min_judge_score:
-            return "judge"
-    return None
-
-
-def _store(out: Path, rel: str, data: bytes, array: np.ndarray, suffix: str) -> str:
-    """Put an input image under OUT as it came (its encoded bytes), or as PNG when it had no file
-    format of its own; returns the OUT-relative path written (`rel` + the suffix)."""
-    rel += suffix or ".png"
-    if suffix:
-        (out / rel).write_bytes(data)
-    else:
-        _save_png(array, out / rel)
-    return rel
-
-
-def keep_metrics(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """Keep-region (mask False) PSNR in dB and SSIM of target vs source, uint8 [H, W, 3] each
-    (rewards/metrics.py's keep-only convention)."""
-    import torch
-
-    from cocoedit.rewards.metrics import masked_psnr_ssim, uint8_to_unit
-
-    with torch.inference_mode():
-        edited = uint8_to_unit(torch.from_numpy(target).permute(2, 0, 1)[None])
-        src = uint8_to_unit(torch.from_numpy(source).permute(2, 0, 1)[None])
-        psnr, ssim = masked_psnr_ssim(edited, src, torch.from_numpy(mask)[None, None].float(), "keep-only")
-    return float(psnr[0]), float(ssim[0])
-
-
-def _mask_pair(
-    rec: dict[str, Any],
-    source: np.ndarray,
-    row: dict[str, Any],
-    base: Path,
-    stem: str,
-    cfg: CurateConfig,
-    out: Path,
-) -> None:
-    """Fill `rec` for an item with a target: target copied, mask written, area, keep PSNR/SSIM, hashes."""
-    from PIL import Image
-
-    from cocoedit.actors.dedup import perceptual_hash, pixel_digest
-    from cocoedit.actors.masks import edit_mask, undo_global_change
-
-    data = image_bytes(row.get("target"), base, "target")
-    target, suffix = decode_image(data, "target", cfg.max_image_pixels)
-    if target.shape != source.shape:
-        # the manifest pairs pixels: a target of another size is resized onto the source (and saved as PNG)
-        size = (source.shape[1], source.shape[0])
-        target = np.asarray(Image.fromarray(target).resize(size, Image.Resampling.BICUBIC))
-        suffix, rec["target_resized"] = "", True
-    rec["target"] = _store(out, f"{stem}.target", data, target, suffix)
-    result = edit_mask(source, target, cfg.mask)
-    rec["mask"] = f"{stem}.mask.png"
-    _save_png(result.mask.astype(np.uint8) * 255, out / rec["mask"])
-    rec.update(
-        mask_from="pair",
-        area=result.area_fraction,
-        threshold=result.threshold,
-        shift=[round(result.shift[0], 3), round(result.shift[1], 3)],
-        shift_applied=result.shift_applied,
-        gain=[round(g, 4) for g in result.gain],
-        digest=pixel_digest(source, target),
-        hashes=[perceptual_hash(source), perceptual_hash(target)],
-    )
-    if result.mask.any() and not result.mask.all():
-        # on the target as the mask saw it: a shifted or tinted copy still leaves the rest alone
-        rec["psnr"], rec["ssim"] = keep_metrics(source, undo_global_change(target, result), result.mask)
-
-
-def prepare_item(row: dict[str, Any], shard: Shard, k: int, cfg: CurateConfig, out: Path) -> dict[str, Any]:
-    """Stage 1 of one item: copy its images into OUT/items, mask the pair, measure it. Returns its
-    record (JSON-able); an unusable item gets `error` and no numbers."""
-    from cocoedit.actors.dedup import perceptual_hash, pixel_digest
-
-    row_id = row.get("id")
-    item_id = (
-        str(row_id) if row_id not in (None, "") else f"{Path(shard.path).stem}-{shard.first_row + k:07d}"
-    )
-    instruction = row.get("instruction")
-    rec: dict[str, Any] = {
-        "shard": shard.index,
-        "file": shard.path,
-        "row": shard.first_row + k,
-        "id": item_id,
-        "instruction": instruction if isinstance(instruction, str) else "",
-        "task": str(row.get("task") or ""),
-        "error": None,
-        "source": None,
-        "target": None,
-        "mask": None,
-        "mask_from": None,
-        "area": None,
-        "psnr": None,
-        "ssim": None,
-        "judged": False,
-        "mllm_todo": False,
-    }
-    stem = f"items/{shard.index:05d}/{k:05d}-{_safe(item_id)}"
-    try:
-        if row.get("_error"):
-            raise ItemError(f"input row: {row['_error']}")
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise ItemError("instruction: missing or empty")
-        base = Path(shard.path).parent
-        data = image_bytes(row.get("source"), base, "source")
-        source, suffix = decode_image(data, "source", cfg.max_image_pixels)
-        (out / stem).parent.mkdir(parents=True, exist_ok=True)
-        rec["width"], rec["height"] = int(source.shape[1]), int(source.shape[0])
-        rec["source"] = _store(out, f"{stem}.source", data, source, suffix)
-        if row.get("target") is not None:
-            _mask_pair(rec, source, row, base, stem, cfg, out)
-        elif cfg.mllm and cfg.annotate.ground:
-            rec["mask_from"] = "grounding"
-            rec["digest"] = pixel_digest(source) + ":" + " ".join(rec["instruction"].lower().split())
-            rec["hashes"] = [perceptual_hash(source)]
-        else:
-            raise ItemError("no target image, and grounding is off (curate.mllm / curate.annotate.ground)")
-    except ItemError as e:
-        rec["error"] = str(e)
-    except OSError as e:  # writing into OUT failed, or a file vanished mid-read
-        rec["error"] = f"i/o: {e}"
-    rec["mllm_todo"] = bool(cfg.mllm and rec["error"] is None and passes_cheap(rec, cfg.filters))
-    return rec
-
-
-def prepare_shards(batch: dict[str, np.ndarray], cfg: CurateConfig, out: str, layout: str) -> dict[str, list]:
-    """Ray Data stage 1 (a task per shard): shard specs in, one JSON record per item out."""
-    records = []
-    for spec in batch["shard"]:
-        shard = Shard(**json.loads(spec))
-        for k, row in enumerate(read_shard(shard, layout)):
-            records.append(json.dumps(prepare_item(row, shard, k, cfg, Path(out))))
-    return {"record": records}
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB")).copy()
-
-
-class AnnotateStage:
-    """Ray Data stage 2 (an actor holding one vLLM engine): refinement and judge scores for items with
-    a target, grounding (a box mask) for items without, for the records marked `mllm_todo`."""
-
-    def __init__(self, judge_cfg: JudgeConfig, cfg: CurateConfig, out: str) -> None:
-        from cocoedit.rewards.annotate import Annotator
-
-        self.cfg = cfg
-        self.out = Path(out)
-        self.annotator = Annotator(judge_cfg, cfg.annotate)
-        self.annotator.load()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        from cocoedit.actors.masks import box_mask
-        from cocoedit.rewards.annotate import AnnotationRequest
-
-        records = [json.loads(r) for r in batch["record"]]
-        todo = [r for r in records if r["mllm_todo"]]
-        requests = [
-            AnnotationRequest(
-                r["id"],
-                r["instruction"],
-                _read_rgb(self.out / r["source"]),
-                _read_rgb(self.out / r["target"]) if r["target"] else None,
-            )
-            for r in todo
-        ]
-        for rec, req, ann in zip(todo, requests, self.annotator.annotate(requests), strict=True):
-            if req.target_image is None:
-                rec["ground_answer"], rec["ground_error"] = ann.ground_answer, ann.ground_error
-                if ann.boxes is None:
-                    rec["error"] = f"grounding failed: {ann.ground_error}"
-                    continue
-                mask = box_mask(
-                    req.source_image.shape[:2],
-                    [(b.x1, b.y1, b.x2, b.y2) for b in ann.boxes],
-                    self.cfg.ground_margin,
-                )
-                rec["boxes"] = [[b.x1, b.y1, b.x2, b.y2, b.label] for b in ann.boxes]
-                rec["mask"] = rec["source"].rsplit(".source", 1)[0] + ".mask.png"  # beside the source
-                _save_png(mask.astype(np.uint8) * 255, self.out / rec["mask"])
-                rec["area"] = float(mask.mean())
-                continue
-            rec["refine_answer"], rec["refine_error"] = ann.refine_answer, ann.refine_error
-            if ann.refined is not None:
-                rec["refined"] = dataclasses.asdict(ann.refined)
-            if self.cfg.annotate.judge:
-                rec["judged"] = True
-                rec["judge_score"], rec["judge_error"] = ann.judge_score, ann.judge_error
-                rec["judge_instruction"] = ann.judge_instruction
-        return {"record": [json.dumps(r) for r in records]}
-
-    def __del__(self) -> None:
-        annotator = getattr(self, "annotator", None)
-        if annotator is not None:
-            annotator.close()
 
 
 def _settings(cfg: Config) -> dict[str, Any]:
@@ -467,66 +215,6 @@ def load_records(out: Path, shards: Sequence[Shard]) -> list[dict[str, Any]]:
     return records
 
 
-def select(records: list[dict[str, Any]], cfg: CurateConfig, num: Optional[int]) -> dict[str, Any]:
-    """Apply the filters in FILTERS order. Sets rec["rejected_by"] (None = kept) and, for duplicates,
-    rec["duplicate_of"]; returns the funnel {filter: {"reached", "passed"}} and the kept ids in order."""
-    from cocoedit.actors.dedup import DedupKey, balanced_sample, duplicates
-
-    alive = []
-    for rec in records:
-        rec["rejected_by"] = first_failure(rec, cfg.filters, judged=True)
-        if rec["rejected_by"] is None:
-            alive.append(rec)
-    seen: set[str] = set()
-    for rec in alive:
-        if rec["id"] in seen:
-            rec["rejected_by"] = "unique_id"
-        seen.add(rec["id"])
-    alive = [r for r in alive if r["rejected_by"] is None]
-    dupes = duplicates(
-        [
-            DedupKey(r["id"], r["digest"], tuple(r["hashes"]), "" if r["target"] else r["instruction"])
-            for r in alive
-        ],
-        cfg.filters.near_duplicate_bits,
-    )
-    for rec in alive:
-        if rec["id"] in dupes:
-            kind, first = dupes[rec["id"]]
-            rec["rejected_by"] = f"{kind}_duplicate"
-            rec["duplicate_of"] = first
-    alive = [r for r in alive if r["rejected_by"] is None]
-    groups: dict[str, list[str]] = {}
-    for rec in alive:
-        groups.setdefault(edit_type(rec), []).append(rec["id"])
-    chosen = balanced_sample(groups, num if num is not None else len(alive), cfg.seed)
-    keep = set(chosen)
-    for rec in alive:
-        if rec["id"] not in keep:
-            rec["rejected_by"] = "balance"
-    rejected = Counter(r["rejected_by"] for r in records)
-    funnel, reached = {}, len(records)
-    for name in FILTERS:
-        passed = reached - rejected.get(name, 0)
-        rate = passed / reached if reached else None
-        funnel[name] = {"keeps": FILTER_TEXT[name], "reached": reached, "passed": passed, "rate": rate}
-        reached = passed
-    return {"funnel": funnel, "kept": chosen}
-
-
-def edit_type(rec: dict[str, Any]) -> str:
-    """The edit type an item is balanced by: the dataset's task, else the refinement's type."""
-    if rec.get("task"):
-        return rec["task"]
-    refined = rec.get("refined")
-    return refined["type"] if refined else "unknown"
-
-
-def final_instruction(rec: dict[str, Any]) -> str:
-    refined = rec.get("refined")
-    return refined["instruction"] if refined else rec["instruction"]
-
-
 def write_outputs(records: list[dict[str, Any]], kept: Sequence[str], out: Path, fmt: str) -> Path:
     """The manifest (edit = white masks) or CoCoEdit-40K metadata.jsonl (keep = white masks written
     to OUT/masks_keep_white) of the kept items, and curated.jsonl of every item; returns the data file."""
@@ -575,7 +263,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Everything the report shows, as JSON: funnel, counts, refinement / grounding / judge outcomes."""
     from cocoedit.cluster.config import to_dict
-    from cocoedit.cluster.evaluate import versions
+    from cocoedit.cluster.eval.evaluate import versions
 
     def failures(key: str) -> list[dict[str, Any]]:
         return [
@@ -637,7 +325,7 @@ def curate(
     """A whole curation run into `out` (resuming one that was interrupted); returns its summary, with
     `shards_done_before` and `shards_processed` (this run) added. Ray must be initialised by the caller
     when shards remain (cli_curate starts or joins it)."""
-    from cocoedit.cluster.curate_report import write_report
+    from cocoedit.cluster.curate.report import write_report
 
     out = Path(out)
     num = num if num is not None else cfg.curate.num
@@ -695,7 +383,7 @@ def summary_text(summary: dict[str, Any]) -> str:
 
 def cli_curate(args: argparse.Namespace, cfg: Config) -> int:
     """`cocoedit data curate --input IN [IN ...] --out DIR [--num N] [--format F] [key=value ...]`."""
-    from cocoedit.cluster.launch import init_ray
+    from cocoedit.cluster.runtime.launch import init_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if cfg.curate.mllm and cfg.rewards.mllm.model_path is None and not cfg.run.tiny:

@@ -20,7 +20,7 @@ from ray.exceptions import RayActorError
 
 from cocoedit.actors.config import PolicyConfig, RolloutConfig
 from cocoedit.actors.types import GroupedItem, RolloutBatch
-from cocoedit.cluster.placement import Placement, use_cpus
+from cocoedit.cluster.runtime.placement import Placement, use_cpus
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.telemetry import record_learner
 

@@ -1,0 +1,1 @@
+"""Data curation: turn editing datasets into a masked training set (inputs, pipeline stages, report)."""

@@ -1,0 +1,1 @@
+"""Benchmark evaluation: generate edits with a policy, score them, report and compare runs."""

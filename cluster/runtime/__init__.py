@@ -1,0 +1,1 @@
+"""The Ray runtime shared by every application: starting or joining a cluster, placement groups, reward-service deployments, provenance."""

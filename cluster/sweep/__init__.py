@@ -1,0 +1,1 @@
+"""Sweeps: grids of full training runs on Ray Tune and their report."""
