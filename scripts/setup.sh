@@ -12,5 +12,7 @@ fi
 # --compile-bytecode: without .pyc files (uv writes none by default) every new process, each Ray
 # worker and vLLM engine included, compiles torch/diffusers from source again: tens of seconds each.
 uv pip install --quiet --compile-bytecode --python .venv/bin/python --override requirements/overrides.txt -r requirements/cpu.txt
-uv pip install --quiet --python .venv/bin/python --no-deps -e .
+# compat: a plain .pth with the checkout on sys.path, which type checkers and IDEs read (the default
+# editable mode installs an import hook that they cannot follow); cocoedit/<part> links resolve the rest.
+uv pip install --quiet --python .venv/bin/python --no-deps --config-settings editable_mode=compat -e .
 .venv/bin/python -m cocoedit.protos.build --check
