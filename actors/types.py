@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -164,14 +164,13 @@ class RolloutBatch:
         """The edits at `index` (in that order), as a new batch holding only the rows they use."""
         idx = torch.as_tensor(index, dtype=torch.long)
         rows, group_index = torch.unique(self.group_index[idx], return_inverse=True)
+        changes: dict[str, Any] = {name: [getattr(self, name)[i] for i in index] for name in _PER_EDIT_LISTS}
+        changes |= {
+            name: getattr(self, name)[idx] for name in _PER_EDIT_TENSORS if getattr(self, name) is not None
+        }
         return dataclasses.replace(
             self,
-            **{name: [getattr(self, name)[i] for i in index] for name in _PER_EDIT_LISTS},
-            **{
-                name: getattr(self, name)[idx]
-                for name in _PER_EDIT_TENSORS
-                if getattr(self, name) is not None
-            },
+            **changes,
             source_latents=self.source_latents[rows],
             condition=self.condition.select(rows),
             group_index=group_index,
@@ -210,14 +209,17 @@ class RolloutBatch:
         offsets = [0]
         for b in batches[:-1]:
             offsets.append(offsets[-1] + len(b.condition))
+        changes: dict[str, Any] = {
+            name: [x for b in batches for x in getattr(b, name)] for name in _PER_EDIT_LISTS
+        }
+        changes |= {
+            name: torch.cat([getattr(b, name) for b in batches])
+            for name in _PER_EDIT_TENSORS
+            if getattr(first, name) is not None
+        }
         return dataclasses.replace(
             first,
-            **{name: [x for b in batches for x in getattr(b, name)] for name in _PER_EDIT_LISTS},
-            **{
-                name: torch.cat([getattr(b, name) for b in batches])
-                for name in _PER_EDIT_TENSORS
-                if getattr(first, name) is not None
-            },
+            **changes,
             source_latents=torch.cat([b.source_latents for b in batches]),
             condition=Condition.cat([b.condition for b in batches]),
             group_index=torch.cat([b.group_index + o for b, o in zip(batches, offsets, strict=True)]),

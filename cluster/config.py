@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
 
@@ -25,7 +25,13 @@ from cocoedit.cluster.curate.config import CurateConfig
 from cocoedit.cluster.eval.config import EvalConfig
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.ranges import Range, check
-from cocoedit.rewards.config import ClientConfig, ServiceConfig
+from cocoedit.rewards.config import (
+    ClientConfig,
+    JudgeConfig,
+    PixelConfig,
+    ServiceConfig,
+    SyntheticJudgeConfig,
+)
 from cocoedit.rewards.serve import SERVICES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -83,6 +89,9 @@ class RunConfig:
     pin_cpus: bool = False
 
 
+_S = TypeVar("_S", bound=ServiceConfig)
+
+
 def _default_sections() -> dict[str, ServiceConfig]:
     return {name: s.config() for name, s in SERVICES.items()}
 
@@ -92,7 +101,8 @@ class RewardsConfig:
     """The reward side: R = sum_k weights[k] S_k, the services computing the S_k, and their client.
 
     Every service registered in cocoedit.rewards.serve.SERVICES has its section `rewards.<name>` in the
-    YAML, read as `cfg.rewards.pixel` or `cfg.rewards.service("pixel")`.
+    YAML, read as `cfg.rewards.service("name")`; the shipped ones also as typed properties
+    (`cfg.rewards.pixel`, `.mllm`, `.synthetic`).
     """
 
     # R = sum_k weights[k] * S_k; names are services' score names (registered, or given an address).
@@ -112,12 +122,24 @@ class RewardsConfig:
         metadata={"sections": lambda: {n: s.config for n, s in SERVICES.items()}},
     )
 
-    def __getattr__(self, name: str) -> Any:
-        # cfg.rewards.pixel is the section of service "pixel": the registry, not this class, lists them
-        sections = self.__dict__.get("sections")
-        if sections is not None and name in sections:
-            return sections[name]
-        raise AttributeError(f"{type(self).__name__} has no attribute or reward service section {name!r}")
+    # The shipped services' sections, typed; a service added to the registry is read with service(name).
+    @property
+    def pixel(self) -> PixelConfig:
+        return self._typed("pixel", PixelConfig)
+
+    @property
+    def mllm(self) -> JudgeConfig:
+        return self._typed("mllm", JudgeConfig)
+
+    @property
+    def synthetic(self) -> SyntheticJudgeConfig:
+        return self._typed("synthetic", SyntheticJudgeConfig)
+
+    def _typed(self, name: str, kind: type[_S]) -> _S:
+        section = self.service(name)
+        if not isinstance(section, kind):
+            raise TypeError(f"rewards.{name} is a {type(section).__name__}, expected {kind.__name__}")
+        return section
 
     def service(self, name: str) -> ServiceConfig:
         """The config section of reward service `name` (its scorer settings, scaling and server)."""

@@ -104,7 +104,7 @@ def test_profile_changes_only_counts_devices_and_models(name: str) -> None:
 def test_command_line_overrides_win_over_the_profile(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from cocoedit.cluster import dryrun
+    from cocoedit.cluster.train import dryrun
 
     monkeypatch.setattr(dryrun, "real_editor", lambda family, depth=1: tmp_path / f"real-{family}")
     path = str(CONFIG_DIR / "qwen_image_edit_16gpu.yaml")
