@@ -8,10 +8,18 @@ from typing import Annotated, Literal
 
 from cocoedit.ranges import Range
 
+# `learner.objective` names one of these: "module:Class" of an Objective subclass, imported when the
+# learner starts (so the config loader checks the name without importing torch). A new objective is a
+# class plus one line here (learner/objectives.py).
+OBJECTIVES: dict[str, str] = {
+    "nft": "cocoedit.learner.objectives:NFT",
+    "grpo": "cocoedit.learner.objectives:GRPO",
+}
+
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    objective: str = "nft"  # a key of learner.objectives.OBJECTIVES (nft, grpo), checked by the Learner
+    objective: str = "nft"  # a key of OBJECTIVES above (nft, grpo), checked at load
     # advantages and filtering (section 4)
     adv_std_eps: Annotated[float, Range(gt=0)] = 1e-4
     adv_clip: Annotated[float, Range(gt=0)] = 5.0
@@ -65,3 +73,11 @@ class LearnerConfig:
     seed: Annotated[int, Range(ge=0)] = 0
     # Linear learning-rate warm-up over this many updates (0 = constant lr)
     warmup_steps: Annotated[int, Range(ge=0)] = 0
+
+    def check(self) -> None:
+        """Rules between fields (the config loader calls this)."""
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"objective={self.objective!r} is unknown; expected one of {sorted(OBJECTIVES)} "
+                "(a new objective is an Objective subclass plus one line in learner/config.py OBJECTIVES)"
+            )

@@ -2,7 +2,7 @@
 
     class MyObjective(Objective):
         def loss(self, views, batch, mb, j): ...      # (scalar loss, metrics) of one pass
-    OBJECTIVES["mine"] = MyObjective                   # learner.objective: mine
+    # learner/config.py: OBJECTIVES["mine"] = "my.module:MyObjective"   -> learner.objective: mine
 
 An objective sees one micro-batch of valid edits on the learner's device (`MicroBatch`: their tensors,
 the rollout timesteps each edit trains on, fresh noise if it asks for it) and returns the loss of the
@@ -17,6 +17,7 @@ LoRA views of the policy under the learner's autocast.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -26,7 +27,7 @@ from cocoedit.actors.policies.base import AdapterName, EditPolicy
 from cocoedit.actors.samplers import sde_step
 from cocoedit.actors.types import Condition, RolloutBatch
 from cocoedit.learner.advantages import optimality_probability
-from cocoedit.learner.config import LearnerConfig
+from cocoedit.learner.config import OBJECTIVES, LearnerConfig
 from cocoedit.learner.losses import grpo_kl, grpo_loss, nft_objective, region_weights
 
 
@@ -185,14 +186,13 @@ class GRPO(Objective):
         return loss, metrics
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"nft": NFT, "grpo": GRPO}
-
-
 def make_objective(cfg: LearnerConfig) -> Objective:
-    """The registered objective `cfg.objective`."""
+    """The registered objective `cfg.objective` (learner/config.py OBJECTIVES)."""
     if cfg.objective not in OBJECTIVES:
         raise ValueError(
             f"learner.objective={cfg.objective!r} is unknown; expected one of {sorted(OBJECTIVES)} "
-            "(a new objective is a class in learner/objectives.py plus one line in OBJECTIVES)"
+            "(a new objective is an Objective subclass plus one line in learner/config.py OBJECTIVES)"
         )
-    return OBJECTIVES[cfg.objective](cfg)
+    module, _, name = OBJECTIVES[cfg.objective].partition(":")
+    cls: type[Objective] = getattr(importlib.import_module(module), name)
+    return cls(cfg)

@@ -115,6 +115,15 @@ class JudgeConfig(ServiceConfig):
     enforce_eager: Optional[bool] = None  # None = True on CPU (no graphs/compile there), False on GPU
     tiny_judge_dir: str = "~/.cache/cocoedit/tiny_judge"  # where model_path=None builds the tiny judge
 
+    def check(self) -> None:
+        """Rules between fields (the config loader calls this)."""
+        from cocoedit.rewards.judge import PROMPTS  # prompt texts only: no torch, no vLLM
+
+        if self.prompt_version not in PROMPTS:
+            raise ValueError(
+                f"prompt_version={self.prompt_version!r} is unknown; known versions: {sorted(PROMPTS)}"
+            )
+
 
 @dataclass(frozen=True)
 class SyntheticJudgeConfig(ServiceConfig):

@@ -98,3 +98,18 @@ def test_cli_overrides_may_follow_options(capsys: pytest.CaptureFixture[str]) ->
     assert "lr: 0.25" in out and "epochs: 7" in out
     with pytest.raises(SystemExit):
         main(["config", "show", "--bogus-flag"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("learner.objective=bogus", r"learner: objective='bogus' is unknown; expected one of \['grpo', 'nft'\]"),
+        ("rewards.mllm.prompt_version=v9", r"rewards.mllm: prompt_version='v9' is unknown; known versions"),
+        ("policy.family=sdxl", r"policy.family='sdxl' is no model family"),
+    ],
+)
+def test_every_registry_name_is_checked_at_load(override: str, message: str) -> None:
+    """A name that selects an implementation from a registry is refused by the loader, not by the first
+    process that reaches for the implementation minutes later."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

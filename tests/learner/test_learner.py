@@ -13,8 +13,9 @@ import torch
 from cocoedit.actors.samplers import sde_step
 from cocoedit.actors.types import RolloutBatch
 from cocoedit.learner.checkpoint import COMPLETE, checkpoint_dir, latest_checkpoint
+from cocoedit.learner.config import OBJECTIVES
 from cocoedit.learner.learner import Learner
-from cocoedit.learner.objectives import OBJECTIVES, MicroBatch, Objective, Views
+from cocoedit.learner.objectives import MicroBatch, Objective, Views
 from cocoedit.loopback import free_port
 from tests.learner import common
 
@@ -403,7 +404,7 @@ class BlendRegression(Objective):
 def test_a_toy_objective_trains_with_one_registry_line(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(OBJECTIVES, "blend", BlendRegression)  # the one registry line
+    monkeypatch.setitem(OBJECTIVES, "blend", f"{__name__}:BlendRegression")  # the one registry line
     learner = _learner(model_dir, objective="blend", micro_batch_size=4, lr=1e-4)
     policy = learner.policy
     batch = common.make_batch(policy)
