@@ -16,7 +16,6 @@ was told to `prefetch` them.
 
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import torch
@@ -27,6 +26,7 @@ from cocoedit.actors.policies.base import EditPolicy
 from cocoedit.actors.samplers import SAMPLERS, initial_noise, sample, shifted_sigmas
 from cocoedit.actors.types import Condition, GroupedItem, RolloutBatch
 from cocoedit.telemetry import record_sample
+from cocoedit.timing import StageTimer
 
 
 class RolloutWorker:
@@ -94,40 +94,39 @@ class RolloutWorker:
                 f"asked to sample with policy version {policy_version} but this worker holds version "
                 f"{self._version}; call load_weights(state, {policy_version}) first"
             )
-        start = time.perf_counter()
-        items = self._items.resolve(items)  # ItemRefs -> EditItems (prefetched, or read now)
-        read_s = time.perf_counter() - start
+        timer = StageTimer()
+        with timer("read"):
+            items = self._items.resolve(items)  # ItemRefs -> EditItems (prefetched, or read now)
         policy, cfg = self.policy, self.rollout_cfg
         sizes = {tuple(gi.item.source_image.shape) for gi in items}
         if len(sizes) != 1:
             raise ValueError(f"all items of one sample() call must share one image size, got {sorted(sizes)}")
         _, height, width = sizes.pop()
-        timings: dict[str, float] = {"read_s": read_s}
 
-        start = time.perf_counter()
-        # One condition per group (all edits of a group share source and instruction), one item at a
-        # time so the encoding of an item does not depend on the other items of the call.
-        group_index: dict[str, int] = {}
-        per_group: list[Condition] = []
-        for gi in items:
-            if gi.group_id not in group_index:
-                group_index[gi.group_id] = len(per_group)
-                per_group.append(policy.encode_condition([gi.item.instruction], gi.item.source_image[None]))
-        groups = policy.merge_conditions(per_group)
-        rows = torch.tensor([group_index[gi.group_id] for gi in items], dtype=torch.long)
-        timings["encode_s"] = time.perf_counter() - start
+        with timer("encode"):
+            # One condition per group (all edits of a group share source and instruction), one item at a
+            # time so the encoding of an item does not depend on the other items of the call.
+            group_index: dict[str, int] = {}
+            per_group: list[Condition] = []
+            for gi in items:
+                if gi.group_id not in group_index:
+                    group_index[gi.group_id] = len(per_group)
+                    per_group.append(
+                        policy.encode_condition([gi.item.instruction], gi.item.source_image[None])
+                    )
+            groups = policy.merge_conditions(per_group)
+            rows = torch.tensor([group_index[gi.group_id] for gi in items], dtype=torch.long)
 
-        start = time.perf_counter()
-        sigmas = self.sigmas(height, width)
-        # One generator per edit: the initial noise, then (sde) the noise of every step, continue its stream.
-        generators = [torch.Generator().manual_seed(gi.seed) for gi in items]
-        noise = torch.stack([initial_noise(policy, g, height, width) for g in generators])
-        on_device = groups.to(policy.device)
+        with timer("sample"):
+            sigmas = self.sigmas(height, width)
+            # One generator per edit: the initial noise, then (sde) the noise of every step, continue its stream.
+            generators = [torch.Generator().manual_seed(gi.seed) for gi in items]
+            noise = torch.stack([initial_noise(policy, g, height, width) for g in generators])
+            on_device = groups.to(policy.device)
         x0, edited, trajectory, log_probs = [], [], [], []
-        decode_s = 0.0
         for lo in range(0, len(items), cfg.batch_size):
             idx = list(range(lo, min(lo + cfg.batch_size, len(items))))
-            with policy.adapter("old"):
+            with timer("sample"), policy.adapter("old"):
                 result = sample(
                     policy,
                     on_device.select(rows[idx]),
@@ -141,14 +140,12 @@ class RolloutWorker:
             if result.trajectory is not None:
                 trajectory.append(result.trajectory.float().cpu())
                 log_probs.append(result.log_probs.float().cpu())
-            t_dec = time.perf_counter()
-            edited.append(policy.decode(result.x0, height, width))
-            decode_s += time.perf_counter() - t_dec
-        total = time.perf_counter() - start
-        timings["sample_s"] = total - decode_s
-        timings["decode_s"] = decode_s
-        timings["edits_per_s"] = len(items) / (total + timings["encode_s"])
-        record_sample(len(items), total + timings["encode_s"])  # no-op outside Ray
+            with timer("decode"):
+                edited.append(policy.decode(result.x0, height, width))
+        timings = {f"{stage}_s": s for stage, s in timer.seconds.items()}
+        busy = timings["encode_s"] + timings["sample_s"] + timings["decode_s"]
+        timings["edits_per_s"] = len(items) / busy
+        record_sample(len(items), busy)  # no-op outside Ray
 
         targets = [gi.item.target_image for gi in items]
         return RolloutBatch(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +32,7 @@ from cocoedit.learner.advantages import optimality_probability
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.learner.losses import r_metrics
 from cocoedit.learner.objectives import MicroBatch, Views, make_objective
+from cocoedit.timing import StageTimer
 
 
 class Learner:
@@ -167,7 +167,7 @@ class Learner:
         (seed, step, edit_id)), micro-batches of `micro_batch_size` edits, gradient accumulation over
         micro-batches x timesteps, one step, then theta_old <- d theta_old + (1 - d) theta.
         Returns metrics averaged over passes and ranks, plus timings (seconds)."""
-        t_start = time.perf_counter()
+        timer = StageTimer()
         advantages, valid = self._check_inputs(batch, advantages, valid)
         passes = self.objective.passes(batch)
         local = torch.nonzero(valid).flatten().tolist()
@@ -182,17 +182,16 @@ class Learner:
                 "learner/skipped": 1.0,
                 "learner/step": float(self._step),
                 "learner/n_valid": 0.0,
-                "time/update_s": time.perf_counter() - t_start,
+                "time/update_s": timer.elapsed(),
             }
-        t0 = time.perf_counter()
-        sums, n_recorded = self._accumulate(batch, advantages, micro, passes, n_valid)
-        self._pad_passes(batch, advantages, n_passes - len(micro) * passes)
-        self._refuse_non_finite(sums)
-        t1 = time.perf_counter()
-        grad_norm, lr = self._optimizer_step()
-        t2 = time.perf_counter()
-        decay = self._soft_update_old()
-        t3 = time.perf_counter()
+        with timer("forward_backward"):
+            sums, n_recorded = self._accumulate(batch, advantages, micro, passes, n_valid)
+            self._pad_passes(batch, advantages, n_passes - len(micro) * passes)
+            self._refuse_non_finite(sums)
+        with timer("optimizer_step"):
+            grad_norm, lr = self._optimizer_step()
+        with timer("soft_update"):
+            decay = self._soft_update_old()
         metrics = self._reduce_metrics(sums, n_recorded)
         r_all = self._gather_values(optimality_probability(advantages[valid], self.cfg.adv_clip))
         metrics.update(r_metrics(r_all, torch.ones_like(r_all, dtype=torch.bool)))
@@ -205,10 +204,7 @@ class Learner:
                 "learner/n_valid": float(n_valid),
                 "learner/valid_fraction_local": float(valid.float().mean().item()),
                 "learner/passes": float(n_passes),
-                "time/forward_backward_s": t1 - t0,
-                "time/optimizer_step_s": t2 - t1,
-                "time/soft_update_s": t3 - t2,
-                "time/update_s": time.perf_counter() - t_start,
+                **timer.metrics(prefix="time/", total="update"),
             }
         )
         return metrics

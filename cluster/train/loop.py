@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import logging
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint
 from cocoedit.rewards.weighting import RewardError
 from cocoedit.telemetry import record_epoch
+from cocoedit.timing import StageTimer
 
 log = logging.getLogger("cocoedit.train")
 
@@ -71,6 +71,7 @@ class Run:
     start: int  # first epoch this process runs
     version: int  # policy version the rollout workers hold
     history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint_s: Optional[float] = None  # how long the latest checkpoint took to write
 
 
 def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str, float]]]:
@@ -83,33 +84,42 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
         timer = StageTimer()
         with timer("sample"):
             batch = run.rollouts.next()
-        run.rollouts.fill(cfg.rollout.max_staleness, run.version)  # sampled while this one trains
+        with timer("refill"):  # the next batch is sampled while this one trains
+            run.rollouts.fill(cfg.rollout.max_staleness, run.version)
         with timer("score"):
             scores = score_batch(run.services, batch, cfg.rewards)
-        groups = advantages(run, batch, scores)
+        with timer("advantages"):
+            groups = advantages(run, batch, scores)
+            ban_solved_items(run, groups)
         with timer("update"), run.guard.during("updating", epoch):
             update = run.learner.update(batch, groups.advantages, groups.valid)
         with timer("sync"):
             sync(run, epoch)
-        replicas = run.services.autoscale()  # reward services at their own scale
-        row = metrics_row(run, batch, scores, groups, update, replicas, timer)
+        with timer("autoscale"):  # reward services at their own scale
+            replicas = run.services.autoscale()
         last = epoch == cfg.run.epochs - 1
+        evaluation: dict[str, float] = {}
         if due(cfg.run.eval_every, epoch, last):
-            row.update(evaluate_fixed(run))
-        log_epoch(run, epoch, row, batch, scores, last)
+            with timer("evaluate"):
+                evaluation = evaluate_fixed(run)
+        row = {**metrics_row(run, batch, scores, groups, update, replicas, timer), **evaluation}
+        log_epoch(run, epoch, row, batch, scores, last)  # before the checkpoint: a resume never skips a row
         if due(cfg.run.checkpoint_every, epoch + 1, last):
-            checkpoint(run, epoch)
+            checkpoint(run, epoch)  # timed: time/checkpoint_s in the next epoch's row
         run.history.append(row)
         yield epoch, row
 
 
 def advantages(run: Run, batch: RolloutBatch, scores: Scores) -> GroupScores:
-    """Group-normalised advantages and validity; items whose group is solved are banned from sampling."""
+    """Group-normalised advantages, validity, and the items whose group is solved."""
     rewards = torch.as_tensor(scores.rewards.total, dtype=torch.float32)
     scored = torch.as_tensor(scores.rewards.scored)  # edits a service could not score count nowhere
-    groups = score_groups(rewards, batch.group_ids, batch.item_ids, run.cfg.learner, scored)
+    return score_groups(rewards, batch.group_ids, batch.item_ids, run.cfg.learner, scored)
+
+
+def ban_solved_items(run: Run, groups: GroupScores) -> None:
+    """Items whose group is solved (learner.ban_*) are not sampled again."""
     run.sampler.ban([i for i in groups.banned_items if i not in run.sampler.banned])
-    return groups
 
 
 def sync(run: Run, epoch: int) -> None:
@@ -149,9 +159,11 @@ def log_epoch(
 def checkpoint(run: Run, epoch: int) -> None:
     """A complete checkpoint: learner state, and where the sampler and the policy version stand."""
     extra = {"epoch": epoch, "policy_version": run.version, "sampler": run.rollouts.sampler_state()}
-    with run.guard.during("saving a checkpoint", epoch):
+    timer = StageTimer()
+    with timer("checkpoint"), run.guard.during("saving a checkpoint", epoch):
         saved = run.learner.save(run.cfg.run.run_dir, extra, run.cfg.run.keep_checkpoints)
     run.guard.saved(Path(saved))
+    run.checkpoint_s = timer.seconds["checkpoint"]
 
 
 def metrics_row(
@@ -171,7 +183,8 @@ def metrics_row(
         **{f"services/{name}_replicas": float(n) for name, n in replicas.items()},
         "policy/version": float(run.version),
         "policy/lag": float(run.version - 1 - batch.policy_version),
-        **timer.metrics(),
+        **timer.metrics(prefix="time/", total="epoch"),
+        **({"time/checkpoint_s": run.checkpoint_s} if run.checkpoint_s is not None else {}),
         "samples/edits": float(len(batch)),
         "samples/sampled_total": float(run.rollouts.sampled),
         "samples/resampled_shards": float(run.rollout.resampled_shards),
@@ -182,29 +195,6 @@ def metrics_row(
 def due(every: int, epoch: int, last: bool) -> bool:
     """Every `every` epochs (0 = never) and at the last one."""
     return bool(every) and (epoch % every == 0 or last)
-
-
-class StageTimer:
-    """Seconds of each named stage of one epoch (`with timer("sample"): ...`), and of the epoch so far."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = time.perf_counter() - t0
-
-    def metrics(self) -> dict[str, float]:
-        """`time/<stage>_s` for every stage, and `time/epoch_s` from the start to now."""
-        return {
-            **{f"time/{stage}_s": s for stage, s in self.seconds.items()},
-            "time/epoch_s": time.perf_counter() - self.start,
-        }
 
 
 @contextlib.contextmanager

@@ -103,7 +103,10 @@ def test_cli_overrides_may_follow_options(capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("learner.objective=bogus", r"learner: objective='bogus' is unknown; expected one of \['grpo', 'nft'\]"),
+        (
+            "learner.objective=bogus",
+            r"learner: objective='bogus' is unknown; expected one of \['grpo', 'nft'\]",
+        ),
         ("rewards.mllm.prompt_version=v9", r"rewards.mllm: prompt_version='v9' is unknown; known versions"),
         ("policy.family=sdxl", r"policy.family='sdxl' is no model family"),
     ],

@@ -61,6 +61,12 @@ def test_two_epochs_train_on_every_sample(run: tuple[Path, list[dict]]) -> None:
             assert key in row, key
         # the fixed evaluation set (2 items x 2 seeds here) is scored at epoch 0 and at the last epoch
         assert 0.0 <= row["eval/reward"] <= 1.0 and "eval/synthetic" in row
+        # every effect of the epoch body is a timed stage; the epoch's time covers them all
+        stages = ("sample", "refill", "score", "advantages", "update", "sync", "autoscale", "evaluate")
+        assert all(row[f"time/{s}_s"] >= 0 for s in stages)
+        assert row["time/epoch_s"] >= sum(row[f"time/{s}_s"] for s in stages)
+    # checkpoint_every=1: the checkpoint written after epoch 0 is timed in epoch 1's row
+    assert "time/checkpoint_s" not in history[0] and history[1]["time/checkpoint_s"] > 0
 
 
 def test_run_directory_has_metrics_images_and_checkpoint(run: tuple[Path, list[dict]]) -> None:
