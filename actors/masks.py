@@ -35,12 +35,12 @@ class MaskConfig:
 
     # Work on images shrunk so that the longer side is at most this (the mask is scaled back up).
     max_side: Annotated[int, Range(ge=32)] = 1024
-    align: bool = True
+    align: bool = True  # undo a global shift between source and target (phase correlation)
     # Translations shorter than min_shift_px are left alone; longer than max_shift_px are not
     # misalignment but different images (not corrected, reported in MaskResult.shift_applied).
     min_shift_px: Annotated[float, Range(ge=0)] = 0.5
-    max_shift_px: Annotated[float, Range(ge=0)] = 4.0
-    match_colour: bool = True
+    max_shift_px: Annotated[float, Range(ge=0)] = 4.0  # see min_shift_px
+    match_colour: bool = True  # undo a global per-channel gain before differencing
     # A global per-channel gain further than this from 1 is an edit (e.g. a new background), not a shift.
     max_gain_shift: Annotated[float, Range(ge=0, lt=1)] = 0.08
     blur_sigma: Annotated[float, Range(ge=0)] = 1.0  # px, Gaussian blur before differencing

@@ -3,7 +3,7 @@
     cocoedit data synth --out DIR --num N --size PX --seed S
     cocoedit data check MANIFEST [--format F] [--root DIR]
     cocoedit data curate --input IN [IN ...] --out DIR [--num N] [--format manifest|cocoedit40k] [key=value ...]
-    cocoedit config show [--config FILE] [key=value ...]
+    cocoedit config show [--config FILE] [--dry-run] [--explain] [key=value ...]
     cocoedit train [--config FILE] [--resume [CHECKPOINT]] [--dry-run] [key=value ...]
     cocoedit sweep [--config FILE] --grid KEY=V1,V2 [--grid ...] [--seeds N] [--out DIR] [key=value ...]
     cocoedit pretrain-tiny --out DIR
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="print the resolved config as YAML")
     _add_config_args(show)
     _add_dry_run_arg(show)
+    show.add_argument(
+        "--explain", action="store_true", help="every key with its one-line description (cluster/explain.py)"
+    )
 
     train = sub.add_parser(
         "train",
@@ -288,10 +291,11 @@ def _load_config(path: Optional[str], overrides: Sequence[str], dry_run: bool = 
 
 
 def cli_show_config(args: argparse.Namespace, cfg: Config) -> int:
-    """`cocoedit config show`: the resolved config as YAML."""
+    """`cocoedit config show [--explain]`: the resolved config as YAML (with each key's description)."""
     from cocoedit.cluster.config import dump_config
+    from cocoedit.cluster.explain import explain
 
-    print(dump_config(cfg), end="")
+    print(explain(cfg) if getattr(args, "explain", False) else dump_config(cfg), end="")
     return 0
 
 

@@ -22,28 +22,32 @@ class LearnerConfig:
     objective: str = "nft"  # a key of OBJECTIVES above (nft, grpo), checked at load
     # advantages and filtering (section 4)
     adv_std_eps: Annotated[float, Range(gt=0)] = 1e-4
-    adv_clip: Annotated[float, Range(gt=0)] = 5.0
+    adv_clip: Annotated[float, Range(gt=0)] = 5.0  # advantages are clipped to [-adv_clip, adv_clip]
     # Groups whose reward std is at most this are not trained on; 0 = no spread filter
     valid_min_std: Annotated[float, Range(ge=0)] = 0.02
+    # Groups whose mean reward is above this are not trained on (already solved)
     valid_max_mean: Annotated[float, Range()] = 0.9
     # Items whose group std is below this and mean above ban_min_mean are banned
     ban_max_std: Annotated[float, Range(ge=0)] = 0.02
-    ban_min_mean: Annotated[float, Range()] = 0.9
+    ban_min_mean: Annotated[float, Range()] = 0.9  # see ban_max_std
     # NFT policy loss (section 5)
     nft_beta: Annotated[float, Range(gt=0)] = 1.0
-    policy_loss_scale: Annotated[float, Range(ge=0)] = 5.0
+    policy_loss_scale: Annotated[float, Range(ge=0)] = 5.0  # multiplies the NFT policy loss
     # Of the rollout's num_steps, random permutation per edit
     train_timesteps: Annotated[int, Range(ge=1)] = 9
-    norm_eps: Annotated[float, Range(gt=0)] = 1e-5
-    kl_weight: Annotated[float, Range(ge=0)] = 1e-4
+    norm_eps: Annotated[float, Range(gt=0)] = 1e-5  # epsilon of the NFT loss's per-edit normalisation
+    kl_weight: Annotated[float, Range(ge=0)] = 1e-4  # weight of the KL term to the reference (base) model
     # region regularizer
     use_reg: bool = True
     lam_pos: Annotated[float, Range(ge=0)] = 0.02  # 0.8 for Qwen-Image-Edit
     lam_neg: Annotated[float, Range(ge=0)] = 0.02  # 0.5 for Qwen-Image-Edit
-    tau_pos: Annotated[float, Range(ge=0)] = 1e-3
-    tau_neg: Annotated[float, Range(ge=0)] = 3e-2
+    tau_pos: Annotated[float, Range(ge=0)] = 1e-3  # margin of the positive (keep-region) hinge
+    tau_neg: Annotated[float, Range(ge=0)] = 3e-2  # margin of the negative (edit-region) hinge
+    # Weight of the boundary ring between keep and edit region
     ring_weight: Annotated[float, Range(ge=0, le=1)] = 0.2
+    # Latent cells eroded from the keep region to form the boundary ring
     erode_radius: Annotated[int, Range(ge=0)] = 2
+    # Which branch the negative hinge compares with the source (ablation)
     reg_neg_target: Literal["neg_branch_vs_src", "pos_branch_vs_src"] = "neg_branch_vs_src"
     use_reg_xsrc: bool = True  # False: d_neg against x0 of the sample instead of the source latent
     # d_pos against the sample's x0 (released) or the source latent: see docs/algorithm.md, the regularizer
@@ -51,22 +55,24 @@ class LearnerConfig:
     binarize_mask: bool = False  # released code keeps the latent mask soft
     # Flow-GRPO (section 7)
     grpo_clip: Annotated[float, Range(gt=0)] = 1e-4
-    grpo_kl_beta: Annotated[float, Range(ge=0)] = 0.0
+    grpo_kl_beta: Annotated[float, Range(ge=0)] = 0.0  # weight of Flow-GRPO's KL to the reference
     # Flow-GRPO's a; must equal rollout.sde_noise_level of the stored steps
     sde_noise_level: Annotated[float, Range(gt=0)] = 0.7
     # optimisation
     lr: Annotated[float, Range(gt=0)] = 3e-4
+    # AdamW betas
     betas: tuple[Annotated[float, Range(ge=0, lt=1)], Annotated[float, Range(ge=0, lt=1)]] = (0.9, 0.999)
-    weight_decay: Annotated[float, Range(ge=0)] = 1e-4
-    grad_clip: Annotated[float, Range(gt=0)] = 1.0
+    weight_decay: Annotated[float, Range(ge=0)] = 1e-4  # AdamW weight decay
+    grad_clip: Annotated[float, Range(gt=0)] = 1.0  # gradient-norm clip
     micro_batch_size: Annotated[int, Range(ge=1)] = 4  # edits per forward/backward
     # Theta_old <- d theta_old + (1-d) theta, d = min(ema_rate * step, ema_max)
     ema_rate: Annotated[float, Range(ge=0, le=1)] = 0.001
-    ema_max: Annotated[float, Range(ge=0, le=1)] = 0.5
+    ema_max: Annotated[float, Range(ge=0, le=1)] = 0.5  # cap of the soft-update rate d
     # DeepSpeed
     zero_stage: Annotated[int, Range(ge=0, le=2)] = 2  # ZeRO-3 is not supported (learner/learner.py)
-    world_size: Annotated[int, Range(ge=1)] = 1
-    gpus_per_rank: Annotated[float, Range(ge=0)] = 1.0
+    world_size: Annotated[int, Range(ge=1)] = 1  # learner ranks (DeepSpeed data parallel)
+    gpus_per_rank: Annotated[float, Range(ge=0)] = 1.0  # GPUs each learner rank asks for
+    # CPUs each learner rank asks for (and its torch threads)
     cpus_per_rank: Annotated[float, Range(ge=0)] = 1.0
     bf16: bool = True  # autocast on GPU; ignored on CPU
     # Fresh noise and timestep permutations derive from (seed, step, edit_id)

@@ -46,10 +46,10 @@ class AnnotateConfig:
     refine: bool = True  # write refined instructions for items with a target
     judge: bool = True  # score each target against its (refined) instruction
     ground: bool = True  # boxes for items without a target
-    refine_prompt: str = "cocoedit-refine-v1"
-    ground_prompt: str = "cocoedit-ground-v1"
-    refine_max_tokens: Annotated[int, Range(ge=1)] = 200
-    ground_max_tokens: Annotated[int, Range(ge=1)] = 160
+    refine_prompt: str = "cocoedit-refine-v1"  # prompt version of the refinement (rewards/curate_prompts.py)
+    ground_prompt: str = "cocoedit-ground-v1"  # prompt version of the grounding (rewards/curate_prompts.py)
+    refine_max_tokens: Annotated[int, Range(ge=1)] = 200  # longest refinement answer
+    ground_max_tokens: Annotated[int, Range(ge=1)] = 160  # longest grounding answer
 
 
 @dataclass(frozen=True)

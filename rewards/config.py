@@ -19,14 +19,16 @@ class ServerConfig:
 
     host: str = "127.0.0.1"  # "node" = the Ray node's address (replicas other nodes must reach)
     port: Annotated[int, Range(ge=0, le=65535)] = 0  # 0 = pick a free port
+    # Largest gRPC message, both directions (larger ones get RESOURCE_EXHAUSTED)
     max_message_mb: Annotated[int, Range(ge=1)] = 256
     max_concurrent_calls: Annotated[int, Range(ge=1)] = 8  # further calls get RESOURCE_EXHAUSTED
-    max_batch_edits: Annotated[int, Range(ge=1)] = 512
+    max_batch_edits: Annotated[int, Range(ge=1)] = 512  # most edits in one request (more: INVALID_ARGUMENT)
     decode_workers: Annotated[int, Range(ge=1)] = 2  # threads decoding PNGs off the event loop
     grace_s: Annotated[float, Range(ge=0)] = 5.0  # graceful shutdown on SIGTERM
     # Bounded decoding (read from each PNG's header before anything is decoded): an image of more
     # pixels than this is a per-edit error; so is every edit past the request's decoded-bytes budget.
     max_image_pixels: Annotated[int, Range(ge=1)] = 4096 * 4096
+    # Decoded-pixel budget of one request; edits past it get a per-edit error
     max_request_decoded_mb: Annotated[int, Range(ge=1)] = 2048
     # A request is decoded and scored in chunks of about this many decoded MB (at least one edit); the
     # next chunk decodes while one is scored, so decoded images take at most ~2 chunks of memory.
@@ -39,11 +41,12 @@ class ScalingConfig:
 
     replicas: Annotated[int, Range(ge=1)] = 1  # at start
     min_replicas: Annotated[int, Range(ge=1)] = 1  # autoscaling bounds
-    max_replicas: Annotated[int, Range(ge=1)] = 4
+    max_replicas: Annotated[int, Range(ge=1)] = 4  # autoscaling upper bound
     # Autoscaling (cluster/runtime/services.py): after each epoch one replica is added when scoring the epoch
     # took longer than this, one removed when one fewer would still take under half of it. None = fixed.
     target_score_s: Optional[Annotated[float, Range(gt=0)]] = None
-    cpus_per_replica: Annotated[float, Range(ge=0)] = 1.0
+    cpus_per_replica: Annotated[float, Range(ge=0)] = 1.0  # CPUs each replica asks for (and its threads)
+    # GPUs each replica asks for (the judge: tensor_parallel_size)
     gpus_per_replica: Annotated[float, Range(ge=0)] = 0.0
 
     def check(self) -> None:
@@ -59,7 +62,7 @@ class ScalingConfig:
 class ServiceConfig:
     """What every reward service's section has; a service's own section subclasses it."""
 
-    enabled: bool = True
+    enabled: bool = True  # start this service's replicas in a run (a weighted service must be enabled)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
@@ -68,13 +71,15 @@ class ServiceConfig:
 class PixelConfig(ServiceConfig):
     """Pixel-consistency reward S_pix on the keep region."""
 
+    # Standard: our masked PSNR/SSIM; release: the released code's numerics
     compat: Literal["standard", "release"] = "standard"
-    ssim_weight: Annotated[float, Range(ge=0)] = 0.35
-    psnr_weight: Annotated[float, Range(ge=0)] = 0.65
+    ssim_weight: Annotated[float, Range(ge=0)] = 0.35  # weight of keep-region SSIM in S_pix
+    psnr_weight: Annotated[float, Range(ge=0)] = 0.65  # weight of normalised keep-region PSNR in S_pix
+    # PSNR that counts as perfect (normalised PSNR = min(PSNR, cap) / cap)
     psnr_cap_db: Annotated[float, Range(gt=0)] = 40.0
     window: Annotated[int, Range(ge=1)] = 11  # odd
-    sigma: Annotated[float, Range(gt=0)] = 1.5
-    device: str = "cpu"
+    sigma: Annotated[float, Range(gt=0)] = 1.5  # std of the SSIM Gaussian window (px)
+    device: str = "cpu"  # cpu (OpenCV, one edit per thread) or cuda (batched torch)
     # CPU: the edits of a request are scored by this many threads, one edit each, OpenCV single-threaded
     # (0 = one per core); the service sets cv2.setNumThreads(1) in its process when it loads.
     threads: Annotated[int, Range(ge=0)] = 0
@@ -91,21 +96,24 @@ class JudgeConfig(ServiceConfig):
 
     scaling: ScalingConfig = field(default_factory=lambda: ScalingConfig(gpus_per_replica=1.0))
     model_path: Optional[str] = None  # local HF directory; None in tiny mode = build/cache the tiny judge
+    # Logits: expected score from the digit tokens' probabilities; text: parse the answer
     score_mode: Literal["logits", "text"] = "logits"
     temperature: Annotated[float, Range(ge=0, le=2)] = 0.7  # text mode; vLLM accepts [0, 2]
     max_tokens: Annotated[int, Range(ge=1)] = 8  # text mode
-    text_retries: Annotated[int, Range(ge=1)] = 3
+    text_retries: Annotated[int, Range(ge=1)] = 3  # text mode: answers asked for before the fallback score
     # Text mode: an edit whose answers still do not parse after text_retries gets this neutral score,
     # marked by its `fallback` component (counted per epoch, bounded by rewards.max_fallback_fraction).
     text_fallback_score: Annotated[float, Range(ge=0, le=1)] = 0.5
-    prompt_version: str = "cocoedit-v1"
-    seed: Annotated[int, Range(ge=0)] = 0
+    prompt_version: str = "cocoedit-v1"  # the judge prompt (rewards/judge.py PROMPTS), checked at load
+    seed: Annotated[int, Range(ge=0)] = 0  # vLLM sampling seed (text mode)
+    # VLLM weights dtype; auto = the checkpoint's
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # VLLM context length in tokens (two images + prompt ~800 at 512 px)
     max_model_len: Annotated[int, Range(ge=1)] = 4096
     images_per_prompt: Annotated[int, Range(ge=2)] = 2  # the judge sees [source, edited]
     # On CPU vLLM reserves HOST memory with this: keep it small there (~0.1).
     gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.85
-    tensor_parallel_size: Annotated[int, Range(ge=1)] = 1
+    tensor_parallel_size: Annotated[int, Range(ge=1)] = 1  # GPUs one judge replica spans
     # Resized to this before the judge sees them; 28 = one merged patch
     image_size: Annotated[int, Range(ge=28)] = 512
     # Logits mode: top-k log-probabilities, room for the digits 0-5
@@ -129,7 +137,7 @@ class JudgeConfig(ServiceConfig):
 class SyntheticJudgeConfig(ServiceConfig):
     """Exact instruction-following score for the synthetic task (known target)."""
 
-    enabled: bool = False
+    enabled: bool = False  # start the synthetic judge (it needs the synthetic task's known targets)
     scaling: ScalingConfig = field(default_factory=lambda: ScalingConfig(cpus_per_replica=0.5))
 
 

@@ -25,7 +25,7 @@ class FilterConfig:
     # The target's keep region (outside the mask) against the source, after undoing the global shift and
     # gain the mask step found: the target itself leaves the rest of the image alone.
     min_keep_psnr_db: Annotated[float, Range(ge=0)] = 25.0
-    min_keep_ssim: Annotated[float, Range(ge=-1, le=1)] = 0.7
+    min_keep_ssim: Annotated[float, Range(ge=-1, le=1)] = 0.7  # see min_keep_psnr_db
     min_judge_score: Annotated[float, Range(ge=0, le=1)] = 0.6  # S in [0, 1] of the target vs instruction
     # Near duplicates: every perceptual hash (source, target) within this many of 64 bits; -1 = exact only.
     near_duplicate_bits: Annotated[int, Range(ge=-1, le=32)] = 4

@@ -36,10 +36,10 @@ class EvalConfig:
     batch_size: Annotated[int, Range(ge=1)] = 4  # edits per forward pass (and per chunk a worker returns)
     # Ray workers when a Ray cluster is there (items sharded over them)
     num_workers: Annotated[int, Range(ge=1)] = 1
-    gpus_per_worker: Annotated[float, Range(ge=0)] = 1.0
-    cpus_per_worker: Annotated[float, Range(ge=0)] = 1.0
+    gpus_per_worker: Annotated[float, Range(ge=0)] = 1.0  # GPUs each evaluation worker asks for
+    cpus_per_worker: Annotated[float, Range(ge=0)] = 1.0  # CPUs each evaluation worker asks for
     judge: Literal["auto", "gedit", "imgedit", "none"] = "auto"  # auto: the bench's own protocol
-    judge_max_tokens: Annotated[int, Range(ge=1)] = 256
+    judge_max_tokens: Annotated[int, Range(ge=1)] = 256  # longest answer of the benchmark's judge
     judge_temperature: Annotated[float, Range(ge=0, le=2)] = 0.0  # vLLM accepts [0, 2]
     # Tries per question before the edit counts as a judge failure
     judge_attempts: Annotated[int, Range(ge=1)] = 1

@@ -116,3 +116,16 @@ def test_every_registry_name_is_checked_at_load(override: str, message: str) -> 
     process that reaches for the implementation minutes later."""
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_every_config_field_is_described_where_it_is_declared(capsys: pytest.CaptureFixture[str]) -> None:
+    """`cocoedit config show --explain` prints each key with the comment written at its declaration."""
+    from cocoedit.cluster.cli import main
+    from cocoedit.cluster.explain import undocumented
+
+    assert undocumented(load_config(None, [])) == []
+    assert main(["config", "show", "--explain", "learner.lr=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "  lr: 0.5  # " in out
+    assert "  valid_min_std: 0.02  # Groups whose reward std is at most this are not trained on" in out
+    assert "    gpus_per_replica: 1.0  # GPUs each replica asks for" in out  # rewards.mllm.scaling
