@@ -505,13 +505,38 @@ def select(records: list[dict[str, Any]], cfg: CurateConfig, num: Optional[int])
         if rec["id"] not in keep:
             rec["rejected_by"] = "balance"
     rejected = Counter(r["rejected_by"] for r in records)
+    order = {name: k for k, name in enumerate(FILTERS)}
     funnel, reached = {}, len(records)
-    for name in FILTERS:
+    for k, name in enumerate(FILTERS):
         passed = reached - rejected.get(name, 0)
-        rate = passed / reached if reached else None
-        funnel[name] = {"keeps": FILTER_TEXT[name], "reached": reached, "passed": passed, "rate": rate}
+        # items the filter looked at: a filter that was off (no judge) or had nothing to compare (no
+        # target) checked none, and its pass rate is n/a rather than 100 %
+        checked = sum(
+            1
+            for r in records
+            if (r["rejected_by"] is None or order[r["rejected_by"]] >= k) and _checks(name, r)
+        )
+        rate = (checked - rejected.get(name, 0)) / checked if checked else None
+        funnel[name] = {
+            "keeps": FILTER_TEXT[name],
+            "reached": reached,
+            "checked": checked,
+            "passed": passed,
+            "rate": rate,
+        }
         reached = passed
     return {"funnel": funnel, "kept": chosen}
+
+
+def _checks(name: str, rec: dict[str, Any]) -> bool:
+    """Whether filter `name` examined `rec` (first_failure skips what an item lacks)."""
+    if name == "mask_area":
+        return rec.get("area") is not None
+    if name == "keep_consistency":
+        return rec.get("psnr") is not None
+    if name == "judge":
+        return bool(rec.get("judged"))
+    return True
 
 
 def edit_type(rec: dict[str, Any]) -> str:
@@ -679,10 +704,10 @@ def curate(
 
 def summary_text(summary: dict[str, Any]) -> str:
     """The funnel and outcome counts as fixed-width text (what the command prints)."""
-    lines = [f"{'filter':<18} {'reached':>8} {'passed':>8} {'rate':>7}"]
+    lines = [f"{'filter':<18} {'reached':>8} {'checked':>8} {'passed':>8} {'rate':>7}"]
     for name, f in summary["funnel"].items():
-        rate = "n/a" if f["rate"] is None else f"{f['rate']:.1%}"
-        lines.append(f"{name:<18} {f['reached']:>8} {f['passed']:>8} {rate:>7}")
+        rate = f"{f['rate']:.1%}" if f["rate"] is not None else ("off" if f["reached"] else "n/a")
+        lines.append(f"{name:<18} {f['reached']:>8} {f['checked']:>8} {f['passed']:>8} {rate:>7}")
     r, g, j = summary["refinement"], summary["grounding"], summary["judge"]
     lines.append(f"refinement: {r['attempted']} attempted, {r['parsed']} parsed, {r['failed']} failed")
     lines.append(f"grounding: {g['attempted']} attempted, {g['parsed']} parsed, {g['failed']} failed")
