@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cocoedit.actors.types import EditItem
+from cocoedit.cluster.report_html import CSS, SCRIPT  # noqa: F401 - the reports' style, here since before
 from cocoedit.cluster.runlog import mask_overlay
 from cocoedit.rewards.images import encode_png
 
@@ -140,31 +141,6 @@ def summary_text(results: dict[str, Any]) -> str:
 
 def png_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
-
-
-# The style of every self-contained report page (evaluation, curation, sweep).
-CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
-h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
-td.l,th.l{text-align:left}.pos{color:#0a7a2a}.neg{color:#b3261e}
-.gallery td{vertical-align:top}.gallery img{width:128px;height:128px;image-rendering:pixelated}
-.meta{font-size:12px;color:#555}svg{margin:6px 12px 6px 0;background:#fafafa;border:1px solid #eee}
-.charts{display:flex;flex-wrap:wrap}table.info td{text-align:left}
-"""
-
-# Counts images that fail to decode, so a broken report is detectable (headless browsers, tests).
-SCRIPT = """
-<script>
-window.addEventListener('load', function () {
-  var imgs = document.images, broken = 0;
-  for (var i = 0; i < imgs.length; i++) { if (!imgs[i].complete || imgs[i].naturalWidth === 0) broken++; }
-  document.documentElement.setAttribute('data-images', String(imgs.length));
-  document.documentElement.setAttribute('data-broken-images', String(broken));
-});
-</script>
-"""
 
 
 def bar_chart(title: str, values: dict[str, Optional[float]], width: int = 520) -> str:

@@ -5,7 +5,7 @@
                      then the failed trials, each with the first line of its error
     OUT/report.png   instruction score (x) vs keep PSNR (y), one point per setting with its 95% CIs,
                      the Pareto front (no other setting is at least as good on both and better on one)
-    OUT/curves.png   learning curves per setting over epochs, mean and 95% band over seeds (sweep_curves.py)
+    OUT/curves.png   learning curves per setting over epochs, mean and 95% band over seeds (setting_curves)
     OUT/report.html  self-contained page (cluster/templates/sweep_report.html): the table, the plot and the
                      curves (embedded PNGs), every trial and its error
 
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+
+from cocoedit.cluster.run_report import load_rows
 
 PSNR, SSIM = "eval/pixel/psnr", "eval/pixel/ssim"
 # the instruction judge of the run: the MLLM in production, the exact synthetic judge in the tiny mode
@@ -325,8 +327,6 @@ def write_report(
     rows = summarize(settings, outcomes)
     failed = [f"- `{o.key}`: {o.error.splitlines()[0]}" for o in outcomes if o.error]
     text = markdown_table(rows, ikey) + ("\n\nFailed trials:\n" + "\n".join(failed) if failed else "")
-    from cocoedit.cluster.sweep_curves import curves_png
-
     png = pareto_png(rows, ikey, start=start_point(outcomes, ikey))
     curves = curves_png(out, rows, outcomes, ikey)
     out.mkdir(parents=True, exist_ok=True)
@@ -337,3 +337,75 @@ def write_report(
         (out / "curves.png").write_bytes(curves)
     paths[2].write_text(report_html(rows, outcomes, ikey, png, command, curves), encoding="utf-8")
     return Report(text, *paths, rows)
+
+
+# Learning curves: per setting, the mean over its seeds of each logged epoch (each trial's own
+# OUT/runs/<setting>/seed<k>/metrics.jsonl), with the 95% interval over seeds as a band.
+TRAIN_REWARD = "reward/mean"
+
+
+def setting_curves(
+    out: Path, rows: Sequence[SettingSummary], outcomes: Sequence[TrialOutcome], key: str
+) -> dict[str, list[tuple[int, Stat]]]:
+    """{setting label: [(epoch, Stat of `key` over the seeds that logged it at that epoch)]}; trials
+    without a metrics.jsonl (failed before the first epoch) count nowhere."""
+    curves: dict[str, list[tuple[int, Stat]]] = {}
+    for r in rows:
+        per_epoch: dict[int, list[float]] = {}
+        for o in outcomes:
+            path = out / "runs" / o.key
+            if o.setting != r.setting or not (path / "metrics.jsonl").is_file():
+                continue
+            for row in load_rows(path):
+                value = row.get(key)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    per_epoch.setdefault(int(row["epoch"]), []).append(float(value))
+        if per_epoch:
+            curves[r.label] = [(e, stat(v)) for e, v in sorted(per_epoch.items())]
+    return curves
+
+
+def curves_png(
+    out: Path, rows: Sequence[SettingSummary], outcomes: Sequence[TrialOutcome], ikey: str
+) -> Optional[bytes]:
+    """Three panels (held-out instruction score, held-out keep PSNR, training reward) of every setting's
+    mean curve with its 95 % band over seeds, as PNG bytes; None when no trial logged an epoch."""
+    keys = [
+        (ikey, f"held-out {ikey}"),
+        (PSNR, "held-out keep PSNR (dB)"),
+        (TRAIN_REWARD, "training reward/mean"),
+    ]
+    panels = [(title, setting_curves(out, rows, outcomes, key)) for key, title in keys]
+    if not any(curves for _, curves in panels):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.0), dpi=100)
+    for ax, (title, curves) in zip(axes, panels, strict=True):
+        _draw(ax, curves)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle("learning curves per setting (mean over seeds, band: 95% CI)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _draw(ax: Any, curves: dict[str, list[tuple[int, Stat]]]) -> None:
+    for label, points in curves.items():
+        epochs = [e for e, _ in points]
+        means = [s.mean for _, s in points]
+        (line,) = ax.plot(epochs, means, marker="." if len(points) < 30 else None, label=label)
+        low = [s.mean - s.ci95 if s.n > 1 else s.mean for _, s in points]
+        high = [s.mean + s.ci95 if s.n > 1 else s.mean for _, s in points]
+        ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    if curves:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)

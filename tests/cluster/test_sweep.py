@@ -27,12 +27,12 @@ from cocoedit.cluster.sweep import (
     check_resumable,
     grid_settings,
 )
-from cocoedit.cluster.sweep_curves import setting_curves
 from cocoedit.cluster.sweep_report import (
     SettingSummary,
     TrialOutcome,
     pareto_front,
     point_labels,
+    setting_curves,
     stat,
     summarize,
     write_report,
