@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 from typing import Any, Optional
 
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
@@ -54,6 +55,19 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 _metrics: dict[str, Any] = {}  # this process's metric objects, by name
+
+# Shipped Grafana dashboard of these series and Ray's own (docs/monitoring.md)
+GRAFANA_DASHBOARD = Path(__file__).resolve().parent / "dashboards" / "cocoedit_grafana_dashboard.json"
+
+
+def exported_names() -> set[str]:
+    """Every series name Ray's export holds for SPECS: `ray_<name>`, a histogram as its `_bucket`,
+    `_count` and `_sum` series."""
+    names = set()
+    for name, (kind, _, _) in SPECS.items():
+        suffixes = ("_bucket", "_count", "_sum") if kind == "histogram" else ("",)
+        names.update(f"ray_{name}{suffix}" for suffix in suffixes)
+    return names
 
 
 def enabled() -> bool:

@@ -52,6 +52,11 @@ def test_the_wheel_holds_only_cocoedit_and_runs_outside_the_checkout(tmp_path: P
     }
     assert {f"cocoedit/{f}/__init__.py" for f in folders} <= set(names)
     assert {"cocoedit/cluster/configs/tiny_cpu.yaml", "cocoedit/protos/reward_pb2.py"} <= set(names)
+    # the report templates and the Grafana dashboard travel with the code that reads them
+    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "cluster" / "templates").iterdir()}
+    assert {f"cocoedit/{p}" for p in shipped} | {
+        "cocoedit/dashboards/cocoedit_grafana_dashboard.json"
+    } <= set(names)
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -96,13 +96,38 @@ def select(records: list[dict[str, Any]], cfg: CurateConfig, num: Optional[int])
         if rec["id"] not in keep:
             rec["rejected_by"] = "balance"
     rejected = Counter(r["rejected_by"] for r in records)
+    order = {name: k for k, name in enumerate(FILTERS)}
     funnel, reached = {}, len(records)
-    for name in FILTERS:
+    for k, name in enumerate(FILTERS):
         passed = reached - rejected.get(name, 0)
-        rate = passed / reached if reached else None
-        funnel[name] = {"keeps": FILTER_TEXT[name], "reached": reached, "passed": passed, "rate": rate}
+        # items the filter looked at: a filter that was off (no judge) or had nothing to compare (no
+        # target) checked none, and its pass rate is n/a rather than 100 %
+        checked = sum(
+            1
+            for r in records
+            if (r["rejected_by"] is None or order[r["rejected_by"]] >= k) and _checks(name, r)
+        )
+        rate = (checked - rejected.get(name, 0)) / checked if checked else None
+        funnel[name] = {
+            "keeps": FILTER_TEXT[name],
+            "reached": reached,
+            "checked": checked,
+            "passed": passed,
+            "rate": rate,
+        }
         reached = passed
     return {"funnel": funnel, "kept": chosen}
+
+
+def _checks(name: str, rec: dict[str, Any]) -> bool:
+    """Whether filter `name` examined `rec` (first_failure skips what an item lacks)."""
+    if name == "mask_area":
+        return rec.get("area") is not None
+    if name == "keep_consistency":
+        return rec.get("psnr") is not None
+    if name == "judge":
+        return bool(rec.get("judged"))
+    return True
 
 
 def edit_type(rec: dict[str, Any]) -> str:

@@ -367,10 +367,10 @@ def curate(
 
 def summary_text(summary: dict[str, Any]) -> str:
     """The funnel and outcome counts as fixed-width text (what the command prints)."""
-    lines = [f"{'filter':<18} {'reached':>8} {'passed':>8} {'rate':>7}"]
+    lines = [f"{'filter':<18} {'reached':>8} {'checked':>8} {'passed':>8} {'rate':>7}"]
     for name, f in summary["funnel"].items():
-        rate = "n/a" if f["rate"] is None else f"{f['rate']:.1%}"
-        lines.append(f"{name:<18} {f['reached']:>8} {f['passed']:>8} {rate:>7}")
+        rate = f"{f['rate']:.1%}" if f["rate"] is not None else ("off" if f["reached"] else "n/a")
+        lines.append(f"{name:<18} {f['reached']:>8} {f['checked']:>8} {f['passed']:>8} {rate:>7}")
     r, g, j = summary["refinement"], summary["grounding"], summary["judge"]
     lines.append(f"refinement: {r['attempted']} attempted, {r['parsed']} parsed, {r['failed']} failed")
     lines.append(f"grounding: {g['attempted']} attempted, {g['parsed']} parsed, {g['failed']} failed")

@@ -4,12 +4,12 @@ Sections: the run (inputs, layout, settings); the filter funnel (reached, passed
 filter in order); items per edit type in and kept; histograms of mask area, keep-region PSNR and judge
 score; refinement, grounding and judge outcomes with every parse failure listed (id, error, answer);
 a gallery of kept and of rejected items (source | target | mask overlay, instruction before and after
-refinement, numbers, why it was dropped). Images are inline thumbnails (data URIs).
+refinement, numbers, why it was dropped). Images are inline thumbnails (data URIs). The page is
+rendered from cluster/templates/curate_report.html (Jinja2, autoescaped).
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from cocoedit.cluster.eval.report import CSS, SCRIPT, bar_chart, html_table, mask_overlay, png_uri
+from cocoedit.cluster.eval.report import bar_chart, mask_overlay, png_uri
 
 THUMB = 160  # px, longer side of gallery images
 # text columns read left to right, and unbroken answers ("0000...") wrap instead of widening the page
@@ -60,49 +60,57 @@ def _fmt(value: Any, digits: int = 3) -> str:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.{digits}g}"
-    return html.escape(str(value))
+    return str(value)
 
 
-def _gallery(records: Sequence[dict[str, Any]], out: Path) -> str:
+def _rate(f: dict[str, Any]) -> str:
+    """Pass rate over the items the filter checked; "off" when it checked none of those it reached."""
+    if f["rate"] is not None:
+        return f"{f['rate']:.1%}"
+    return "off (checked none)" if f["reached"] else "n/a"
+
+
+def _gallery_rows(records: Sequence[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """What the template's gallery shows of each record: thumbnails as data URIs, texts, numbers."""
     rows = []
     for r in records:
-        img = lambda a, alt: f'<img alt="{alt}" src="{png_uri(a)}">'  # noqa: E731
-        source = img(_thumb(out / r["source"]), "source") if r.get("source") else ""
-        target = img(_thumb(out / r["target"]), "target") if r.get("target") else ""
-        overlay = img(_overlay(out / r["source"], out / r["mask"]), "mask overlay") if r.get("mask") else ""
-        text = f"<b>{html.escape(r['id'])}</b> <small>({html.escape(r.get('task') or 'no task')})</small><br>"
-        text += f"original: {html.escape(r['instruction'])}<br>"
-        if r.get("refined"):
-            text += f"refined: {html.escape(r['refined']['instruction'])}<br>"
-        elif r.get("refine_error"):
-            text += f"<small>refinement failed: {html.escape(r['refine_error'][:160])}</small><br>"
-        numbers = ", ".join(
-            f"{k} {_fmt(r.get(k))}" for k in ("area", "psnr", "ssim", "judge_score") if r.get(k) is not None
+        why = (
+            r["rejected_by"] + (f" of {r['duplicate_of']}" if r.get("duplicate_of") else "")
+            if r.get("rejected_by")
+            else ""
         )
-        text += f"<small>{numbers}</small>"
-        if r.get("rejected_by"):
-            why = r["rejected_by"] + (f" of {r['duplicate_of']}" if r.get("duplicate_of") else "")
-            text += f"<br><small>dropped by: {html.escape(why)}</small>"
-        if r.get("error"):
-            text += f"<br><small>error: {html.escape(r['error'][:200])}</small>"
-        rows.append([source, target, overlay, f'<div style="text-align:left;max-width:420px">{text}</div>'])
-    return html_table(["source", "target", "mask overlay", "item"], rows, "gallery")
+        rows.append(
+            {
+                "id": r["id"],
+                "task": r.get("task") or "no task",
+                "source": png_uri(_thumb(out / r["source"])) if r.get("source") else None,
+                "target": png_uri(_thumb(out / r["target"])) if r.get("target") else None,
+                "overlay": png_uri(_overlay(out / r["source"], out / r["mask"])) if r.get("mask") else None,
+                "instruction": r["instruction"],
+                "refined": r["refined"]["instruction"] if r.get("refined") else None,
+                "refine_error": (r.get("refine_error") or "")[:160],
+                "numbers": ", ".join(
+                    f"{k} {_fmt(r.get(k))}"
+                    for k in ("area", "psnr", "ssim", "judge_score")
+                    if r.get(k) is not None
+                ),
+                "why": why,
+                "error": (r.get("error") or "")[:200],
+            }
+        )
+    return rows
 
 
-def _failures(title: str, entries: Sequence[dict[str, Any]], limit: int = 20) -> str:
-    if not entries:
-        return f"<p>{html.escape(title)}: none</p>"
-    rows = [
-        [html.escape(e["id"]), html.escape(str(e["error"])[:200]), html.escape((e.get("answer") or "")[:200])]
-        for e in entries[:limit]
-    ]
+def _failures(title: str, entries: Sequence[dict[str, Any]], limit: int = 20) -> dict[str, Any]:
     distinct = len({e.get("answer") for e in entries})
     note = f"{len(entries)} items, {distinct} distinct answers"
     if len(entries) > limit:
         note += f"; the first {limit} shown, all in summary.json"
-    return f"<h3>{html.escape(title)} ({len(entries)})</h3><p class='meta'>{note}</p>" + html_table(
-        ["item", "error", "answer"], rows, "fail"
-    )
+    shown = [
+        {"id": e["id"], "error": str(e["error"])[:200], "answer": (e.get("answer") or "")[:200]}
+        for e in entries[:limit]
+    ]
+    return {"title": title, "entries": shown, "total": len(entries), "note": note}
 
 
 def _pick_rejected(records: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -122,7 +130,9 @@ def _pick_rejected(records: Sequence[dict[str, Any]], n: int) -> list[dict[str, 
 def write_report(
     summary: dict[str, Any], records: Sequence[dict[str, Any]], out: Path, gallery_size: int
 ) -> Path:
-    """OUT/report.html of a finished run (see the module docstring)."""
+    """OUT/report.html of a finished run (see the module docstring), from cluster/templates/curate_report.html."""
+    from cocoedit.cluster.report_html import render
+
     info = {
         "inputs": ", ".join(i["path"] for i in summary["inputs"]),
         "layout": summary["layout"],
@@ -134,35 +144,8 @@ def write_report(
         "created": summary["created"],
         "git commit": str(summary["versions"].get("git_commit")),
     }
-    funnel_rows = [
-        [
-            html.escape(name),
-            html.escape(f["keeps"]),
-            str(f["reached"]),
-            str(f["passed"]),
-            "n/a" if f["rate"] is None else f"{f['rate']:.1%}",
-        ]
-        for name, f in summary["funnel"].items()
-    ]
     readable = [r for r in records if not r.get("error")]
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>cocoedit data curate</title><style>{CSS}{_EXTRA_CSS}</style>{SCRIPT}</head><body>",
-        "<h1>cocoedit data curate</h1>",
-        html_table(
-            ["", ""],
-            [[html.escape(k), f'<span class="meta">{html.escape(v)}</span>'] for k, v in info.items()],
-            "info",
-        ),
-        "<h2>Filters</h2>",
-        html_table(["filter", "keeps", "reached", "passed", "pass rate"], funnel_rows, "funnel"),
-        "<h2>Edit types</h2>",
-        html_table(
-            ["edit type", "in", "kept"],
-            [[html.escape(t), str(v["in"]), str(v["kept"])] for t, v in summary["tasks"].items()],
-            "tasks",
-        ),
-        "<h2>Histograms</h2><div class='charts'>",
+    charts = [
         bar_chart(
             "mask area fraction (readable items)",
             histogram([r["area"] for r in readable if r.get("area") is not None], 0.0, 1.0),
@@ -175,28 +158,34 @@ def write_report(
             "judge score (judged items)",
             histogram([r["judge_score"] for r in records if r.get("judge_score") is not None], 0.0, 1.0),
         ),
-        "</div>",
-        "<h2>MLLM</h2>",
     ]
     r, g, j = summary["refinement"], summary["grounding"], summary["judge"]
-    parts.append(
-        f"<p>refinement: {r['attempted']} attempted, {r['parsed']} parsed, {r['failed']} failed (original "
-        f"instruction kept); grounding: {g['attempted']} attempted, {g['parsed']} parsed, {g['failed']} failed "
-        f"(item dropped); judge: {j['scored']} scored, {j['failed']} failed (item dropped). Failures are never "
-        "guessed.</p>"
-    )
-    parts.append(_failures("Refinement failures", r["failures"]))
-    parts.append(_failures("Grounding failures", g["failures"]))
-    parts.append(_failures("Judge failures", j["failures"]))
     kept = [rec for rec in records if rec.get("rejected_by") is None]
-    parts.append(f"<h2>Kept items (first {min(gallery_size, len(kept))} of {len(kept)})</h2>")
-    parts.append(_gallery(kept[:gallery_size], out))
-    rejected = _pick_rejected(records, gallery_size)
-    parts.append(f"<h2>Rejected items ({len(rejected)} shown, one per filter in turn)</h2>")
-    parts.append(_gallery(rejected, out))
-    if summary["errors"]:
-        parts.append(_failures("Unreadable items", [{**e, "answer": ""} for e in summary["errors"]]))
-    parts.append("</body></html>")
+    page = render(
+        "curate_report.html",
+        extra_css=_EXTRA_CSS,
+        info=list(info.items()),
+        funnel=[
+            {"name": name, **{k: f[k] for k in ("keeps", "reached", "checked", "passed")}, "rate": _rate(f)}
+            for name, f in summary["funnel"].items()
+        ],
+        tasks=list(summary["tasks"].items()),
+        charts=charts,
+        refinement=r,
+        grounding=g,
+        judge=j,
+        failure_lists=[
+            _failures("Refinement failures", r["failures"]),
+            _failures("Grounding failures", g["failures"]),
+            _failures("Judge failures", j["failures"]),
+        ],
+        kept_rows=_gallery_rows(kept[:gallery_size], out),
+        kept_total=len(kept),
+        rejected_rows=_gallery_rows(_pick_rejected(records, gallery_size), out),
+        unreadable=_failures("Unreadable items", [{**e, "answer": ""} for e in summary["errors"]])
+        if summary["errors"]
+        else None,
+    )
     path = out / "report.html"
-    path.write_text("".join(parts), encoding="utf-8")
+    path.write_text(page, encoding="utf-8")
     return path

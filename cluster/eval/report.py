@@ -14,7 +14,6 @@ and a gallery (source | edit | mask overlay | target | scores) of the best and w
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from cocoedit.actors.types import EditItem
+from cocoedit.cluster.report_html import CSS, SCRIPT  # noqa: F401 - the reports' style, here since before
 from cocoedit.cluster.train.runlog import mask_overlay
 from cocoedit.rewards.images import encode_png
 
@@ -143,134 +143,80 @@ def png_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
 
 
-# The style of every self-contained report page (evaluation, curation, sweep).
-CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
-h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
-td.l,th.l{text-align:left}.pos{color:#0a7a2a}.neg{color:#b3261e}
-.gallery td{vertical-align:top}.gallery img{width:128px;height:128px;image-rendering:pixelated}
-.meta{font-size:12px;color:#555}svg{margin:6px 12px 6px 0;background:#fafafa;border:1px solid #eee}
-.charts{display:flex;flex-wrap:wrap}table.info td{text-align:left}
-"""
-
-# Counts images that fail to decode, so a broken report is detectable (headless browsers, tests).
-SCRIPT = """
-<script>
-window.addEventListener('load', function () {
-  var imgs = document.images, broken = 0;
-  for (var i = 0; i < imgs.length; i++) { if (!imgs[i].complete || imgs[i].naturalWidth === 0) broken++; }
-  document.documentElement.setAttribute('data-images', String(imgs.length));
-  document.documentElement.setAttribute('data-broken-images', String(broken));
-});
-</script>
-"""
-
-
-def html_table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    """A <table> of the reports (CSS): `header` escaped here, `rows` already HTML; first column left."""
-    out = [f'<table class="{cls}"><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
-    for r in rows:
-        out.append(
-            "<tr>"
-            + "".join(f'<td class="{"l" if i == 0 else ""}">{c}</td>' for i, c in enumerate(r))
-            + "</tr>"
-        )
-    return "".join(out) + "</table>"
-
-
 def bar_chart(title: str, values: dict[str, Optional[float]], width: int = 520) -> str:
-    """Horizontal SVG bars, one per group (None = an empty bar labelled n/a)."""
+    """Horizontal SVG bars, one per group (None = an empty bar labelled n/a); negative values in red."""
+    from cocoedit.cluster.report_html import macro
+
     row_h, label_w = 18, 150
-    height = 28 + row_h * len(values)
     finite = [v for v in values.values() if v is not None]
     top = max([abs(v) for v in finite] + [1e-9])
-    parts = [
-        f'<svg class="bar" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
-        f'<text x="4" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>',
+    bars = [
+        {
+            "name": name[:24],
+            "y": 24 + i * row_h,
+            "value": v,
+            "w": 0.0 if v is None else max(1.0, (width - label_w - 60) * abs(v) / top),
+            "h": row_h - 5,
+            "fill": "#4a7bd0" if v is None or v >= 0 else "#c0504d",
+        }
+        for i, (name, v) in enumerate(values.items())
     ]
-    for i, (name, v) in enumerate(values.items()):
-        y = 24 + i * row_h
-        parts.append(f'<text x="4" y="{y + 12}" font-size="11">{html.escape(name[:24])}</text>')
-        if v is None:
-            parts.append(f'<text x="{label_w}" y="{y + 12}" font-size="11">n/a</text>')
-            continue
-        w = max(1.0, (width - label_w - 60) * abs(v) / top)
-        fill = "#4a7bd0" if v >= 0 else "#c0504d"  # negative values (deltas) in red
-        parts.append(f'<rect x="{label_w}" y="{y + 2}" width="{w:.1f}" height="{row_h - 5}" fill="{fill}"/>')
-        parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + 12}" font-size="11">{v:.3g}</text>')
-    return "".join(parts) + "</svg>"
+    return macro("charts.svg", "bar_chart")(title, width, 28 + row_h * len(values), bars, label_w)
 
 
 def scatter(points: list[tuple[float, float, str]], x_label: str, y_label: str, size: int = 360) -> str:
     """SVG scatter of (x, y, item id) with axis ranges from the data; each point has a <title>."""
+    from cocoedit.cluster.report_html import macro
+
     pad = 40
-    parts = [
-        f'<svg class="scatter" xmlns="http://www.w3.org/2000/svg" width="{size + pad}" height="{size + pad}">'
-    ]
-    parts.append(f'<text x="{pad}" y="{size + pad - 4}" font-size="11">{html.escape(x_label)}</text>')
-    parts.append(f'<text x="4" y="12" font-size="11">{html.escape(y_label)}</text>')
-    parts.append(
-        f'<line x1="{pad}" y1="{size - pad // 2}" x2="{size}" y2="{size - pad // 2}" stroke="#999"/>'
-    )
-    parts.append(f'<line x1="{pad}" y1="20" x2="{pad}" y2="{size - pad // 2}" stroke="#999"/>')
+    ticks, dots = [], []
     if points:
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         x0, x1 = min(xs), max(xs)
         y0, y1 = min(ys), max(ys)
         x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-        for label, x, anchor in ((f"{x0:.3g}", pad, "start"), (f"{x1:.3g}", size, "end")):
-            parts.append(
-                f'<text x="{x}" y="{size - pad // 2 + 14}" font-size="10" text-anchor="{anchor}">{label}</text>'
-            )
-        parts.append(
-            f'<text x="{pad - 4}" y="{size - pad // 2}" font-size="10" text-anchor="end">{y0:.3g}</text>'
-        )
-        parts.append(f'<text x="{pad - 4}" y="26" font-size="10" text-anchor="end">{y1:.3g}</text>')
-        for x, y, name in points:
-            cx = pad + (x - x0) / (x1 - x0) * (size - pad)
-            cy = size - pad // 2 - (y - y0) / (y1 - y0) * (size - pad // 2 - 20)
-            parts.append(
-                f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="#d0704a" fill-opacity="0.7">'
-                f"<title>{html.escape(name)}: ({x:.3g}, {y:.3g})</title></circle>"
-            )
-    else:
-        parts.append(f'<text x="{pad + 10}" y="{size // 2}" font-size="12">no items with both values</text>')
-    return "".join(parts) + "</svg>"
+        ticks = [
+            {"x": pad, "y": size - pad // 2 + 14, "anchor": "start", "text": f"{x0:.3g}"},
+            {"x": size, "y": size - pad // 2 + 14, "anchor": "end", "text": f"{x1:.3g}"},
+            {"x": pad - 4, "y": size - pad // 2, "anchor": "end", "text": f"{y0:.3g}"},
+            {"x": pad - 4, "y": 26, "anchor": "end", "text": f"{y1:.3g}"},
+        ]
+        dots = [
+            {
+                "cx": pad + (x - x0) / (x1 - x0) * (size - pad),
+                "cy": size - pad // 2 - (y - y0) / (y1 - y0) * (size - pad // 2 - 20),
+                "x": x,
+                "y": y,
+                "name": name,
+            }
+            for x, y, name in points
+        ]
+    return macro("charts.svg", "scatter")(size, pad, x_label, y_label, ticks, dots)
 
 
-def _gallery(
+def _gallery_rows(
     rows: list[dict[str, Any]], items: dict[str, EditItem], edited: dict[str, torch.Tensor], keys: list[str]
-) -> str:
-    with_target = any(items[r["id"]].target_image is not None for r in rows)
-    header = ["item", "source", "edit", "mask overlay"] + (["target"] if with_target else []) + ["scores"]
+) -> list[dict[str, Any]]:
+    """What the template's gallery shows of each item: images as data URIs, its scores as text."""
     out = []
     for r in rows:
         item = items[r["id"]]
-
-        def img(a: np.ndarray, alt: str) -> str:
-            return f'<img alt="{alt}" src="{png_uri(a)}">'
-
-        cells = [
-            f"{html.escape(r['id'])}<br><small>{html.escape(r['group'])}</small><br>"
-            f"<small>{html.escape(r['instruction'])}</small>",
-            img(item.source_image.permute(1, 2, 0).numpy(), "source"),
-            img(edited[r["id"]].permute(1, 2, 0).numpy(), "edit"),
-            img(mask_overlay(item.source_image, item.edit_mask), "mask overlay"),
-        ]
-        if with_target:
-            cells.append(
-                img(item.target_image.permute(1, 2, 0).numpy(), "target")
-                if item.target_image is not None
-                else ""
-            )
-        scores = "<br>".join(f"{html.escape(k)}: {_fmt(r.get(k), k)}" for k in keys)
-        if r.get("judge_error"):
-            scores += f"<br><small>judge error: {html.escape(r['judge_error'][:200])}</small>"
-        cells.append(f'<div style="text-align:left">{scores}</div>')
-        out.append(cells)
-    return html_table(header, out, "gallery")
+        out.append(
+            {
+                "id": r["id"],
+                "group": r["group"],
+                "instruction": r["instruction"],
+                "source": png_uri(item.source_image.permute(1, 2, 0).numpy()),
+                "edit": png_uri(edited[r["id"]].permute(1, 2, 0).numpy()),
+                "overlay": png_uri(mask_overlay(item.source_image, item.edit_mask)),
+                "target": None
+                if item.target_image is None
+                else png_uri(item.target_image.permute(1, 2, 0).numpy()),
+                "scores": [(k, _fmt(r.get(k), k)) for k in keys],
+                "judge_error": (r.get("judge_error") or "")[:200],
+            }
+        )
+    return out
 
 
 def write_html(
@@ -280,7 +226,10 @@ def write_html(
     path: Path,
     gallery_size: int = 6,
 ) -> Path:
-    """The self-contained report of one run (see the module docstring)."""
+    """The self-contained report of one run (see the module docstring), from
+    cluster/templates/eval_report.html."""
+    from cocoedit.cluster.report_html import render
+
     keys = results["metric_keys"]
     primary = results["primary"]
     by_id = {i.item_id: i for i in items}
@@ -296,80 +245,50 @@ def write_html(
         "created": results["created"],
         "git commit": str(results["versions"].get("git_commit")),
     }
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>cocoedit eval: {html.escape(results['bench'])}</title><style>{CSS}</style>{SCRIPT}</head><body>",
-        f"<h1>cocoedit eval - {html.escape(results['bench'])}</h1>",
-        html_table(
-            ["", ""],
-            [[html.escape(k), f'<span class="meta">{html.escape(v)}</span>'] for k, v in meta.items()],
-            "info",
-        ),
-        "<h2>Overall</h2>",
-        f"<p class='meta'>{html.escape(results['aggregation'])}; PSNR capped at "
-        f"{results['metrics']['psnr_cap_db']:g} dB (MSE floor 1e-8).</p>",
-        html_table(
-            ["metric", "overall (mean of group means)", "item mean"],
-            [
-                [
-                    html.escape(LABELS.get(k, k)),
-                    _fmt(results["overall"][k], k),
-                    _fmt(results["overall_item_mean"][k], k),
-                ]
-                for k in keys
-            ],
-            "overall",
-        ),
+    charts = [
+        bar_chart(LABELS.get(k, k), {name: g[k] for name, g in results["groups"].items()})
+        for k in [k for k in keys if k in (primary, "psnr_keep", "ssim_keep")] or keys[:1]
     ]
-    if results.get("judge"):
-        n = len(results["items"])
-        parts.append(
-            f"<p>judge failures: {results['failures']['judge']} of {n} items (excluded, not guessed)</p>"
-        )
-    parts.append("<h2>Per group</h2>")
-    parts.append(
-        html_table(
-            ["group", "n", *(LABELS.get(k, k) for k in keys), "judge failures"],
-            [
-                [html.escape(name), str(g["n"]), *(_fmt(g[k], k) for k in keys), str(g["judge_failures"])]
-                for name, g in results["groups"].items()
-            ],
-            "groups",
-        )
-    )
-    parts.append("<h2>Charts</h2><div class='charts'>")
-    for k in [k for k in keys if k in (primary, "psnr_keep", "ssim_keep")] or keys[:1]:
-        parts.append(bar_chart(LABELS.get(k, k), {name: g[k] for name, g in results["groups"].items()}))
     points = [
         (r["psnr_keep"], r[primary], r["id"])
         for r in results["items"]
         if r.get("psnr_keep") is not None and r.get(primary) is not None
     ]
-    parts.append(scatter(points, LABELS["psnr_keep"], LABELS.get(primary, primary)))
-    parts.append("</div>")
+    charts.append(scatter(points, LABELS["psnr_keep"], LABELS.get(primary, primary)))
     ranked = sorted(
         [r for r in results["items"] if r.get(primary) is not None],
         key=lambda r: (r[primary], r.get("psnr_keep") or 0.0),
     )
     k = min(gallery_size, len(ranked))
-    parts.append(f"<h2>Best {k} items by {html.escape(LABELS.get(primary, primary))}</h2>")
-    parts.append(_gallery(ranked[::-1][:k], by_id, edits, keys))
-    parts.append(f"<h2>Worst {k} items</h2>")
-    parts.append(_gallery(ranked[:k], by_id, edits, keys))
-    failed = [r for r in results["items"] if r.get("judge_error")]
-    if failed:
-        parts.append("<h2>Judge failures</h2>")
-        parts.append(
-            html_table(
-                ["item", "error"],
-                [
-                    [html.escape(r["id"]), f"<small>{html.escape(r['judge_error'][:400])}</small>"]
-                    for r in failed[:50]
-                ],
-            )
-        )
-    parts.append("</body></html>")
-    path.write_text("".join(parts), encoding="utf-8")
+    best, worst = ranked[::-1][:k], ranked[:k]
+    page = render(
+        "eval_report.html",
+        bench=results["bench"],
+        meta=list(meta.items()),
+        aggregation=results["aggregation"],
+        psnr_cap=f"{results['metrics']['psnr_cap_db']:g}",
+        overall=[
+            (LABELS.get(k, k), _fmt(results["overall"][k], k), _fmt(results["overall_item_mean"][k], k))
+            for k in keys
+        ],
+        judge_failures=results["failures"]["judge"] if results.get("judge") else None,
+        n_items=len(results["items"]),
+        labels=[LABELS.get(k, k) for k in keys],
+        groups=[
+            (name, g["n"], [_fmt(g[k], k) for k in keys], g["judge_failures"])
+            for name, g in results["groups"].items()
+        ],
+        charts=charts,
+        primary_label=LABELS.get(primary, primary),
+        best_target=any(by_id[r["id"]].target_image is not None for r in best),
+        worst_target=any(by_id[r["id"]].target_image is not None for r in worst),
+        best=_gallery_rows(best, by_id, edits, keys),
+        worst=_gallery_rows(worst, by_id, edits, keys),
+        judge_errors=[(r["id"], r["judge_error"][:400]) for r in results["items"] if r.get("judge_error")][
+            :50
+        ],
+    )
+    path.write_text(page, encoding="utf-8")
     return path
 
 
@@ -380,8 +299,13 @@ def _load(run: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def compare_runs(run_a: Path, run_b: Path, out_html: Path) -> tuple[str, Path]:
-    """Side-by-side group tables of two runs with deltas (B - A); returns (text table, html path)."""
+def compare_runs(run_a: Path, run_b: Path, out_html: Path, pairs_shown: int = 8) -> tuple[str, Path]:
+    """Side-by-side group tables of two runs with deltas (B - A), and the `pairs_shown` items whose
+    primary metric changed most as edit A | edit B (cluster/eval/pairs.py; page from
+    cluster/templates/eval_compare.html); returns (text table, html path)."""
+    from cocoedit.cluster.eval.pairs import image_pairs
+    from cocoedit.cluster.report_html import render
+
     a, b = _load(run_a), _load(run_b)
     if a["bench"] != b["bench"]:
         raise ValueError(f"runs evaluate different benchmarks: {a['bench']} vs {b['bench']}")
@@ -410,27 +334,41 @@ def compare_runs(run_a: Path, run_b: Path, out_html: Path) -> tuple[str, Path]:
         )
     text = "\n".join(lines)
 
-    def cell(d: Optional[float]) -> str:
-        if d is None:
-            return "n/a"
-        return f'<span class="{"pos" if d > 0 else "neg" if d < 0 else ""}">{d:+.3f}</span>'
+    def sign(d: Optional[float]) -> str:
+        return "" if d is None else ("pos" if d > 0 else "neg" if d < 0 else "")
 
     header = ["group"] + [f"{LABELS.get(k, k)} {s}" for k in keys for s in ("A", "B", "B - A")]
     table_rows = [
-        [html.escape(name)]
-        + [c for k, (x, y, d) in zip(keys, cells, strict=True) for c in (_fmt(x, k), _fmt(y, k), cell(d))]
+        (
+            name,
+            [
+                c
+                for k, (x, y, d) in zip(keys, cells, strict=True)
+                for c in ((_fmt(x, k), ""), (_fmt(y, k), ""), ("n/a" if d is None else f"{d:+.3f}", sign(d)))
+            ],
+        )
         for name, cells in rows
     ]
-    charts = "".join(
+    charts = [
         bar_chart(f"delta {LABELS.get(k, k)} (B - A)", {name: cells[i][2] for name, cells in rows})
         for i, k in enumerate(keys)
         if k in (a.get("primary"), "psnr_keep")
-    )
-    page = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cocoedit eval compare</title><style>{CSS}</style>"
-        f"</head><body><h1>cocoedit eval compare - {html.escape(a['bench'])}</h1>"
-        f"<p>A = {html.escape(str(run_a))}<br>B = {html.escape(str(run_b))}</p>"
-        f"<p>{html.escape(note)}</p>{html_table(header, table_rows, 'compare')}<div class='charts'>{charts}</div></body></html>"
+    ]
+    primary = a.get("primary") if a.get("primary") in keys else (keys[0] if keys else None)
+    pairs = image_pairs(run_a, run_b, a, b, primary, pairs_shown) if primary else []
+    for p in pairs:
+        p["a_text"], p["b_text"] = _fmt(p["a"], primary), _fmt(p["b"], primary)
+    page = render(
+        "eval_compare.html",
+        bench=a["bench"],
+        run_a=str(run_a),
+        run_b=str(run_b),
+        note=note,
+        header=header,
+        rows=table_rows,
+        charts=charts,
+        pairs=pairs,
+        pair_label=LABELS.get(primary, primary) if primary else "",
     )
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(page, encoding="utf-8")

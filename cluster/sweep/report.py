@@ -5,7 +5,9 @@
                      then the failed trials, each with the first line of its error
     OUT/report.png   instruction score (x) vs keep PSNR (y), one point per setting with its 95% CIs,
                      the Pareto front (no other setting is at least as good on both and better on one)
-    OUT/report.html  self-contained page: the table, the plot (embedded PNG), every trial and its error
+    OUT/curves.png   learning curves per setting over epochs, mean and 95% band over seeds (setting_curves)
+    OUT/report.html  self-contained page (cluster/templates/sweep_report.html): the table, the plot and the
+                     curves (embedded PNGs), every trial and its error
 
 "Final" is the last evaluation of the run (the loop evaluates the held-out set at the last epoch).
 """
@@ -13,7 +15,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 import math
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from cocoedit.cluster.eval.report import CSS, SCRIPT, html_table
+from cocoedit.cluster.train.report import load_rows
 
 PSNR, SSIM = "eval/pixel/psnr", "eval/pixel/ssim"
 # the instruction judge of the run: the MLLM in production, the exact synthetic judge in the tiny mode
@@ -251,68 +252,57 @@ def _min_span(ax: Any, x_span: float, y_span: float) -> None:
 
 
 def report_html(
-    rows: Sequence[SettingSummary], outcomes: Sequence[TrialOutcome], ikey: str, png: bytes, command: str
+    rows: Sequence[SettingSummary],
+    outcomes: Sequence[TrialOutcome],
+    ikey: str,
+    png: bytes,
+    command: str,
+    curves: Optional[bytes] = None,
 ) -> str:
-    """The self-contained page: the settings table, the embedded plot, every trial."""
-    setting_rows = [
-        [
-            r.label,
-            f"<code>{html.escape(r.setting)}</code>",
-            _seeds(r),
-            str(r.instruction),
-            _fmt_db(r.psnr),
-            str(r.ssim),
-            _signed(r.d_instruction, 3),
-            _signed(r.d_psnr, 2),
-            "yes" if r.on_front else "",
-        ]
+    """The self-contained page (cluster/templates/sweep_report.html): the settings table, the embedded
+    Pareto plot and learning curves (when any trial logged an epoch), every trial."""
+    from cocoedit.cluster.report_html import render
+
+    settings = [
+        {
+            "label": r.label,
+            "setting": r.setting,
+            "seeds": _seeds(r),
+            "instruction": str(r.instruction),
+            "psnr": _fmt_db(r.psnr),
+            "ssim": str(r.ssim),
+            "d_instruction": _signed(r.d_instruction, 3),
+            "d_psnr": _signed(r.d_psnr, 2),
+            "on_front": r.on_front,
+        }
         for r in rows
     ]
-    trial_rows = [
-        [
-            html.escape(o.key),
-            str(o.seed),
-            o.status,
-            _num(o.metrics.get("epoch")),
-            _num(o.metrics.get(ikey)),
-            _num(o.metrics.get(PSNR)),
-            _num(o.metrics.get(SSIM)),
-            html.escape(o.error or ""),
-        ]
+    trials = [
+        {
+            "key": o.key,
+            "seed": o.seed,
+            "status": o.status,
+            "epoch": _num(o.metrics.get("epoch")),
+            "instruction": _num(o.metrics.get(ikey)),
+            "psnr": _num(o.metrics.get(PSNR)),
+            "ssim": _num(o.metrics.get(SSIM)),
+            "error": o.error or "",
+        }
         for o in outcomes
     ]
-    uri = "data:image/png;base64," + base64.b64encode(png).decode()
-    return "".join(
-        [
-            "<!DOCTYPE html><html><head><meta charset='utf-8'><title>cocoedit sweep</title>",
-            f"<style>{CSS}</style>{SCRIPT}</head><body>",
-            "<h1>cocoedit sweep</h1>",
-            f"<p class='meta'><code>{html.escape(command)}</code></p>",
-            "<h2>Settings (final held-out metrics, mean +- 95% CI over seeds; changes from each trial's "
-            "first evaluation)</h2>",
-            html_table(
-                [
-                    "",
-                    "setting",
-                    "seeds",
-                    ikey,
-                    "keep PSNR (dB)",
-                    "keep SSIM",
-                    f"change of {ikey}",
-                    "change of keep PSNR (dB)",
-                    "Pareto front",
-                ],
-                setting_rows,
-            ),
-            "<h2>Instruction score vs keep-region PSNR</h2>",
-            f"<img alt='Pareto plot' src='{uri}'>",
-            "<h2>Trials</h2>",
-            html_table(
-                ["trial", "seed", "status", "epoch", ikey, "keep PSNR", "keep SSIM", "error"], trial_rows
-            ),
-            "</body></html>",
-        ]
+    return render(
+        "sweep_report.html",
+        command=command,
+        ikey=ikey,
+        settings=settings,
+        trials=trials,
+        pareto_uri=_png_uri(png),
+        curves_uri=_png_uri(curves) if curves else None,
     )
+
+
+def _png_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def _num(v: Any) -> str:
@@ -338,9 +328,84 @@ def write_report(
     failed = [f"- `{o.key}`: {o.error.splitlines()[0]}" for o in outcomes if o.error]
     text = markdown_table(rows, ikey) + ("\n\nFailed trials:\n" + "\n".join(failed) if failed else "")
     png = pareto_png(rows, ikey, start=start_point(outcomes, ikey))
+    curves = curves_png(out, rows, outcomes, ikey)
     out.mkdir(parents=True, exist_ok=True)
     paths = out / "report.md", out / "report.png", out / "report.html"
     paths[0].write_text(text + "\n")
     paths[1].write_bytes(png)
-    paths[2].write_text(report_html(rows, outcomes, ikey, png, command))
+    if curves is not None:
+        (out / "curves.png").write_bytes(curves)
+    paths[2].write_text(report_html(rows, outcomes, ikey, png, command, curves), encoding="utf-8")
     return Report(text, *paths, rows)
+
+
+# Learning curves: per setting, the mean over its seeds of each logged epoch (each trial's own
+# OUT/runs/<setting>/seed<k>/metrics.jsonl), with the 95% interval over seeds as a band.
+TRAIN_REWARD = "reward/mean"
+
+
+def setting_curves(
+    out: Path, rows: Sequence[SettingSummary], outcomes: Sequence[TrialOutcome], key: str
+) -> dict[str, list[tuple[int, Stat]]]:
+    """{setting label: [(epoch, Stat of `key` over the seeds that logged it at that epoch)]}; trials
+    without a metrics.jsonl (failed before the first epoch) count nowhere."""
+    curves: dict[str, list[tuple[int, Stat]]] = {}
+    for r in rows:
+        per_epoch: dict[int, list[float]] = {}
+        for o in outcomes:
+            path = out / "runs" / o.key
+            if o.setting != r.setting or not (path / "metrics.jsonl").is_file():
+                continue
+            for row in load_rows(path):
+                value = row.get(key)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    per_epoch.setdefault(int(row["epoch"]), []).append(float(value))
+        if per_epoch:
+            curves[r.label] = [(e, stat(v)) for e, v in sorted(per_epoch.items())]
+    return curves
+
+
+def curves_png(
+    out: Path, rows: Sequence[SettingSummary], outcomes: Sequence[TrialOutcome], ikey: str
+) -> Optional[bytes]:
+    """Three panels (held-out instruction score, held-out keep PSNR, training reward) of every setting's
+    mean curve with its 95 % band over seeds, as PNG bytes; None when no trial logged an epoch."""
+    keys = [
+        (ikey, f"held-out {ikey}"),
+        (PSNR, "held-out keep PSNR (dB)"),
+        (TRAIN_REWARD, "training reward/mean"),
+    ]
+    panels = [(title, setting_curves(out, rows, outcomes, key)) for key, title in keys]
+    if not any(curves for _, curves in panels):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.0), dpi=100)
+    for ax, (title, curves) in zip(axes, panels, strict=True):
+        _draw(ax, curves)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle("learning curves per setting (mean over seeds, band: 95% CI)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _draw(ax: Any, curves: dict[str, list[tuple[int, Stat]]]) -> None:
+    for label, points in curves.items():
+        epochs = [e for e, _ in points]
+        means = [s.mean for _, s in points]
+        (line,) = ax.plot(epochs, means, marker="." if len(points) < 30 else None, label=label)
+        low = [s.mean - s.ci95 if s.n > 1 else s.mean for _, s in points]
+        high = [s.mean + s.ci95 if s.n > 1 else s.mean for _, s in points]
+        ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    if curves:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)

@@ -37,9 +37,10 @@ from cocoedit.cluster.runtime.launch import RayConnectError, init_ray, resolve_m
 from cocoedit.cluster.runtime.placement import Placement, PlacementError
 from cocoedit.cluster.runtime.services import RewardServices
 from cocoedit.cluster.train.groups import LearnerGroup, RolloutGroup
+from cocoedit.cluster.train.report import write_run_report
 from cocoedit.cluster.train.resume import Resume, ResumeConfigError, resume_from
 from cocoedit.cluster.train.rollouts import RolloutQueue
-from cocoedit.cluster.train.runlog import RunLog
+from cocoedit.cluster.train.runlog import RunLog, ValidationRow
 from cocoedit.cluster.train.scores import Scores, score_batch
 from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint
@@ -68,6 +69,9 @@ class Run:
     rollouts: RolloutQueue  # batches drawn ahead (bounded staleness)
     guard: LearnerGuard
     fixed: list[GroupedItem]  # the fixed evaluation set
+    # the fixed validation set whose edits are logged as images: the evaluation set, or without one
+    # (run.eval_every=0) the first run.eval_items training items with the same fixed seeds
+    validation: list[GroupedItem]
     start: int  # first epoch this process runs
     version: int  # policy version the rollout workers hold
     history: list[dict[str, float]] = field(default_factory=list)
@@ -99,11 +103,17 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
             replicas = run.services.autoscale()
         last = epoch == cfg.run.epochs - 1
         evaluation: dict[str, float] = {}
+        fixed = None
         if due(cfg.run.eval_every, epoch, last):
             with timer("evaluate"):
-                evaluation = evaluate_fixed(run)
+                fixed = sample_fixed(run, run.fixed)
+                evaluation = fixed[1].eval_metrics()
+                evaluation.update(
+                    eval_interval(fixed[0].group_ids, fixed[1].rewards.total, fixed[1].rewards.scored)
+                )
         row = {**metrics_row(run, batch, scores, groups, update, replicas, timer), **evaluation}
-        log_epoch(run, epoch, row, batch, scores, last)  # before the checkpoint: a resume never skips a row
+        # before the checkpoint: a resume never skips a row
+        log_epoch(run, epoch, row, fixed if run.validation is run.fixed else None, last)
         if due(cfg.run.checkpoint_every, epoch + 1, last):
             checkpoint(run, epoch)  # timed: time/checkpoint_s in the next epoch's row
         run.history.append(row)
@@ -131,29 +141,73 @@ def sync(run: Run, epoch: int) -> None:
     run.rollouts.fill(1, run.version)
 
 
+def sample_fixed(run: Run, items: list[GroupedItem]) -> tuple[RolloutBatch, Scores]:
+    """Edit a fixed set with the current sampling policy and score it."""
+    batch = run.rollout.sample(items, run.version)
+    return batch, score_batch(run.services, batch, run.cfg.rewards)
+
+
+def eval_interval(group_ids: list[str], rewards: np.ndarray, scored: np.ndarray) -> dict[str, float]:
+    """`eval/reward_ci95`: half-width of the 95 % t-interval of eval/reward over the fixed set's items,
+    each item's mean over its scored seeds (the seeds of one item are not independent draws).
+    group_ids: [N] one per edit (an item's seeds share one); rewards: [N]; scored: [N] bool. NaN under 2 items."""
+    from scipy import stats
+
+    per_item: dict[str, list[float]] = {}
+    for g, r, ok in zip(group_ids, rewards, scored, strict=True):
+        if ok:
+            per_item.setdefault(g, []).append(float(r))
+    means = np.array([np.mean(v) for v in per_item.values()])
+    if len(means) < 2:
+        return {"eval/reward_ci95": float("nan")}
+    half = stats.t.ppf(0.975, len(means) - 1) * means.std(ddof=1) / np.sqrt(len(means))
+    return {"eval/reward_ci95": float(half)}
+
+
 def evaluate_fixed(run: Run) -> dict[str, float]:
-    """Edit the fixed set with the current sampling policy and score it: `eval/*` metrics."""
-    batch = run.rollout.sample(run.fixed, run.version)
-    return score_batch(run.services, batch, run.cfg.rewards).eval_metrics()
+    """Edit the fixed evaluation set with the current sampling policy and score it: `eval/*` metrics."""
+    return sample_fixed(run, run.fixed)[1].eval_metrics()
 
 
 def log_epoch(
-    run: Run, epoch: int, row: dict[str, float], batch: RolloutBatch, scores: Scores, last: bool
+    run: Run,
+    epoch: int,
+    row: dict[str, float],
+    validation: Optional[tuple[RolloutBatch, Scores]],
+    last: bool,
 ) -> None:
-    """metrics.jsonl + TensorBoard, the Ray dashboard's metrics, and a group's image grid now and then."""
+    """metrics.jsonl + the trackers, the Ray dashboard's metrics, and every `run.image_every` epochs the
+    fixed validation set's edits as an image (`validation`: its edits when this epoch already made them)."""
     run.runlog.scalars(epoch, row)
     replicas = {name: len(run.services.addresses(name)) for name in run.services.clients}
     record_epoch(epoch, row, run.rollouts.depth, replicas)
-    if due(run.cfg.run.image_every, epoch, last):
-        first = [i for i, g in enumerate(batch.group_ids) if g == batch.group_ids[0]]
-        run.runlog.image_grid(
+    if due(run.cfg.run.image_every, epoch, last) and run.validation:
+        batch, scores = validation or sample_fixed(run, run.validation)
+        held_out = "held-out" if run.validation is run.fixed else "training"
+        run.runlog.validation_grid(
             epoch,
-            batch.source_images[first[0]],
-            batch.edited_images[first],
-            batch.edit_masks[first[0]],
-            [float(scores.rewards.total[i]) for i in first],
-            title=f"epoch {epoch}: {batch.instructions[first[0]]}",
+            validation_rows(batch, [float(r) for r in scores.rewards.total]),
+            title=f"epoch {epoch}, policy version {run.version}: fixed validation set ({held_out} items)",
         )
+
+
+def validation_rows(batch: RolloutBatch, rewards: list[float]) -> list[ValidationRow]:
+    """One row per item of a fixed set's batch (its seeds' edits in order), in the batch's item order."""
+    rows: dict[str, list[int]] = {}
+    for i, g in enumerate(batch.group_ids):
+        rows.setdefault(g, []).append(i)
+    targets = batch.target_images
+    return [
+        ValidationRow(
+            instruction=batch.instructions[idx[0]],
+            source=batch.source_images[idx[0]],
+            edits=batch.edited_images[idx],
+            edit_mask=batch.edit_masks[idx[0]],
+            scores=[rewards[i] for i in idx],
+            target=None if targets is None else targets[idx[0]],
+        )
+        for idx in rows.values()
+    ]
 
 
 def checkpoint(run: Run, epoch: int) -> None:
@@ -220,6 +274,7 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
         guard = LearnerGuard(cfg, ckpt)
         with guard.during("loading the sampling weights", start):
             rollout.load(learner.sampling_weights(), version)
+        fixed = fixed_eval_items(held_out, cfg.run.eval_items, cfg.run.eval_seeds)
         yield Run(
             cfg=cfg,
             items=items,
@@ -230,18 +285,22 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
             services=services,
             rollouts=RolloutQueue(rollout, sampler, items, start, cfg.run.epochs),
             guard=guard,
-            fixed=fixed_eval_items(held_out, cfg.run.eval_items, cfg.run.eval_seeds),
+            fixed=fixed,
+            validation=fixed
+            or fixed_eval_items(list(items.values()), cfg.run.eval_items, cfg.run.eval_seeds),
             start=start,
             version=version,
         )
 
 
 def train(cfg: Config, resume: Resume = False, progress: bool = True) -> list[dict[str, float]]:
-    """Run cfg.run.epochs epochs (or the remaining ones with resume); returns each epoch's metrics."""
+    """Run cfg.run.epochs epochs (or the remaining ones with resume), then write the run report
+    (cluster/train/report.py); returns each epoch's metrics."""
     with start_run(cfg, resume) as run:
         for _ in run_epochs(run, progress):
             pass
-        return run.history
+    write_run_report(Path(cfg.run.run_dir), cfg.run.name)  # report.png + report.html, every epoch so far
+    return run.history
 
 
 def _closing(parts: contextlib.ExitStack, part: Any) -> Any:

@@ -8,15 +8,22 @@ runs/<name>/
   mlruns/              MLflow file store (unless run.mlflow_tracking_uri)     run.trackers: mlflow
                        (metric names with '.' for '/': reward.mean)
   trackers.json        the W&B / MLflow run ids, so that `--resume` continues the same tracker runs
-  images/epoch_XXXXX.png   source | group of edits | mask overlay, with scores
+  images/epoch_XXXXX.png   the fixed validation set: per item source | its edits (reward under each) |
+                           target (when known) | mask overlay; the same items and seeds every time
   checkpoints/         written by learner.checkpoint
 
     runlog = RunLog(cfg, resume=False)       # writes config.yaml, opens the trackers
-    runlog.scalars(epoch, row); runlog.image_grid(epoch, ...); runlog.close()
+    runlog.scalars(epoch, row); runlog.validation_grid(epoch, rows, title); runlog.close()
 
 Every tracker gets the same numeric values with the epoch as step, the resolved config as run
 parameters, the image grids, and at `close` the LoRA in `run_dir/lora/` (when it was written) as an
 artefact. Non-numeric values (e.g. the reason an update was skipped) go to metrics.jsonl only.
+
+The fan-out is ours rather than accelerate's (`Accelerator(log_with=...)`, accelerate 1.15), which
+does not keep that guarantee: its MLflow tracker logs our names as they are (the file store cannot hold
+both `reward/synthetic` and `reward/synthetic/edit_psnr`), goes through MLflow's process-global active
+run and tracking URI, and has no image logging; its TensorBoard tracker writes the config with
+`add_hparams`, a second event directory (another run of every series in TensorBoard).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,8 +72,8 @@ class TensorBoardTracker:
         for k, v in values.items():
             self._tb.add_scalar(k, v, epoch)
 
-    def image(self, epoch: int, image: np.ndarray, caption: str) -> None:
-        self._tb.add_image("edits", image, epoch, dataformats="HWC")
+    def image(self, epoch: int, image: np.ndarray, caption: str, key: str = "edits") -> None:
+        self._tb.add_image(key, image, epoch, dataformats="HWC")
 
     def artifact(self, path: Path) -> None:
         pass  # TensorBoard has no artefacts: the LoRA stays in the run directory
@@ -103,8 +111,8 @@ class WandbTracker:
     def scalars(self, epoch: int, values: dict[str, float]) -> None:
         self.run.log(values, step=epoch)
 
-    def image(self, epoch: int, image: np.ndarray, caption: str) -> None:
-        self.run.log({"edits": self._wandb.Image(image, caption=caption)}, step=epoch)
+    def image(self, epoch: int, image: np.ndarray, caption: str, key: str = "edits") -> None:
+        self.run.log({key: self._wandb.Image(image, caption=caption)}, step=epoch)
 
     def artifact(self, path: Path) -> None:
         art = self._wandb.Artifact(f"{self.run.name}-lora", type="model")
@@ -152,8 +160,8 @@ class MlflowTracker:
         metrics = [Metric(mlflow_key(k), v, now, epoch) for k, v in values.items()]
         self.client.log_batch(self.id, metrics=metrics)
 
-    def image(self, epoch: int, image: np.ndarray, caption: str) -> None:
-        self.client.log_image(self.id, image, key="edits", step=epoch)
+    def image(self, epoch: int, image: np.ndarray, caption: str, key: str = "edits") -> None:
+        self.client.log_image(self.id, image, key=key, step=epoch)
 
     def artifact(self, path: Path) -> None:
         self.client.log_artifacts(self.id, str(path), artifact_path=path.name)
@@ -226,6 +234,18 @@ class RunLog:
             tracker.image(epoch, grid, title)
         return path
 
+    def validation_grid(self, epoch: int, rows: Sequence[ValidationRow], title: str = "") -> Path:
+        """The fixed validation set as one image, one row per item (make_grid_image, with its target when
+        known): images/epoch_XXXXX.png and `validation` in every tracker."""
+        from cocoedit.rewards.images import encode_png
+
+        grid = np.asarray(make_validation_image(rows, title))
+        path = self.dir / "images" / f"epoch_{epoch:05d}.png"
+        path.write_bytes(encode_png(grid))
+        for tracker in self.trackers.values():
+            tracker.image(epoch, grid, title, key="validation")
+        return path
+
     def close(self) -> None:
         """Hand the LoRA (run_dir/lora, when written) to the trackers as an artefact, then close them."""
         lora = self.dir / "lora"
@@ -256,6 +276,36 @@ def mask_overlay(source: torch.Tensor, edit_mask: torch.Tensor) -> np.ndarray:
     return out.clip(0, 255).astype(np.uint8)
 
 
+@dataclass
+class ValidationRow:
+    """One item of the fixed validation set as the policy edited it."""
+
+    instruction: str
+    source: torch.Tensor  # [3, H, W] uint8
+    edits: torch.Tensor  # [S, 3, H, W] uint8, one per fixed seed
+    edit_mask: torch.Tensor  # [1, H, W] in [0, 1]
+    scores: Sequence[float]  # [S] reward of each edit
+    target: Optional[torch.Tensor] = None  # [3, H, W] uint8, when the item has a known target
+
+
+def make_validation_image(rows: Sequence[ValidationRow], title: str = "") -> Image.Image:
+    """The rows (make_grid_image each, the instruction above it) stacked under a title line."""
+    if not rows:
+        raise ValueError("the validation set is empty: run.eval_items must be >= 1")
+    images = [
+        make_grid_image(r.source, r.edits, r.edit_mask, r.scores, r.instruction, target=r.target)
+        for r in rows
+    ]
+    width = max(im.width for im in images)
+    canvas = Image.new("RGB", (width, 14 + sum(im.height for im in images)), "white")
+    ImageDraw.Draw(canvas).text((2, 0), title, fill="black")
+    y = 14
+    for im in images:
+        canvas.paste(im, (0, y))
+        y += im.height
+    return canvas
+
+
 def make_grid_image(
     source: torch.Tensor,
     edits: torch.Tensor,
@@ -263,15 +313,18 @@ def make_grid_image(
     scores: Sequence[float],
     title: str = "",
     cell: Optional[int] = None,
+    target: Optional[torch.Tensor] = None,
 ) -> Image.Image:
-    """Render source | edits | mask overlay as a PIL image, upscaled (nearest) to at least 96 px cells."""
+    """Render source | edits | target (when given) | mask overlay as a PIL image, upscaled (nearest) to
+    at least 96 px cells."""
     h, w = source.shape[-2:]
     scale = max(1, math.ceil((cell or 96) / max(h, w)))
     ch, cw = h * scale, w * scale
     text_h = 14
     overlay = torch.from_numpy(mask_overlay(source, edit_mask)).permute(2, 0, 1)
-    cells = [source, *edits, overlay]
-    labels = ["source", *[f"{s:.3f}" for s in scores], "edit mask"]
+    extra = [] if target is None else [target]
+    cells = [source, *edits, *extra, overlay]
+    labels = ["source", *[f"{s:.3f}" for s in scores], *(["target"] if extra else []), "edit mask"]
     canvas = Image.new("RGB", (cw * len(cells), ch + 2 * text_h), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((2, 0), title, fill="black")

@@ -40,8 +40,14 @@ class Scores:
 
     def metrics(self) -> dict[str, float]:
         """The training epoch's reward metrics: reward/mean, reward/<score> (over the scored edits),
-        reward/dropped_edits, reward/dropped_fraction, reward/fallback_fraction, <service>/<component>."""
-        return {**self.rewards.metrics(), **self.component_means()}
+        reward/dropped_edits, reward/dropped_fraction, reward/fallback_fraction, <service>/<component>.
+
+        A component is logged once, as <service>/<component>: Rewards.metrics() also names the components
+        every scored edit has as reward/<service>/<component>, the same mean under a second name (which
+        made 7-8 duplicate series in every tracker)."""
+        means = self.component_means()
+        rewards = {k: v for k, v in self.rewards.metrics().items() if k.removeprefix("reward/") not in means}
+        return {**rewards, **means}
 
     def eval_metrics(self) -> dict[str, float]:
         """The fixed evaluation set's metrics: eval/reward, eval/<score>, eval/dropped_edits,

@@ -124,6 +124,12 @@ def test_funnel_counts_every_item_once_and_names_the_reasons(finished) -> None: 
     for a, b in zip(names, names[1:], strict=False):
         assert funnel[a]["passed"] == funnel[b]["reached"]
     assert funnel["readable"]["reached"] == NUM + 3 and funnel["balance"]["passed"] == summary["kept"]
+    # no judge in this run (curate.mllm=false): the judge filter checked nothing, its rate is not 100 %
+    assert (
+        funnel["judge"]["reached"] > 0 and funnel["judge"]["checked"] == 0 and funnel["judge"]["rate"] is None
+    )
+    assert funnel["mask_area"]["checked"] == funnel["mask_area"]["reached"]
+    assert funnel["mask_area"]["rate"] == funnel["mask_area"]["passed"] / funnel["mask_area"]["reached"] < 1
     by_id = {}
     for r in records:
         by_id.setdefault(r["id"], []).append(r)
@@ -165,6 +171,7 @@ def test_report_has_funnel_histograms_failures_and_gallery(finished) -> None:  #
         assert name in dom.text
     assert "dropped by: exact_duplicate of" in dom.text and "file not found" in dom.text
     assert f"{summary['funnel']['mask_area']['passed']}" in dom.text
+    assert "judge" in dom.text and "off (checked none)" in dom.text
 
 
 def test_report_opens_in_headless_chromium(finished) -> None:  # type: ignore[no-untyped-def]

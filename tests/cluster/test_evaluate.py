@@ -6,6 +6,7 @@ Real tiny components: a tiny FLUX-Kontext built in code, the synthetic benchmark
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import multiprocessing
@@ -26,6 +27,7 @@ from cocoedit.cluster.config import load_config
 from cocoedit.cluster.eval.config import generation_settings
 from cocoedit.cluster.eval.evaluate import load_bench
 from cocoedit.cluster.eval.generate import generate_edits, read_png
+from cocoedit.cluster.eval.pairs import image_pairs
 from cocoedit.cluster.eval.report import aggregate, compare_runs
 from cocoedit.rewards.eval_prompts import (
     AnswerParseError,
@@ -169,11 +171,22 @@ def test_oracle_edits_give_analytic_scores_and_compare(
     assert (
         cli_main(["eval", "compare", str(runs["source"]), str(runs["target"]), "--out", str(html_out)]) == 0
     )
-    text, _ = compare_runs(runs["source"], runs["target"], html_out)
+    text, _ = compare_runs(runs["source"], runs["target"], html_out, pairs_shown=4)
     overall = next(ln for ln in text.splitlines() if ln.startswith("overall"))
     assert "+1.000" in overall  # synthetic: target - source
     page = html_out.read_text()
-    assert page.count("<tr>") == 1 + 4 + 1 and "B - A" in page and "<svg" in page
+    # group table (header, 4 groups, overall), then the side-by-side pairs (header, 4 items)
+    assert page.count("<tr>") == (1 + 4 + 1) + (1 + 4) and "B - A" in page and "<svg" in page
+    # each pair: the item's edit in A (its source) beside its edit in B (its target), +1 apart
+    pairs = image_pairs(runs["source"], runs["target"], source, target, "synthetic", 4)
+    assert [(p["a"], p["b"], p["delta"]) for p in pairs] == [(0.0, 1.0, 1.0)] * 4
+    for p in pairs:
+        for run, uri in ((runs["source"], p["edit_a"]), (runs["target"], p["edit_b"])):
+            assert base64.b64decode(uri.split(",", 1)[1]) == (run / "edits" / f"{p['id']}.png").read_bytes()
+            assert uri in page
+    # the other way round every item lost: the 2 largest losses, then gains fill up to n (none here)
+    back = image_pairs(runs["target"], runs["source"], target, source, "synthetic", 4)
+    assert [p["delta"] for p in back] == [-1.0, -1.0]
 
 
 def _generate_in_child(items: list, out: Path, policy_cfg: Any, eval_cfg: Any) -> None:

@@ -14,6 +14,7 @@ The working directory is uploaded exactly as the README says, `--working-dir .`:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,19 +23,27 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pytest
+import yaml
 
 from cocoedit.learner.checkpoint import latest_checkpoint
 from cocoedit.loopback import LOOPBACK_ENV, free_port
+from cocoedit.telemetry import exported_names
+from tests.cluster.test_dashboard import dashboard_series
 from tests.cluster.test_telemetry import Seen
 from tests.cluster.test_train import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).parent / "ray"
+PROMETHEUS = shutil.which("prometheus")  # Debian's package (.ci/run installs it)
 
 
 def _get_json(url: str) -> dict:
@@ -79,8 +88,9 @@ def _stop(head: subprocess.Popen, temp_dir: str) -> None:
             pass  # gone meanwhile, or not ours to read
 
 
-@pytest.fixture
-def cluster(tmp_path: Path):  # noqa: ANN201 - yields (dashboard url, metrics url, job env)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields (dashboard url, metrics url, job env, temp dir)
+    tmp_path = tmp_path_factory.mktemp("cluster")
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     ports = {
         name: free_port()
@@ -116,21 +126,44 @@ def cluster(tmp_path: Path):  # noqa: ANN201 - yields (dashboard url, metrics ur
     try:
         dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
         _wait_http(f"{dashboard}/api/version", head, log, timeout_s=90)
-        yield dashboard, f"http://127.0.0.1:{ports['metrics-export-port']}/metrics", env
+        yield dashboard, f"http://127.0.0.1:{ports['metrics-export-port']}/metrics", env, temp_dir
     finally:
         _stop(head, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_job_submit_trains_and_exports_metrics(cluster, tmp_path: Path) -> None:  # noqa: ANN001
-    dashboard, metrics, env = cluster
+@dataclass
+class Job:
+    """The tiny job's outcome: status, run directory, the series seen in Ray's export while it ran, and
+    the Prometheus that scraped the cluster (None when no `prometheus` binary is installed)."""
+
+    status: str
+    logs: str
+    run_dir: Path
+    seen: Seen
+    prometheus: Optional[str]
+
+
+@pytest.fixture(scope="module")
+def job(cluster, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - yields Job
+    """One tiny `ray job submit` run, shared by the checks of this module (with Prometheus scraping the
+    cluster through Ray's own config when the binary is installed)."""
+    dashboard, metrics, env, temp_dir = cluster
+    tmp_path = tmp_path_factory.mktemp("job")
+    with contextlib.ExitStack() as stack:
+        prometheus = stack.enter_context(start_prometheus(temp_dir, tmp_path)) if PROMETHEUS else None
+        yield run_job(dashboard, metrics, env, tmp_path, prometheus)
+
+
+def run_job(dashboard: str, metrics: str, env: dict, tmp_path: Path, prometheus: Optional[str]) -> Job:
     run_dir = tmp_path / "run"
     job_id = f"cocoedit-test-{uuid.uuid4().hex[:8]}"
     runtime_env = {
         "env_vars": {"COCOEDIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
     }
     entrypoint = ["python", "-m", "cocoedit.cluster.train", "--config", "cluster/configs/tiny_cpu.yaml"]
-    entrypoint += [*TINY, "run.epochs=2", f"run.run_dir={run_dir}"]
+    # valid_min_std=0: every update takes a step, so the learner's loss gauges are exported too
+    entrypoint += [*TINY, "run.epochs=2", "learner.valid_min_std=0", f"run.run_dir={run_dir}"]
     subprocess.run(
         [str(RAY), "job", "submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id]
         + ["--no-wait", "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint],
@@ -150,6 +183,68 @@ def test_ray_job_submit_trains_and_exports_metrics(cluster, tmp_path: Path) -> N
         status = _get_json(f"{dashboard}/api/jobs/{job_id}")["status"]
     logs = _get_json(f"{dashboard}/api/jobs/{job_id}/logs")["logs"]
     (tmp_path / "job.log").write_text(logs)
+    return Job(status, logs, run_dir, seen, prometheus)
+
+
+@contextlib.contextmanager
+def start_prometheus(temp_dir: str, tmp_path: Path) -> Iterator[str]:
+    """Prometheus on a free loopback port with the config `ray start` wrote for its session
+    (`<temp dir>/session_latest/metrics/prometheus/prometheus.yml`: every node's export, found through
+    Ray's service-discovery file), its scrape interval cut from 10 s to 1 s so that the short job's
+    gauges are caught; yields its URL."""
+    session_config = Path(temp_dir) / "session_latest" / "metrics" / "prometheus" / "prometheus.yml"
+    deadline = time.monotonic() + 30  # the dashboard writes it after it answers
+    while not session_config.is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    config = yaml.safe_load(session_config.read_text())
+    config["global"]["scrape_interval"] = "1s"
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "prometheus.log"
+    cmd = [
+        PROMETHEUS,
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+    ]
+    cmd += [f"--web.listen-address={url.removeprefix('http://')}"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"{url}/-/ready", proc, log, timeout_s=60)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_prometheus_scrapes_every_documented_series(job: Job) -> None:
+    """Every `ray_cocoedit_*` series of cocoedit/telemetry.py (the README's table) and every series the
+    shipped Grafana dashboard reads reached a Prometheus that used Ray's own config."""
+    if job.prometheus is None:
+        pytest.skip(
+            "no `prometheus` binary on PATH (Debian: apt-get install prometheus; .ci/run installs it)"
+        )
+    assert job.status == "SUCCEEDED", f"job {job.status}; last of its log:\n{job.logs[-4000:]}"
+    wanted = exported_names() | dashboard_series()
+    deadline = time.monotonic() + 30  # the last report of the finished processes
+    while True:
+        stored = set(_get_json(f"{job.prometheus}/api/v1/label/__name__/values")["data"])
+        if wanted <= stored or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert sorted(wanted - stored) == []
+    # one value checked end to end: the sampled-edits counter as Prometheus holds it
+    query = urllib.parse.quote("sum(max_over_time(ray_cocoedit_edits_sampled_total[10m]))")
+    result = _get_json(f"{job.prometheus}/api/v1/query?query={query}")["data"]["result"]
+    assert float(result[0]["value"][1]) == 2 * 2 * 4 + 2 * 2 * 2
+
+
+def test_ray_job_submit_trains_and_exports_metrics(job: Job) -> None:
+    status, logs, run_dir, seen = job.status, job.logs, job.run_dir, job.seen
     assert status == "SUCCEEDED", f"job {status}; last of its log:\n{logs[-4000:]}"
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from cocoedit.cluster.config import load_config
-from cocoedit.cluster.train.runlog import RunLog, flat_params, make_grid_image, mask_overlay
+from cocoedit.cluster.train.runlog import (
+    RunLog,
+    ValidationRow,
+    flat_params,
+    make_grid_image,
+    make_validation_image,
+    mask_overlay,
+)
 from tests.cluster.trackers import mlflow_series, wandb_history
 
 ALL = "run.trackers=[tensorboard,wandb,mlflow]"
@@ -63,6 +70,10 @@ def test_every_tracker_gets_the_scalars_config_images_and_lora(
         runlog.scalars(epoch, {**row, "learner/skip_reason": "none"} if epoch == 1 else row)
     source = torch.zeros(3, 8, 8, dtype=torch.uint8)
     runlog.image_grid(2, source, source[None].repeat(2, 1, 1, 1), torch.ones(1, 8, 8), [0.5, 0.25], "t")
+    row = ValidationRow(
+        "make it red", source, source[None].repeat(2, 1, 1, 1), torch.ones(1, 8, 8), [0.5, 0.25]
+    )
+    runlog.validation_grid(2, [row, row], "fixed set")
     (runlog.dir / "lora").mkdir()
     (runlog.dir / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"lora bytes")
     runlog.close()
@@ -77,6 +88,7 @@ def test_every_tracker_gets_the_scalars_config_images_and_lora(
     assert [(h["_step"], h["reward/mean"]) for h in history if "reward/mean" in h] == series
     assert all("pixel/psnr" not in h and "learner/skip_reason" not in h for h in history)
     assert [h["_step"] for h in history if h.get("edits/_type") == "image-file"] == [2]
+    assert [h["_step"] for h in history if h.get("validation/_type") == "image-file"] == [2]
     assert mlflow_series(run_dir, "reward/mean") == series
     assert mlflow_series(run_dir, "reward/synthetic/edit_psnr") == [(0, 20.0), (1, 21.0), (2, 22.0)]
 
@@ -92,8 +104,13 @@ def test_every_tracker_gets_the_scalars_config_images_and_lora(
     assert [a.path for a in client.list_artifacts(ids["mlflow"], "lora")] == [
         "lora/pytorch_lora_weights.safetensors"
     ]
-    assert [a.path for a in client.list_artifacts(ids["mlflow"], "images")]  # the image grid
-    assert list((run_dir / "tb").iterdir())
+    images = [a.path for a in client.list_artifacts(ids["mlflow"], "images")]
+    assert any("validation" in p for p in images) and any("edits" in p for p in images)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(run_dir / "tb")).Reload()
+    assert sorted(tb.Tags()["images"]) == ["edits", "validation"]
+    assert [e.step for e in tb.Images("validation")] == [2]
 
     # a resumed run continues the same MLflow and W&B runs
     resumed = RunLog(cfg, resume=True)
@@ -154,3 +171,22 @@ def test_flat_params_and_one_overlay_formula() -> None:
     grid = np.asarray(make_grid_image(source, source[None], torch.ones(1, 1, 1), [0.5], cell=4))
     assert grid.shape == (4 + 28, 3 * 4, 3)
     assert grid[14, 8].tolist() == [177, 25, 0]  # the overlay cell of the training grid
+
+
+def test_validation_image_rows_with_and_without_target() -> None:
+    """One row per item: source | edits (reward under each) | target when known | mask overlay."""
+    red, blue = torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8)
+    red[0], blue[2] = 255, 255
+    edits = torch.stack([blue, blue])
+    with_target = ValidationRow("a", red, edits, torch.zeros(1, 8, 8), [0.5, 0.25], target=blue)
+    without = ValidationRow("b", red, edits, torch.zeros(1, 8, 8), [0.5, 0.25])
+    image = np.asarray(make_validation_image([with_target, without], "title"))
+    cell, text = 96, 14  # 8 px upscaled to at least 96 px; a text line above and below each row
+    assert image.shape == (text + 2 * (cell + 2 * text), 5 * cell, 3)
+    row0, row1 = text + text, text + (cell + 2 * text) + text  # first pixel line of each row's cells
+    assert image[row0, 3 * cell + 5].tolist() == [0, 0, 255]  # the target cell
+    assert image[row0, 4 * cell + 5].tolist() == [153, 0, 0]  # mask overlay: kept region dimmed
+    assert image[row1, 3 * cell + 5].tolist() == [153, 0, 0]  # no target: the overlay comes third
+    assert image[row1, 4 * cell + 5].tolist() == [255, 255, 255]  # and the row is shorter
+    with pytest.raises(ValueError, match="validation set is empty"):
+        make_validation_image([])

@@ -24,6 +24,7 @@ from cocoedit.cluster.sweep.report import (
     TrialOutcome,
     pareto_front,
     point_labels,
+    setting_curves,
     stat,
     summarize,
     write_report,
@@ -175,6 +176,20 @@ def _outcomes(sweep: Sweep) -> list[TrialOutcome]:
     return out
 
 
+def _write_trial_metrics(out: Path, outcomes: list[TrialOutcome]) -> None:
+    """Each trial's metrics.jsonl as a run writes it: 5 epochs, evaluations at epochs 0 and 4 (the
+    outcome's first and final metrics), training reward/mean 0.1 * (epoch + seed); the failed trial none."""
+    for o in outcomes:
+        if o.error:
+            continue
+        run = out / "runs" / o.key
+        run.mkdir(parents=True)
+        rows = [{"epoch": e, "reward/mean": 0.1 * (e + o.seed)} for e in range(5)]
+        rows[0] |= {k: v for k, v in o.first.items() if k != "epoch"}
+        rows[4] |= {k: v for k, v in o.metrics.items() if k != "epoch"}
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 @pytest.fixture
 def report_dir(tmp_path: Path) -> Path:
     sweep = Sweep(None, (), tuple(grid_settings(["learner.lam_pos=0,0.8"])), 3, tmp_path)
@@ -185,6 +200,7 @@ def report_dir(tmp_path: Path) -> Path:
     assert [r.on_front for r in rows] == [False, True]
     twin = SettingSummary(**{**rows[1].__dict__, "label": "S3"})  # ends where S2 does: one label for both
     assert point_labels([*rows, twin]) == {(0.5, 21.0): "S1", (0.5, 25.0): "S2, S3"}
+    _write_trial_metrics(tmp_path, outcomes)
     report = write_report(
         tmp_path, settings, outcomes, command="cocoedit sweep --grid learner.lam_pos=0,0.8 --seeds 3"
     )
@@ -210,13 +226,27 @@ def test_report_table_plot_and_page(report_dir: Path) -> None:
     page = (report_dir / "report.html").read_text()
     dom.feed(page)
     assert dom.rows == (1 + 2) + (1 + 6)  # settings table, trials table
-    assert len(dom.img_src) == 1 and dom.img_src[0].startswith("data:image/png;base64,")
+    assert len(dom.img_src) == 2 and all(src.startswith("data:image/png;base64,") for src in dom.img_src)
+    with Image.open(report_dir / "curves.png") as png:
+        assert png.size == (1350, 400)
     assert "FileNotFoundError: no such file" in page
+
+
+def test_learning_curves_are_means_over_seeds_per_epoch(report_dir: Path) -> None:
+    sweep = Sweep(None, (), tuple(grid_settings(["learner.lam_pos=0,0.8"])), 3, report_dir)
+    outcomes = _outcomes(sweep)
+    rows = summarize([s.name for s in sweep.settings], outcomes)
+    psnr = setting_curves(report_dir, rows, outcomes, "eval/pixel/psnr")
+    assert [(e, s.mean, s.n) for e, s in psnr["S1"]] == [(0, 22.0, 3), (4, 21.0, 3)]
+    assert psnr["S1"][1][1].ci95 == pytest.approx(2.484, abs=1e-3)  # seeds at 20, 21, 22
+    assert [(e, s.mean, s.n) for e, s in psnr["S2"]] == [(0, 22.0, 2), (4, 25.0, 2)]  # seed 1 failed: none
+    reward = setting_curves(report_dir, rows, outcomes, "reward/mean")
+    assert [round(s.mean, 6) for _, s in reward["S1"]] == [0.1, 0.2, 0.3, 0.4, 0.5]  # seeds 0, 1, 2
 
 
 def test_report_opens_in_headless_chromium(report_dir: Path) -> None:
     dom = open_in_chromium(report_dir / "report.html")
-    assert 'data-images="1"' in dom and 'data-broken-images="0"' in dom
+    assert 'data-images="2"' in dom and 'data-broken-images="0"' in dom
 
 
 def test_run_bundles_lay_out_every_role() -> None:

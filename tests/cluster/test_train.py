@@ -1,6 +1,7 @@
 """Smoke run of the whole loop: real Ray actors (rollout worker, learner), real gRPC reward services."""
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,37 @@ def test_run_directory_has_metrics_images_and_checkpoint(run: tuple[Path, list[d
     # the end of the run leaves the last checkpoint's theta where pipe.load_lora_weights(run_dir/"lora") reads it
     lora = (run_dir / "lora" / "pytorch_lora_weights.safetensors").read_bytes()
     assert lora == (ckpt / "lora" / "pytorch_lora_weights.safetensors").read_bytes()
+
+
+def test_validation_images_show_the_same_items_and_every_series_once(run: tuple[Path, list[dict]]) -> None:
+    """Every image epoch logs the fixed validation set (2 held-out items x 2 seeds: source | 2 edits |
+    target | mask overlay per item, 32 px cells upscaled to 96) to every tracker; no metric is logged
+    under two names; the run report is in the run directory."""
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, history = run
+    grids = [np.asarray(Image.open(run_dir / "images" / f"epoch_{e:05d}.png")) for e in (0, 1)]
+    title, row = 14, 96 + 2 * 14
+    assert [g.shape for g in grids] == [(title + 2 * row, 5 * 96, 3)] * 2
+    for k in range(2):  # the same sources and targets both times: a fixed set, not a training group
+        y = title + k * row + 14
+        for cell in (0, 3):
+            assert (
+                grids[0][y : y + 96, cell * 96 : (cell + 1) * 96]
+                == grids[1][y : y + 96, cell * 96 : (cell + 1) * 96]
+            ).all()
+    tb = EventAccumulator(str(run_dir / "tb")).Reload()
+    assert tb.Tags()["images"] == ["validation"] and [e.step for e in tb.Images("validation")] == [0, 1]
+    scalars = set(tb.Tags()["scalars"])
+    assert "pixel/psnr" in scalars and {t for t in scalars if f"reward/{t}" in scalars} == set()
+    assert [h["_step"] for h in wandb_history(run_dir) if h.get("validation/_type") == "image-file"] == [0, 1]
+    for row_ in history:
+        assert row_["eval/reward_ci95"] > 0 or math.isnan(row_["eval/reward_ci95"])
+    assert (run_dir / "report.png").stat().st_size > 0 and "eval/reward" in (
+        run_dir / "report.html"
+    ).read_text()
 
 
 def test_trackers_hold_the_reward_series_of_metrics_jsonl(run: tuple[Path, list[dict]]) -> None:
