@@ -7,11 +7,17 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 
+import grpc
 import numpy as np
 import pytest
+import torch
 
+from cocoedit.protos import reward_pb2, reward_pb2_grpc
 from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import ClientConfig, PixelConfig, ServerConfig
+from cocoedit.rewards.images import decode_png
+from cocoedit.rewards.metrics import pixel_reward
+from cocoedit.rewards.server import grpc_message_options
 
 
 def synthetic_edit_arrays(
@@ -121,3 +127,16 @@ def pixel_server() -> Iterator:
 @pytest.fixture
 def fast_client_cfg() -> ClientConfig:
     return ClientConfig(timeout_s=20.0, retries=3, backoff_s=0.01, ready_timeout_s=10.0, batch_edits=8)
+
+
+def stub(address: str) -> reward_pb2_grpc.RewardServiceStub:
+    return reward_pb2_grpc.RewardServiceStub(grpc.insecure_channel(address, options=grpc_message_options(64)))
+
+
+def expected_scores(edits: list[reward_pb2.Edit], compat: str = "standard") -> dict[str, torch.Tensor]:
+    """The in-process reward of the same edits (decoded from the same PNGs)."""
+    unit = lambda b: torch.from_numpy(decode_png(b)).permute(2, 0, 1).float() / 255  # noqa: E731
+    edited = torch.stack([unit(e.edited_image) for e in edits])
+    source = torch.stack([unit(e.source_image) for e in edits])
+    mask = torch.stack([torch.from_numpy(decode_png(e.edit_mask) >= 128).float()[None] for e in edits])
+    return pixel_reward(edited, source, mask, compat=compat)
