@@ -439,8 +439,8 @@ def run_shards(
             batch_size=c.mllm_batch,
             fn_constructor_kwargs={"judge_cfg": judge, "cfg": c, "out": str(out)},
             concurrency=c.mllm_actors,
-            num_cpus=judge.cpus_per_replica,
-            num_gpus=judge.gpus_per_replica or None,
+            num_cpus=judge.scaling.cpus_per_replica,
+            num_gpus=judge.scaling.gpus_per_replica or None,
         )
     expected = {s.index: s.count for s in shards}
     pending: dict[int, list[dict[str, Any]]] = {}

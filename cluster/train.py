@@ -29,21 +29,23 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
-from cocoedit.actors.data import split_held_out
 from cocoedit.actors.epochs import EpochSampler
 from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
-from cocoedit.cluster.config import Config
+from cocoedit.cluster.config import Config, ConfigError
 from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
 from cocoedit.cluster.launch import RayConnectError, init_ray, resolve_models
 from cocoedit.cluster.placement import Placement, PlacementError
 from cocoedit.cluster.plan import log_plan
+from cocoedit.cluster.preflight import PreflightError, preflight
 from cocoedit.cluster.resume import Resume, ResumeConfigError, resume_from
 from cocoedit.cluster.rollouts import RolloutQueue
+from cocoedit.cluster.rundir import RunDirError, claim_run_dir, resumed_config
 from cocoedit.cluster.runlog import RunLog
 from cocoedit.cluster.scores import Scores, score_batch
 from cocoedit.cluster.services import RewardServices
 from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint
+from cocoedit.loopback import PortTakenError
 from cocoedit.rewards.weighting import RewardError
 from cocoedit.telemetry import record_epoch
 
@@ -212,6 +214,8 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
     """Start every part of a run (or join them to a checkpoint with `resume`: True for the latest, or a
     path); close them on exit."""
     ckpt = resume_from(cfg, resume)  # before anything starts: the checkpoint, its config checked
+    # the data (and the fixed evaluation set, held out of training), checked before Ray starts
+    items, held_out = preflight(cfg)
     init_ray(cfg.run)
     with contextlib.ExitStack() as parts:
         placement = _closing(
@@ -219,8 +223,6 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
         )  # first: fails within run.placement_timeout_s, naming the role
         cfg = resolve_models(cfg)
         log_plan(cfg)  # devices and memory per role (cocoedit plan)
-        # the fixed evaluation set is held out of training (items the policy never trains on)
-        items, held_out = split_held_out(cfg.data, cfg.run.eval_items if cfg.run.eval_every else 0)
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
         runlog = _closing(parts, RunLog(cfg, resume=ckpt is not None))
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
@@ -325,6 +327,9 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
     """`cocoedit train [--config FILE] [--resume [CHECKPOINT]] [key=value ...]` (the CLI loads the config)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        if args.resume and not args.dry_run:
+            cfg = resumed_config(cfg, args.config, args.overrides, args.resume)
+        claim_run_dir(cfg, args.resume, getattr(args, "overwrite", False))
         history = train(cfg, resume=args.resume)
     except (
         PlacementError,
@@ -333,6 +338,10 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
         RayConnectError,
         ResumeConfigError,
         RewardError,
+        PreflightError,
+        PortTakenError,
+        RunDirError,
+        ConfigError,
     ) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1

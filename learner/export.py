@@ -7,7 +7,7 @@ Every checkpoint holds `lora/` (theta, the `default` adapter) and `lora.json` (t
 LoraConfig, so any adapter of it can be exported again without the model); each save refreshes
 `run_dir/lora/` atomically, so the end of a run leaves the last checkpoint's theta there.
 
-    cocoedit export --checkpoint RUN_DIR/checkpoints/step_00000060 --out DIR [--view default|old]
+    cocoedit export --checkpoint RUN_DIR/checkpoints/epoch_00000060 --out DIR [--view default|old]
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ def export_lora(
     info_path, weights = ckpt / LORA_INFO, ckpt / f"lora_{view}.safetensors"
     if not info_path.is_file() or not weights.is_file():
         hint = (
-            f"it is a run directory: pass one of its checkpoints ({ckpt}/checkpoints/step_*); "
+            f"it is a run directory: pass one of its checkpoints ({ckpt}/checkpoints/epoch_*); "
             f"its latest theta is already in {ckpt / LORA_DIR}"
             if (ckpt / "checkpoints").is_dir()
-            else "pass a checkpoint directory (RUN_DIR/checkpoints/step_*) written by `cocoedit train`"
+            else "pass a checkpoint directory (RUN_DIR/checkpoints/epoch_*) written by `cocoedit train`"
         )
         raise FileNotFoundError(f"{ckpt} holds no {LORA_INFO} and lora_{view}.safetensors: {hint}")
     info = json.loads(info_path.read_text())
