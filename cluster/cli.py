@@ -11,7 +11,7 @@
     cocoedit build-model --family F [--dims tiny|real] [--depth N] --out DIR
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
     cocoedit edit --model DIR [--lora FILE|DIR] --image IN --instruction TEXT --out OUT
-    cocoedit export --checkpoint DIR --out DIR [--view default|old]
+    cocoedit export --checkpoint DIR --out DIR [--view default|old] [--push-to-hub OWNER/NAME]
     cocoedit eval [run] --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE|DIR ...] [--out DIR]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
 
@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "build-model": ("cocoedit.actors.policies.builders", "cli_build_model", False),
     "serve": ("cocoedit.cluster.cli", "cli_serve", True),
     "edit": ("cocoedit.actors.edit", "cli_edit", False),
-    "export": ("cocoedit.learner.export", "cli_export", False),
+    "export": ("cocoedit.cluster.hub", "cli_export", False),
     "eval run": ("cocoedit.cluster.evaluate", "cli_eval", True),
     "eval compare": ("cocoedit.cluster.evaluate", "cli_compare", False),
 }
@@ -217,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--view", choices=["default", "old"], default="default", help="theta (default) or theta_old (old)"
     )
+    export.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="OWNER/NAME",
+        help="upload DIR (LoRA + model card) as this Hub model repository (huggingface_hub's token, HF_ENDPOINT)",
+    )
+    export.add_argument("--private", action="store_true", help="with --push-to-hub: a private repository")
 
     ev_parent = sub.add_parser("eval", help="evaluate an editor on GEdit-Bench / ImgEdit-Bench / a manifest")
     ev_sub = ev_parent.add_subparsers(dest="eval_command", required=True)

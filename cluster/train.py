@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from cocoedit.actors.epochs import EpochSampler
 from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
+from cocoedit.cluster.card import card_inputs, tokenizer_limit, write_card
 from cocoedit.cluster.config import Config, ConfigError
 from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
 from cocoedit.cluster.launch import RayConnectError, init_ray, resolve_models
@@ -73,6 +74,7 @@ class Run:
     start: int  # first epoch this process runs
     version: int  # policy version the rollout workers hold
     history: list[dict[str, float]] = field(default_factory=list)
+    last_eval: Optional[tuple[list[str], Scores]] = None  # the fixed set's last (group ids, scores)
 
 
 def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str, float]]]:
@@ -126,7 +128,9 @@ def sync(run: Run, epoch: int) -> None:
 def evaluate_fixed(run: Run) -> dict[str, float]:
     """Edit the fixed set with the current sampling policy and score it: `eval/*` metrics."""
     batch = run.rollout.sample(run.fixed, run.version)
-    return score_batch(run.services, batch, run.cfg.rewards).eval_metrics()
+    scores = score_batch(run.services, batch, run.cfg.rewards)
+    run.last_eval = (list(batch.group_ids), scores)
+    return scores.eval_metrics()
 
 
 def log_epoch(
@@ -253,6 +257,16 @@ def train(cfg: Config, resume: Resume = False, progress: bool = True) -> list[di
     with start_run(cfg, resume) as run:
         for _ in run_epochs(run, progress):
             pass
+        if run.history:  # the model card beside the LoRA the run leaves in run_dir/lora
+            last = run.history[-1].get("learner/step")
+            write_card(
+                run.cfg,
+                Path(run.cfg.run.run_dir) / "lora",
+                run.cfg.run.epochs,
+                None if last is None else int(last),
+                card_inputs(run.cfg, run.last_eval),
+                tokenizer_limit(run.cfg.policy.model_path),
+            )
         return run.history
 
 
