@@ -37,4 +37,7 @@ def preflight(cfg: Config) -> tuple[dict[str, EditItem | ItemRef], list[EditItem
     try:
         return split_held_out(cfg.data, cfg.run.eval_items if cfg.run.eval_every else 0)
     except (ValueError, OSError) as e:
-        raise PreflightError(f"data.manifest={cfg.data.manifest}: {e}") from e
+        # one line: the refusal with its fix, and the first listed problem (`cocoedit data check` lists all)
+        lines = str(e).splitlines()
+        first = f"; first: {lines[1].strip()}" if len(lines) > 1 else ""
+        raise PreflightError(f"data.manifest={cfg.data.manifest}: {lines[0].rstrip(':')}{first}") from e
