@@ -70,7 +70,7 @@ def stock_call(cfg: Config, size: int, max_sequence_length: int = 512) -> str:
     pipe = SimpleNamespace(tokenizer_2=SimpleNamespace(model_max_length=max_sequence_length))
     extra = fam.policy_class().stock_call_kwargs(pipe, size, size, fam.guidance)
     args = "".join(f"    {k}={v!r},\n" for k, v in extra.items())
-    base = cfg.policy.model_path or BASE_MODELS[cfg.policy.family][0]
+    base = cfg.policy.model_path or BASE_MODELS.get(cfg.policy.family, ("(the base model)",))[0]
     return (
         "import torch\n"
         f"from diffusers import {fam.pipeline}\n"
@@ -125,7 +125,10 @@ def write_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     name = cfg.run.name
-    hub_base, license_id, license_name = BASE_MODELS[cfg.policy.family]
+    # a family registered elsewhere (README, Extending) names its base model by its local path
+    hub_base, license_id, license_name = BASE_MODELS.get(
+        cfg.policy.family, (cfg.policy.model_path or "(the base model)", "other", "the base model's license")
+    )
     tiny = cfg.run.tiny and cfg.policy.model_path is not None and "tiny-editor" in cfg.policy.model_path
     base = "the tiny editor built by `cocoedit pretrain-tiny`" if tiny else hub_base
     if tiny:
