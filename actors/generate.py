@@ -27,15 +27,33 @@ def item_seed(seed: int, item_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{item_id}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
+LORA_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes, and we export
+
+
+def lora_file(path: str | Path) -> Path:
+    """The LoRA file of what `cocoedit edit --lora` takes: a file, or a directory holding one
+    (`RUN_DIR/lora`, a checkpoint's `lora/`, a `cocoedit export` folder)."""
+    path = Path(path)
+    if path.is_dir():
+        inside = [path / LORA_FILE] if (path / LORA_FILE).is_file() else sorted(path.glob("*.safetensors"))
+        if len(inside) != 1:
+            raise FileNotFoundError(
+                f"--lora {path} is a directory without {LORA_FILE} (or one .safetensors file): name the file, "
+                "or a directory such as RUN_DIR/lora"
+            )
+        return inside[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"--lora {path} does not exist")
+    return path
+
+
 def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], int, Optional[int]]:
     """A LoRA file (our checkpoint's lora_*.safetensors or a diffusers export) as peft-named weights,
     with its rank and, when the file records it, its alpha."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--lora {path} does not exist")
+    path = lora_file(path)
     state = load_file(str(path))
     state = {k.removeprefix("transformer."): v for k, v in state.items()}
     ranks = {v.shape[0] for k, v in state.items() if ".lora_A." in k}

@@ -4,15 +4,15 @@
     cocoedit data check MANIFEST [--format F] [--root DIR]
     cocoedit data curate --input IN [IN ...] --out DIR [--num N] [--format manifest|cocoedit40k] [key=value ...]
     cocoedit config show [--config FILE] [--dry-run] [--explain] [key=value ...]
-    cocoedit train [--config FILE] [--resume [CHECKPOINT]] [--dry-run] [key=value ...]
+    cocoedit train [--config FILE] [--resume [CHECKPOINT] | --overwrite] [--dry-run] [key=value ...]
     cocoedit sweep [--config FILE] --grid KEY=V1,V2 [--grid ...] [--seeds N] [--out DIR] [key=value ...]
     cocoedit pretrain-tiny --out DIR
     cocoedit plan [--config FILE] [--gpu-memory GiB] [--dry-run] [key=value ...]
     cocoedit build-model --family F [--dims tiny|real] [--depth N] --out DIR
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
     cocoedit edit --model DIR [--lora FILE|DIR] --image IN --instruction TEXT --out OUT
-    cocoedit export --checkpoint DIR --out DIR [--view default|old]
-    cocoedit eval [run] --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE ...] [--out DIR]
+    cocoedit export --checkpoint DIR --out DIR [--view default|old] [--push-to-hub OWNER/NAME]
+    cocoedit eval [run] --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE|DIR ...] [--out DIR]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
 
 Each subcommand lives next to the component it runs; this module only parses and dispatches.
@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "build-model": ("cocoedit.actors.policies.builders", "cli_build_model", False),
     "serve": ("cocoedit.cluster.cli", "cli_serve", True),
     "edit": ("cocoedit.actors.edit", "cli_edit", False),
-    "export": ("cocoedit.learner.export", "cli_export", False),
+    "export": ("cocoedit.cluster.export.hub", "cli_export", False),
     "eval run": ("cocoedit.cluster.eval.evaluate", "cli_eval", True),
     "eval compare": ("cocoedit.cluster.eval.evaluate", "cli_compare", False),
 }
@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue from the latest complete checkpoint of run.run_dir, or from CHECKPOINT (a checkpoint "
         "directory, or a run directory: its latest); the config may differ only in run length and logging",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a run.run_dir that holds a run: its old contents are moved to RUN_DIR.replaced-TIME "
+        "(without --resume or --overwrite such a directory is refused)",
     )
     _add_dry_run_arg(train)
 
@@ -209,11 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export", help="write a checkpoint's LoRA in the diffusers format (pipe.load_lora_weights(DIR))"
     )
-    export.add_argument("--checkpoint", required=True, help="RUN_DIR/checkpoints/step_NNNNNNNN")
+    export.add_argument("--checkpoint", required=True, help="RUN_DIR/checkpoints/epoch_NNNNNNNN")
     export.add_argument("--out", required=True, help="directory for pytorch_lora_weights.safetensors")
     export.add_argument(
         "--view", choices=["default", "old"], default="default", help="theta (default) or theta_old (old)"
     )
+    export.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="OWNER/NAME",
+        help="upload DIR (LoRA + model card) as this Hub model repository (huggingface_hub's token, HF_ENDPOINT)",
+    )
+    export.add_argument("--private", action="store_true", help="with --push-to-hub: a private repository")
 
     ev_parent = sub.add_parser("eval", help="evaluate an editor on GEdit-Bench / ImgEdit-Bench / a manifest")
     ev_sub = ev_parent.add_subparsers(dest="eval_command", required=True)
@@ -222,7 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--bench", choices=["gedit", "imgedit", "manifest"], default="manifest")
     ev.add_argument("--data", required=False)
-    ev.add_argument("--lora", action="append", default=[], help="LoRA file; repeat for one run per LoRA")
+    ev.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        help="LoRA file, or a directory such as RUN_DIR/lora (as `edit` takes); repeat for one run per LoRA",
+    )
     ev.add_argument("--out", default=None, help="run folder (default: RUN_DIR/eval/BENCH); reruns resume")
     ev.add_argument(
         "--edits",
@@ -267,23 +285,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.overrides, args.resume = [resume, *args.overrides], True
     module_name, func_name, takes_config = COMMANDS[_command(args)]
     # The config first: a bad value fails in well under a second, before torch or Ray is imported.
-    cfg = _load_config(args.config, args.overrides, getattr(args, "dry_run", False)) if takes_config else None
+    # `config show --dry-run` only prints: it names the real-dims editor a dry run builds, never builds it
+    build = _command(args) != "config show"
+    cfg = (
+        _load_config(args.config, args.overrides, getattr(args, "dry_run", False), build)
+        if takes_config
+        else None
+    )
     if takes_config and cfg is None:
         return 1
     func: Callable[..., int] = getattr(importlib.import_module(module_name), func_name)
     return int(func(args) if cfg is None else func(args, cfg) or 0)
 
 
-def _load_config(path: Optional[str], overrides: Sequence[str], dry_run: bool = False) -> Optional[Config]:
-    """The resolved config (with the dry-run profile when asked), or None after printing why it cannot
-    be loaded."""
+def _load_config(
+    path: Optional[str], overrides: Sequence[str], dry_run: bool = False, build: bool = True
+) -> Optional[Config]:
+    """The resolved config (with the dry-run profile when asked; build=False names the real-dims editor
+    without building it), or None after printing why it cannot be loaded."""
     from cocoedit.cluster.config import ConfigError, load_config
 
     try:
         if dry_run:
             from cocoedit.cluster.train.dryrun import dry_run_config
 
-            return dry_run_config(path, list(overrides))
+            return dry_run_config(path, list(overrides), build)
         return load_config(path, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
@@ -296,6 +322,17 @@ def cli_show_config(args: argparse.Namespace, cfg: Config) -> int:
     from cocoedit.cluster.explain import explain
 
     print(explain(cfg) if getattr(args, "explain", False) else dump_config(cfg), end="")
+    model = cfg.policy.model_path
+    if (
+        getattr(args, "dry_run", False)
+        and model is not None
+        and not (Path(model) / "model_index.json").exists()
+    ):
+        print(
+            f"# policy.model_path {model}: the real-dims editor of the dry run, not built yet; the first "
+            "`cocoedit train --dry-run` (or `plan --dry-run`) builds it there (~3.1 GB, about a minute)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -310,8 +347,14 @@ def cli_pretrain(args: argparse.Namespace, cfg: Config) -> int:
 
 def cli_serve(args: argparse.Namespace, cfg: Config) -> int:
     """`cocoedit serve pixel|mllm|synthetic`: one reward service as a standalone gRPC server."""
+    from cocoedit.loopback import PortTakenError, check_port_free
     from cocoedit.rewards.serve import serve
 
+    try:  # before the scorer loads its model: a taken port is one line, not a server's traceback
+        check_port_free(args.host, args.port, "--port")
+    except PortTakenError as e:
+        print(f"cocoedit serve: {e}", file=sys.stderr)
+        return 1
     section = cfg.rewards.service(args.service)
     if args.model is not None:
         if args.service != "mllm":
@@ -328,7 +371,7 @@ def _print_train_help(rest: list[str]) -> None:
     known = [a for a in rest if a not in ("--help", "-h")]
     ns, _ = train_parser.parse_known_args(known)
     print("\nresolved config:\n")
-    cfg = _load_config(ns.config, ns.overrides, ns.dry_run)
+    cfg = _load_config(ns.config, ns.overrides, ns.dry_run, build=False)
     if cfg is not None:
         cli_show_config(ns, cfg)
 

@@ -753,4 +753,29 @@ def cli_plan(args: argparse.Namespace, cfg: Config) -> int:
             f"needs {role.total / GIB:.1f} GiB per GPU, more than {role.device_bytes / GIB:g} GiB"  # type: ignore[operator]
         )
         print(f"\n{role.role} cannot fit: {why}", file=sys.stderr)
+        if not role.problems:  # a problem names its own fix
+            print(f"  fix: {memory_fix(role)}", file=sys.stderr)
     return 1 if bad else 0
+
+
+# What lowers a role's memory on one GPU, cheapest first (`cocoedit plan` prints it for each that does not fit).
+FIXES = {
+    "rollout worker": "lower rollout.batch_size (edits per forward pass; the sampling activations scale with it)",
+    "learner rank": "set policy.gradient_checkpointing=true (the smaller activations shown), lower "
+    "learner.micro_batch_size",
+    "colocated rollout worker + learner rank": "run.colocate=false (a GPU each), or the rollout worker's and "
+    "learner rank's fixes",
+    "reward service mllm replica": "raise rewards.mllm.tensor_parallel_size with scaling.gpus_per_replica (the "
+    "weights are split over them), or use a smaller judge",
+}
+
+
+def memory_fix(role: RolePlan) -> str:
+    """A fix for a role over its GPU's memory; weights that alone do not fit leave only bigger GPUs."""
+    weights = sum(v for k, v in role.memory.items() if k.startswith("weights"))
+    fix = FIXES.get(role.role, "give it fewer edits per pass")
+    if role.device_bytes is not None and weights > role.device_bytes and "mllm" not in role.role:
+        return (
+            f"its weights alone take {weights / GIB:.1f} GiB: it needs GPUs with more memory (--gpu-memory)"
+        )
+    return f"{fix}; or GPUs with more memory (--gpu-memory)"

@@ -46,3 +46,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+class PortTakenError(OSError):
+    """A port the command is about to listen on is already taken; the message names the key to change."""
+
+
+def check_port_free(host: str, port: int, key: str) -> None:
+    """Raise PortTakenError (one line naming `key` and a free port) when `port` on `host` cannot be bound.
+
+    Run before anything starts, so a taken port is one line rather than a server's traceback or a
+    cluster that times out. SO_REUSEADDR: a port in TIME_WAIT is free to a server, only a listener takes it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise PortTakenError(
+                f"port {port} on {host} is taken ({e.strerror}): another process listens there; stop it or "
+                f"pass a free one ({key}={free_port(host)}, free right now)"
+            ) from None

@@ -1,7 +1,13 @@
 """Learner checkpoints: both LoRA adapters, optimizer and lr-scheduler state (DeepSpeed's own files, so
 ZeRO partitions are handled), step, RNG states and the caller's `extra_state`, written atomically.
 
-Layout of one checkpoint, `run_dir/checkpoints/step_00000012/`:
+A checkpoint of the training loop is named by the epochs done, the unit `run.checkpoint_every` counts:
+`run_dir/checkpoints/epoch_00000020/` after 20 epochs (its `extra_state["epoch"]` is the last epoch's
+index, 19). A checkpoint saved outside the loop (no "epoch" in its extra_state) is named by the
+learner's optimizer step, `step_00000012/`; runs of earlier versions named every checkpoint so, and
+both kinds are found and ordered by the epochs done.
+
+Layout of one checkpoint, `run_dir/checkpoints/epoch_00000012/`:
     deepspeed/               engine.save_checkpoint(tag="deepspeed"): trainable LoRA, optimizer, scheduler
     lora_default.safetensors lora_old.safetensors   (policy.lora_state_dict, peft key names)
     lora/ lora.json          theta in the family's diffusers format, and what re-exports need (learner.export)
@@ -12,7 +18,7 @@ Layout of one checkpoint, `run_dir/checkpoints/step_00000012/`:
 Our own state is JSON and safetensors, never a pickle: the run directory is shared storage, and
 unpickling a file from it would run code of anyone who can write there.
 
-Everything is written into `.tmp_step_...` and renamed when complete, so a killed save leaves no
+Everything is written into `.tmp_epoch_...` and renamed when complete, so a killed save leaves no
 directory that `latest_checkpoint` could pick. `keep_last` complete checkpoints are kept. After each
 save `run_dir/lora/` holds that checkpoint's theta (replaced atomically).
 """
@@ -32,7 +38,7 @@ import torch
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+_CHECKPOINT_DIR = re.compile(r"^(step|epoch)_(\d+)$")
 
 
 class Learner(Protocol):
@@ -48,21 +54,36 @@ class Learner(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+def checkpoint_dir(run_dir: str | Path, step: int, extra_state: Optional[dict[str, Any]] = None) -> Path:
+    """Where a checkpoint goes: by epochs done when extra_state names the epoch, else by learner step."""
+    if extra_state is not None and "epoch" in extra_state:
+        return Path(run_dir) / CHECKPOINTS / f"epoch_{int(extra_state['epoch']) + 1:08d}"
     return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}"
 
 
+def _epochs_done(kind: str, number: int, path: Path) -> int:
+    """The epochs done at a checkpoint: its number for epoch_N; for step_N (runs of earlier versions,
+    where the number is the learner step) the epoch its extra_state records, else the step."""
+    if kind == "epoch":
+        return number
+    try:
+        extra = json.loads((path / "learner_state.json").read_text()).get("extra_state", {})
+        return int(extra["epoch"]) + 1 if "epoch" in extra else number
+    except (OSError, ValueError):
+        return number
+
+
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint directories under run_dir/checkpoints, oldest first."""
+    """Complete checkpoint directories under run_dir/checkpoints, oldest (fewest epochs done) first."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = []
     for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
+        m = _CHECKPOINT_DIR.match(p.name)
         if m and p.is_dir() and (p / COMPLETE).is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+            found.append((_epochs_done(m.group(1), int(m.group(2)), p), p.name.startswith("epoch"), p))
+    return [p for *_, p in sorted(found)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
@@ -162,7 +183,7 @@ def save_checkpoint(
     if keep_last < 1:
         raise ValueError(f"keep_last={keep_last} must be >= 1 (the checkpoint just written is kept)")
     own = learner.state_dict()
-    final = checkpoint_dir(run_dir, own["step"])
+    final = checkpoint_dir(run_dir, own["step"], extra_state)
     tmp = final.with_name(".tmp_" + final.name)
     if learner.rank == 0:
         if tmp.exists():
@@ -206,7 +227,7 @@ def load_checkpoint(learner: Learner, path: str | Path) -> dict[str, Any]:
     ckpt = path if (path / COMPLETE).is_file() else latest_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(
-            f"no complete checkpoint at {path} (looked for {COMPLETE} in it and in {path / CHECKPOINTS}/step_*); "
+            f"no complete checkpoint at {path} (looked for {COMPLETE} in it and in {path / CHECKPOINTS}/epoch_* and step_*); "
             "start without --resume or point at a checkpoint directory"
         )
     # Our own files first, all of them checked before anything is restored.

@@ -7,16 +7,14 @@ Every checkpoint holds `lora/` (theta, the `default` adapter) and `lora.json` (t
 LoraConfig, so any adapter of it can be exported again without the model); each save refreshes
 `run_dir/lora/` atomically, so the end of a run leaves the last checkpoint's theta there.
 
-    cocoedit export --checkpoint RUN_DIR/checkpoints/step_00000060 --out DIR [--view default|old]
+    cocoedit export --checkpoint RUN_DIR/checkpoints/epoch_00000060 --out DIR [--view default|old]  (cluster/export/hub.py)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,23 +60,12 @@ def export_lora(
     info_path, weights = ckpt / LORA_INFO, ckpt / f"lora_{view}.safetensors"
     if not info_path.is_file() or not weights.is_file():
         hint = (
-            f"it is a run directory: pass one of its checkpoints ({ckpt}/checkpoints/step_*); "
+            f"it is a run directory: pass one of its checkpoints ({ckpt}/checkpoints/epoch_*); "
             f"its latest theta is already in {ckpt / LORA_DIR}"
             if (ckpt / "checkpoints").is_dir()
-            else "pass a checkpoint directory (RUN_DIR/checkpoints/step_*) written by `cocoedit train`"
+            else "pass a checkpoint directory (RUN_DIR/checkpoints/epoch_*) written by `cocoedit train`"
         )
         raise FileNotFoundError(f"{ckpt} holds no {LORA_INFO} and lora_{view}.safetensors: {hint}")
     info = json.loads(info_path.read_text())
     pipeline_class = family(info["family"]).policy_class().pipeline_class()
     return write_lora_dir(load_file(str(weights)), info["adapter_metadata"], pipeline_class, out_dir)
-
-
-def cli_export(args: argparse.Namespace) -> int:
-    """Entry point of `cocoedit export` (see the module docstring)."""
-    try:
-        path = export_lora(args.checkpoint, args.out, args.view)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"export: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.view} LoRA of {args.checkpoint} written to {path} (pipe.load_lora_weights({args.out!r}))")
-    return 0

@@ -1,7 +1,7 @@
 """Config of `cocoedit data curate`, composed into cluster.config.Config as `curate`.
 
 The MLLM (refinement, grounding, judge scores) is the judge of `rewards.mllm`: same model path, dtype,
-image size and resources (`rewards.mllm.gpus_per_replica` / `cpus_per_replica` per curation actor).
+image size and resources (`rewards.mllm.scaling.gpus_per_replica` / `cpus_per_replica` per curation actor).
 """
 
 from __future__ import annotations

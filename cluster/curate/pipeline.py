@@ -187,8 +187,8 @@ def run_shards(
             batch_size=c.mllm_batch,
             fn_constructor_kwargs={"judge_cfg": judge, "cfg": c, "out": str(out)},
             concurrency=c.mllm_actors,
-            num_cpus=judge.cpus_per_replica,
-            num_gpus=judge.gpus_per_replica or None,
+            num_cpus=judge.scaling.cpus_per_replica,
+            num_gpus=judge.scaling.gpus_per_replica or None,
         )
     expected = {s.index: s.count for s in shards}
     pending: dict[int, list[dict[str, Any]]] = {}
@@ -381,6 +381,20 @@ def summary_text(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_judge_fits(cfg: Config) -> None:
+    """Ray Data waits forever for an actor the cluster has no GPU for: refuse that at once instead."""
+    import ray
+
+    gpus = cfg.rewards.mllm.scaling.gpus_per_replica
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if cfg.curate.mllm and gpus > have:
+        raise ValueError(
+            f"curate.mllm runs the judge with rewards.mllm.scaling.gpus_per_replica={gpus:g} GPU per actor and "
+            f"this cluster has {have:g}: set rewards.mllm.scaling.gpus_per_replica=0 (on CPU, e.g. the tiny judge "
+            "of cluster/configs/tiny_cpu_vllm.yaml) or curate.mllm=false (masks and pixel filters only)"
+        )
+
+
 def cli_curate(args: argparse.Namespace, cfg: Config) -> int:
     """`cocoedit data curate --input IN [IN ...] --out DIR [--num N] [--format F] [key=value ...]`."""
     from cocoedit.cluster.runtime.launch import init_ray
@@ -396,6 +410,7 @@ def cli_curate(args: argparse.Namespace, cfg: Config) -> int:
     try:
         files = input_files(args.input)
         init_ray(cfg.run)
+        check_judge_fits(cfg)
         summary = curate(cfg, files, args.out, args.num, args.format)
     except (ValueError, FileNotFoundError) as e:
         print(f"data curate: {e}", file=sys.stderr)

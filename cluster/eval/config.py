@@ -20,8 +20,9 @@ from cocoedit.ranges import Range
 class EvalConfig:
     """Benchmark evaluation: how edits are generated, judged and reported."""
 
-    # Center-crop to square, then resize (sources, masks and edits)
-    image_size: Annotated[int, Range(ge=8)] = 512
+    # Center-crop to square, then resize (sources, masks and edits). None = the editor's own resolution,
+    # data.image_size (what it is trained at; the tiny editor's is pretrain.image_size, checked equal)
+    image_size: Optional[Annotated[int, Range(ge=8)]] = None
     mask_polarity: Optional[Literal["edit_white", "keep_white"]] = None  # None = the layout's own
     language: Literal["en", "cn", "all"] = "en"  # GEdit-Bench instruction language
     max_items: Optional[Annotated[int, Range(ge=1)]] = None  # only the first N items (smoke runs); None = all

@@ -1,6 +1,6 @@
 """Benchmark evaluation: generate an edit per item, score it, write results.json and report.html.
 
-    cocoedit eval --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE ...] [--out DIR]
+    cocoedit eval --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE|DIR ...] [--out DIR]
                   [--edits policy|target|source] [key=value ...]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
 
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from cocoedit.actors.benchmarks import safe_key
-from cocoedit.actors.generate import item_seed
+from cocoedit.actors.generate import item_seed, lora_file
 from cocoedit.actors.types import EditItem
 from cocoedit.cluster.eval.config import EvalConfig
 from cocoedit.cluster.eval.generate import SETTINGS_FILE, generate_edits, read_png, sha256_file, write_atomic
@@ -71,6 +71,12 @@ def evaluate(
     """Generate (resumably), score and report one run; returns the results dict (also results.json)."""
     from cocoedit.cluster.eval.report import aggregate, write_html
 
+    if lora is not None:
+        lora = str(lora_file(lora))  # what `cocoedit edit --lora` takes: a file or a directory
+    if config.eval.image_size is None:  # the editor's own resolution
+        config = dataclasses.replace(
+            config, eval=dataclasses.replace(config.eval, image_size=config.data.image_size)
+        )
     cfg = config.eval
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +178,7 @@ def _ray_available(config: Config) -> bool:
 
 
 def cli_eval(args: argparse.Namespace, config: Config) -> int:
-    """`cocoedit eval [run] --bench B --data DIR [--lora FILE ...] [--out DIR] [--edits E] [key=value ...]`."""
+    """`cocoedit eval [run] --bench B --data DIR [--lora FILE|DIR ...] [--out DIR] [--edits E] [key=value ...]`."""
     from cocoedit.cluster.eval.report import summary_text
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -188,7 +194,9 @@ def cli_eval(args: argparse.Namespace, config: Config) -> int:
     runs = []
     for lora in loras:
         # several LoRAs: one run each, side by side under OUT/<lora file stem>
-        run_out = out if len(loras) == 1 else out / safe_key(Path(lora).stem)  # type: ignore[arg-type]
+        # (a directory such as RUN_DIR/lora by its last two parts: every run's is named lora)
+        name = "_".join(Path(lora).parts[-2:]) if lora and Path(lora).is_dir() else Path(str(lora)).stem
+        run_out = out if len(loras) == 1 else out / safe_key(name)
         results = evaluate(config, args.bench, args.data, run_out, lora, edits, progress=True)
         print(summary_text(results))
         print(f"results: {run_out / 'results.json'}\nreport:  {run_out / 'report.html'}")

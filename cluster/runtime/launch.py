@@ -26,7 +26,7 @@ from pathlib import Path
 import ray
 
 from cocoedit.cluster.config import Config, RunConfig
-from cocoedit.loopback import apply_loopback_env
+from cocoedit.loopback import apply_loopback_env, check_port_free
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def init_ray(cfg: RunConfig) -> None:
         _join(address, "run.ray_address" if cfg.ray_address else "RAY_ADDRESS", cfg.ray_connect_timeout_s)
     else:
         apply_loopback_env()
+        if cfg.metrics_export_port is not None:  # else Ray waits 30 s and says "node timed out"
+            check_port_free("127.0.0.1", cfg.metrics_export_port, "run.metrics_export_port")
         ray.init(
             num_cpus=cfg.ray_num_cpus,
             _node_ip_address="127.0.0.1",
@@ -179,13 +181,18 @@ def resolve_models(cfg: Config) -> Config:
     return dataclasses.replace(cfg, policy=policy, rewards=cfg.rewards.with_service("mllm", judge))
 
 
-def _cached(kind: str, settings: dict, build) -> Path:  # noqa: ANN001 - build: Callable[[Path], None]
+def cache_path(kind: str, settings: dict) -> Path:
+    """Where `_cached` keeps the build of `kind` with `settings` (it may not be built yet)."""
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / f"{kind}-{key}"
+    return cache_dir() / f"{kind}-{key}"
+
+
+def _cached(kind: str, settings: dict, build) -> Path:  # noqa: ANN001 - build: Callable[[Path], None]
+    path = cache_path(kind, settings)
     if (path / "model_index.json").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{kind}-{key}.lock", "w") as lock:  # one builder at a time
+    with open(path.parent / f".{path.name}.lock", "w") as lock:  # one builder at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
             log.info("building %s into %s (first use; cached afterwards)", kind, path)

@@ -90,25 +90,29 @@ def dry_run_overrides(cfg: Config, model_path: str) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
 
 
-def dry_run_config(path: str | None, overrides: list[str]) -> Config:
+def dry_run_config(path: str | None, overrides: list[str], build: bool = True) -> Config:
     """The config of `cocoedit <command> --config path --dry-run overrides`: the file and overrides,
-    then the profile (building the real-dims editor on first use), then the overrides again (they win)."""
+    then the profile (building the real-dims editor on first use unless build=False, which only names
+    where it goes), then the overrides again (they win)."""
     from cocoedit.cluster.config import load_config
 
     # The overrides may only make sense with the profile (rollout.num_steps=2 under the file's
     # train_timesteps): the rules between fields are checked once, on the final config.
     cfg = load_config(path, overrides, rules=False)
-    model_path = str(real_editor(cfg.policy.family))
+    model_path = str(real_editor(cfg.policy.family, build=build))
     return load_config(path, [*dry_run_overrides(cfg, model_path), *overrides])
 
 
-def real_editor(family: str, depth: int = DRY_RUN_DEPTH) -> Path:
+def real_editor(family: str, depth: int = DRY_RUN_DEPTH, build: bool = True) -> Path:
     """The real-dims editor of `family` with `depth` blocks (seed 0), built on first use into
-    $COCOEDIT_CACHE and reused afterwards. Saved in float32, the dtype the dry run computes in: loading
-    then maps the files instead of converting them (a bfloat16 copy would double the peak while loading)."""
-    from cocoedit.cluster.runtime.launch import _cached
+    $COCOEDIT_CACHE and reused afterwards (build=False: only its path). Saved in float32, the dtype the
+    dry run computes in: loading then maps the files instead of converting them (a bfloat16 copy would
+    double the peak while loading)."""
+    from cocoedit.cluster.runtime.launch import _cached, cache_path
 
     settings = {"version": REAL_EDITOR_VERSION, "family": family, "depth": depth}
+    if not build:
+        return cache_path(f"real-{family}-d{depth}", settings)
     return _cached(f"real-{family}-d{depth}", settings, lambda path: _build_real(family, depth, path))
 
 

@@ -28,22 +28,25 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
-from cocoedit.actors.data import split_held_out
 from cocoedit.actors.epochs import EpochSampler
 from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
-from cocoedit.cluster.config import Config
+from cocoedit.cluster.config import Config, ConfigError
+from cocoedit.cluster.export.card import card_inputs, tokenizer_limit, write_card
 from cocoedit.cluster.plan import log_plan
 from cocoedit.cluster.runtime.launch import RayConnectError, init_ray, resolve_models
 from cocoedit.cluster.runtime.placement import Placement, PlacementError
 from cocoedit.cluster.runtime.services import RewardServices
 from cocoedit.cluster.train.groups import LearnerGroup, RolloutGroup
+from cocoedit.cluster.train.preflight import PreflightError, preflight
 from cocoedit.cluster.train.report import write_run_report
 from cocoedit.cluster.train.resume import Resume, ResumeConfigError, resume_from
 from cocoedit.cluster.train.rollouts import RolloutQueue
+from cocoedit.cluster.train.rundir import RunDirError, claim_run_dir, resumed_config
 from cocoedit.cluster.train.runlog import RunLog, ValidationRow
 from cocoedit.cluster.train.scores import Scores, score_batch
 from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint
+from cocoedit.loopback import PortTakenError
 from cocoedit.rewards.weighting import RewardError
 from cocoedit.telemetry import record_epoch
 from cocoedit.timing import StageTimer
@@ -76,6 +79,7 @@ class Run:
     version: int  # policy version the rollout workers hold
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint_s: Optional[float] = None  # how long the latest checkpoint took to write
+    last_eval: Optional[tuple[list[str], Scores]] = None  # the fixed set's last (group ids, scores)
 
 
 def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str, float]]]:
@@ -107,6 +111,7 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
         if due(cfg.run.eval_every, epoch, last):
             with timer("evaluate"):
                 fixed = sample_fixed(run, run.fixed)
+                run.last_eval = (list(fixed[0].group_ids), fixed[1])  # the model card's final evaluation
                 evaluation = fixed[1].eval_metrics()
                 evaluation.update(
                     eval_interval(fixed[0].group_ids, fixed[1].rewards.total, fixed[1].rewards.scored)
@@ -256,6 +261,8 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
     """Start every part of a run (or join them to a checkpoint with `resume`: True for the latest, or a
     path); close them on exit."""
     ckpt = resume_from(cfg, resume)  # before anything starts: the checkpoint, its config checked
+    # the data (and the fixed evaluation set, held out of training), checked before Ray starts
+    items, held_out = preflight(cfg)
     init_ray(cfg.run)
     with contextlib.ExitStack() as parts:
         placement = _closing(
@@ -263,8 +270,6 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
         )  # first: fails within run.placement_timeout_s, naming the role
         cfg = resolve_models(cfg)
         log_plan(cfg)  # devices and memory per role (cocoedit plan)
-        # the fixed evaluation set is held out of training (items the policy never trains on)
-        items, held_out = split_held_out(cfg.data, cfg.run.eval_items if cfg.run.eval_every else 0)
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
         runlog = _closing(parts, RunLog(cfg, resume=ckpt is not None))
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
@@ -300,6 +305,16 @@ def train(cfg: Config, resume: Resume = False, progress: bool = True) -> list[di
         for _ in run_epochs(run, progress):
             pass
     write_run_report(Path(cfg.run.run_dir), cfg.run.name)  # report.png + report.html, every epoch so far
+    if run.history:  # the model card beside the LoRA the run leaves in run_dir/lora
+        last = run.history[-1].get("learner/step")
+        write_card(
+            run.cfg,
+            Path(run.cfg.run.run_dir) / "lora",
+            run.cfg.run.epochs,
+            None if last is None else int(last),
+            card_inputs(run.cfg, run.last_eval),
+            tokenizer_limit(run.cfg.policy.model_path),
+        )
     return run.history
 
 
@@ -374,6 +389,9 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
     """`cocoedit train [--config FILE] [--resume [CHECKPOINT]] [key=value ...]` (the CLI loads the config)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        if args.resume and not args.dry_run:
+            cfg = resumed_config(cfg, args.config, args.overrides, args.resume)
+        claim_run_dir(cfg, args.resume, getattr(args, "overwrite", False))
         history = train(cfg, resume=args.resume)
     except (
         PlacementError,
@@ -382,6 +400,10 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
         RayConnectError,
         ResumeConfigError,
         RewardError,
+        PreflightError,
+        PortTakenError,
+        RunDirError,
+        ConfigError,
     ) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -73,7 +73,7 @@ def resume_from(cfg: Config, resume: Resume) -> Optional[Path]:
         if ckpt is None:
             raise FileNotFoundError(
                 f"--resume {path}: not a complete checkpoint (no {COMPLETE} file in it) and no complete checkpoint "
-                f"under {path}/checkpoints; name a checkpoint directory such as RUN_DIR/checkpoints/step_00000010"
+                f"under {path}/checkpoints; name a checkpoint directory such as RUN_DIR/checkpoints/epoch_00000010"
             )
     check_config(cfg, ckpt)
     return ckpt
@@ -81,7 +81,7 @@ def resume_from(cfg: Config, resume: Resume) -> Optional[Path]:
 
 def check_config(cfg: Config, ckpt: Path) -> None:
     """Raise ResumeConfigError naming every key (outside RESUMABLE) in which `cfg` differs from the
-    config.yaml of the run that wrote checkpoint `ckpt` (RUN_DIR/checkpoints/step_N)."""
+    config.yaml of the run that wrote checkpoint `ckpt` (RUN_DIR/checkpoints/epoch_N)."""
     saved_path = ckpt.parent.parent / "config.yaml"
     if not saved_path.is_file():
         raise ResumeConfigError(

@@ -183,7 +183,7 @@ def test_production_config_dry_run_trains_one_epoch(name: str, tmp_path: Path) -
     assert losses and all(v is not None and math.isfinite(v) for v in losses.values()), losses
     # the update took a step on both edits (a skipped update would train on nothing)
     assert rows[0]["samples/trained_total"] == 2.0 and rows[0]["learner/skipped_updates_total"] == 0.0
-    (checkpoint,) = (run_dir / "checkpoints").glob("step_*")
+    (checkpoint,) = (run_dir / "checkpoints").glob("epoch_*")
     assert (checkpoint / "COMPLETE").exists() and (checkpoint / "lora_default.safetensors").exists()
     # the trained LoRA in the family's diffusers format: the stock pipeline loads it onto every target
     ran = load_config(run_dir / "config.yaml").policy

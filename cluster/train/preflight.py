@@ -1,0 +1,43 @@
+"""What `cocoedit train` checks before Ray starts: the tiny editor's resolution, the data file and its
+items (through `actors.data.split_held_out`, which the run then uses), and the run's local ports.
+
+    items, held_out = preflight(cfg)   # PreflightError: one line naming the problem and the fix
+
+Every refusal here used to surface only after the cluster, the placement and the models had started,
+inside a long traceback (or, for a taken metrics port, as Ray's "node timed out" 30 s later).
+"""
+
+from __future__ import annotations
+
+from cocoedit.actors.data import split_held_out
+from cocoedit.actors.types import EditItem, ItemRef
+from cocoedit.cluster.config import Config
+
+
+class PreflightError(ValueError):
+    """A run that cannot start; the message names the fix."""
+
+
+def check_tiny_resolution(cfg: Config) -> None:
+    """The tiny editor is pre-trained at `pretrain.image_size` and edits at that size only."""
+    if not cfg.run.tiny or cfg.policy.model_path is not None:
+        return
+    if cfg.pretrain.image_size != cfg.data.image_size:
+        raise PreflightError(
+            f"data.image_size={cfg.data.image_size} but the tiny editor is pre-trained at "
+            f"pretrain.image_size={cfg.pretrain.image_size}: drop data.image_size (images of any size are "
+            f"resized to it), or set pretrain.image_size={cfg.data.image_size} too to pre-train a tiny editor "
+            "at that size (minutes; cached)"
+        )
+
+
+def preflight(cfg: Config) -> tuple[dict[str, EditItem | ItemRef], list[EditItem | ItemRef]]:
+    """(training items by id, held-out items) of `cfg`, every check of this module passed."""
+    check_tiny_resolution(cfg)
+    try:
+        return split_held_out(cfg.data, cfg.run.eval_items if cfg.run.eval_every else 0)
+    except (ValueError, OSError) as e:
+        # one line: the refusal with its fix, and the first listed problem (`cocoedit data check` lists all)
+        lines = str(e).splitlines()
+        first = f"; first: {lines[1].strip()}" if len(lines) > 1 else ""
+        raise PreflightError(f"data.manifest={cfg.data.manifest}: {lines[0].rstrip(':')}{first}") from e
