@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         metavar="CHECKPOINT",
         help="continue from the latest complete checkpoint of run.run_dir, or from CHECKPOINT (a checkpoint "
-        "directory, or a run directory: its latest); the config may differ only in run length and logging",
+        "directory, or a run directory: its latest), from that run's own config.yaml; the command line may change "
+        "only run length, logging and where it runs, and each change is printed",
     )
     train.add_argument(
         "--overwrite",

@@ -133,7 +133,13 @@ class _FakeHub(BaseHTTPRequestHandler):
             return self._json({})
         if self.path.startswith("/api/models/me/tiny-lora/preupload/"):
             files = json.loads(data)["files"]
-            return self._json({"files": [{"path": f["path"], "uploadMode": "regular"} for f in files]})
+            return self._json(
+                {
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                    ]
+                }
+            )
         if self.path.startswith("/api/models/me/tiny-lora/commit/"):
             for line in data.splitlines():
                 op = json.loads(line)
