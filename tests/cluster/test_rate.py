@@ -302,7 +302,6 @@ def test_oracle_rater_and_scorer_agreement(tmp_path: Path, runs: dict[str, Path]
     try:
         oracle = Oracle(load_design(study), study)
         rate_over_http(server.url, store.add_rater("oracle"), oracle)
-        rate_over_http(server.url, store.add_rater("oracle2"), oracle)
     finally:
         server.kill()
     report = write_report(study, n_boot=100)
