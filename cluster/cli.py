@@ -14,6 +14,7 @@
     cocoedit export --checkpoint DIR --out DIR [--view default|old] [--push-to-hub OWNER/NAME]
     cocoedit eval [run] --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE|DIR ...] [--out DIR]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
+    cocoedit rate new|serve|report|simulate ...   (cluster/rate/commands.py)
 
 Each subcommand lives next to the component it runs; this module only parses and dispatches.
 """
@@ -51,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "export": ("cocoedit.cluster.export.hub", "cli_export", False),
     "eval run": ("cocoedit.cluster.eval.evaluate", "cli_eval", True),
     "eval compare": ("cocoedit.cluster.eval.evaluate", "cli_compare", False),
+    "rate new": ("cocoedit.cluster.rate.commands", "cli_new", False),
+    "rate serve": ("cocoedit.cluster.rate.commands", "cli_serve", False),
+    "rate report": ("cocoedit.cluster.rate.commands", "cli_report", False),
+    "rate simulate": ("cocoedit.cluster.rate.simulate", "cli_simulate", False),
 }
 
 
@@ -254,11 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_a")
     cmp.add_argument("run_b")
     cmp.add_argument("--out", default=None, help="HTML file (default: RUN_B/compare_A_vs_B.html)")
+
+    from cocoedit.cluster.rate.commands import add_parser as add_rate_parser
+
+    add_rate_parser(sub)
     return parser
 
 
 def _command(args: argparse.Namespace) -> str:
-    sub = {"data": "data_command", "eval": "eval_command", "config": "config_command"}.get(args.command)
+    sub = {
+        "data": "data_command",
+        "eval": "eval_command",
+        "config": "config_command",
+        "rate": "rate_command",
+    }.get(args.command)
     return f"{args.command} {getattr(args, sub)}" if sub else args.command
 
 
