@@ -171,11 +171,11 @@ def run_shards(
 
     c = cfg.curate
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    ds = ray.data.from_items(
+    ds: ray.data.Dataset = ray.data.from_items(
         [{"shard": json.dumps(dataclasses.asdict(s))} for s in shards], override_num_blocks=len(shards)
     )
     ds = ds.map_batches(
-        prepare_shards,
+        prepare_shards,  # type: ignore[arg-type]  # Ray types fn with one argument; fn_kwargs pass the rest
         batch_size=1,
         fn_kwargs={"cfg": c, "out": str(out), "layout": layout},
         num_cpus=c.cpus_per_task,
@@ -187,8 +187,8 @@ def run_shards(
             batch_size=c.mllm_batch,
             fn_constructor_kwargs={"judge_cfg": judge, "cfg": c, "out": str(out)},
             concurrency=c.mllm_actors,
-            num_cpus=judge.cpus_per_replica,
-            num_gpus=judge.gpus_per_replica or None,
+            num_cpus=judge.scaling.cpus_per_replica,
+            num_gpus=judge.scaling.gpus_per_replica or None,
         )
     expected = {s.index: s.count for s in shards}
     pending: dict[int, list[dict[str, Any]]] = {}

@@ -220,9 +220,9 @@ def scatter(points: list[tuple[float, float, str]], x_label: str, y_label: str, 
         x0, x1 = min(xs), max(xs)
         y0, y1 = min(ys), max(ys)
         x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-        for label, x, anchor in ((f"{x0:.3g}", pad, "start"), (f"{x1:.3g}", size, "end")):
+        for label, label_x, anchor in ((f"{x0:.3g}", pad, "start"), (f"{x1:.3g}", size, "end")):
             parts.append(
-                f'<text x="{x}" y="{size - pad // 2 + 14}" font-size="10" text-anchor="{anchor}">{label}</text>'
+                f'<text x="{label_x}" y="{size - pad // 2 + 14}" font-size="10" text-anchor="{anchor}">{label}</text>'
             )
         parts.append(
             f'<text x="{pad - 4}" y="{size - pad // 2}" font-size="10" text-anchor="end">{y0:.3g}</text>'
