@@ -181,7 +181,7 @@ def split_held_out(cfg: DataConfig, n: int) -> tuple[dict[str, EditItem | ItemRe
         from cocoedit.actors.synth import synthetic_items
 
         items = synthetic_items(cfg.synth_num + n, cfg.image_size, cfg.synth_seed)
-        return {item.item_id: item for item in items[: cfg.synth_num]}, items[cfg.synth_num :]
+        return {item.item_id: item for item in items[: cfg.synth_num]}, list(items[cfg.synth_num :])
     index = load_index(cfg)
     if n >= len(index):
         raise ValueError(

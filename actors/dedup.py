@@ -14,7 +14,7 @@ items sharing a range value are compared, never all pairs.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,7 +105,7 @@ def duplicates(keys: Sequence[DedupKey], max_distance: int) -> dict[str, tuple[s
     return out
 
 
-def balanced_sample(groups: dict[str, Sequence[str]], n: int, seed: int) -> list[str]:
+def balanced_sample(groups: Mapping[str, Sequence[str]], n: int, seed: int) -> list[str]:
     """At most n ids, as evenly spread over the groups as they allow: every group gets an equal quota,
     a group with fewer items gives the rest of its quota to the others (water-filling). Within a group
     the ids are drawn at random (seeded); the result is in group order, then draw order."""
@@ -126,7 +126,7 @@ def balanced_sample(groups: dict[str, Sequence[str]], n: int, seed: int) -> list
             if left == 0:
                 break
     rng = np.random.default_rng(seed)
-    out = []
+    out: list[str] = []
     for g in sorted(groups):
         ids = list(groups[g])
         order = rng.permutation(len(ids))[: quota[g]]

@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -89,7 +89,7 @@ class EditGenerator:
         # the stock setting's distilled guidance (a family without a guidance embedding ignores it)
         policy_cfg = dataclasses.replace(policy_cfg, guidance=self.settings["guidance"])
         self.policy = load_policy(policy_cfg, seed=self.settings["seed"])
-        self.adapter = "ref"
+        self.adapter: Literal["old", "ref"] = "ref"
         if state is not None:
             self.policy.load_lora_state_dict(state, "old")
             self.adapter = "old"

@@ -19,7 +19,7 @@ import stat
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Optional
+from typing import Optional, overload
 
 import numpy as np
 import torch
@@ -105,6 +105,12 @@ def read_mask(path: str, polarity: str, max_pixels: int) -> torch.Tensor:
     return torch.from_numpy((white if polarity == "edit_white" else ~white).astype(np.float32))[None]
 
 
+@overload
+def center_crop_resize(
+    image: torch.Tensor, mask: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def center_crop_resize(image: torch.Tensor, mask: None, size: int) -> tuple[torch.Tensor, None]: ...
 def center_crop_resize(
     image: torch.Tensor, mask: Optional[torch.Tensor], size: int
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -203,7 +209,7 @@ def read_item(ref: ItemRef) -> EditItem:
         raise error("mask", empty_mask_reason(data.mask_polarity))
     image, mask = center_crop_resize(source, mask, data.image_size)
     target = center_crop_resize(target, None, data.image_size)[0] if target is not None else None
-    return EditItem(ref.item_id, ref.instruction, image, mask, target, ref.task)  # type: ignore[arg-type]
+    return EditItem(ref.item_id, ref.instruction, image, mask, target, ref.task)
 
 
 class ItemPrefetcher:

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -37,6 +37,7 @@ GRID_ITEMS = 8  # held-out items shown in grid.png (two of each edit type)
 def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, progress: bool = False) -> Path:
     """Build and pre-train a tiny editor into out_dir (written atomically); returns out_dir."""
     from cocoedit.actors.policies import load_policy
+    from cocoedit.actors.policies.common import DiffusersEditPolicy
     from cocoedit.actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH, build_tiny_model
     from cocoedit.actors.synth import synthetic_items
 
@@ -68,7 +69,7 @@ def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Fal
         max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
         gradient_checkpointing=False,
     )
-    policy = load_policy(policy_cfg, seed=cfg.seed)
+    policy = cast(DiffusersEditPolicy, load_policy(policy_cfg, seed=cfg.seed))  # what the tiny families build
     vae = policy.pipe.vae
     report: dict[str, Any] = {"config": dataclasses.asdict(cfg)}
     t_vae = time.perf_counter()
@@ -94,6 +95,13 @@ def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Fal
 
 def _images(items: list[EditItem], attr: str) -> torch.Tensor:
     return torch.stack([getattr(i, attr) for i in items]).float() / 127.5 - 1.0
+
+
+def _target(item: EditItem) -> torch.Tensor:
+    """The item's known target image (pre-training runs on the synthetic task: every item has one)."""
+    if item.target_image is None:
+        raise ValueError(f"item {item.item_id!r} has no target image; pre-training needs items with targets")
+    return item.target_image
 
 
 def _train_vae(vae: Any, items: list[EditItem], cfg: PretrainConfig, progress: bool) -> dict[str, float]:
@@ -145,7 +153,7 @@ def _train_flow(policy: Any, items: list[EditItem], cfg: PretrainConfig, progres
     from cocoedit.actors.types import Condition
 
     sources = torch.stack([i.source_image for i in items])
-    targets = torch.stack([i.target_image for i in items])
+    targets = torch.stack([_target(i) for i in items])
     instructions = [i.instruction for i in items]
     with torch.no_grad():
         chunks = [
@@ -222,7 +230,7 @@ def edit_metrics(items: list[EditItem], edited: torch.Tensor) -> dict[str, float
     from cocoedit.rewards.synthetic import instruction_scores
 
     src = torch.stack([i.source_image for i in items]).float() / 255
-    tgt = torch.stack([i.target_image for i in items]).float() / 255
+    tgt = torch.stack([_target(i) for i in items]).float() / 255
     masks = torch.stack([i.edit_mask for i in items])
     out = edited.float() / 255
     scores = instruction_scores(src, out, tgt, masks)
@@ -239,10 +247,12 @@ def save_grid(items: list[EditItem], edited: torch.Tensor, path: Path, scale: in
     """PNG of one column per item, rows source / edit / target, upscaled `scale` x (nearest)."""
     from PIL import Image
 
-    cols = [torch.cat([i.source_image, e, i.target_image], dim=1) for i, e in zip(items, edited, strict=True)]
+    cols = [torch.cat([i.source_image, e, _target(i)], dim=1) for i, e in zip(items, edited, strict=True)]
     grid = torch.cat(cols, dim=2).permute(1, 2, 0).numpy()
     image = Image.fromarray(grid)
-    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path, optimize=True)
+    image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST).save(
+        path, optimize=True
+    )
 
 
 @torch.no_grad()

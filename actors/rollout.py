@@ -98,7 +98,7 @@ class RolloutWorker:
         with timer("read"):
             items = self._items.resolve(items)  # ItemRefs -> EditItems (prefetched, or read now)
         policy, cfg = self.policy, self.rollout_cfg
-        sizes = {tuple(gi.item.source_image.shape) for gi in items}
+        sizes = {tuple(gi.loaded.source_image.shape) for gi in items}
         if len(sizes) != 1:
             raise ValueError(f"all items of one sample() call must share one image size, got {sorted(sizes)}")
         _, height, width = sizes.pop()
@@ -112,7 +112,7 @@ class RolloutWorker:
                 if gi.group_id not in group_index:
                     group_index[gi.group_id] = len(per_group)
                     per_group.append(
-                        policy.encode_condition([gi.item.instruction], gi.item.source_image[None])
+                        policy.encode_condition([gi.item.instruction], gi.loaded.source_image[None])
                     )
             groups = policy.merge_conditions(per_group)
             rows = torch.tensor([group_index[gi.group_id] for gi in items], dtype=torch.long)
@@ -139,6 +139,7 @@ class RolloutWorker:
             x0.append(result.x0.float().cpu())
             if result.trajectory is not None:
                 trajectory.append(result.trajectory.float().cpu())
+                assert result.log_probs is not None  # sde: set with the trajectory
                 log_probs.append(result.log_probs.float().cpu())
             with timer("decode"):
                 edited.append(policy.decode(result.x0, height, width))
@@ -147,7 +148,8 @@ class RolloutWorker:
         timings["edits_per_s"] = len(items) / busy
         record_sample(len(items), busy)  # no-op outside Ray
 
-        targets = [gi.item.target_image for gi in items]
+        targets = [gi.loaded.target_image for gi in items]
+        known = [t for t in targets if t is not None]
         return RolloutBatch(
             edit_ids=[gi.edit_id for gi in items],
             item_ids=[gi.item.item_id for gi in items],
@@ -159,14 +161,14 @@ class RolloutWorker:
             condition=groups.to("cpu"),
             group_index=rows,
             edited_images=torch.cat(edited),
-            source_images=torch.stack([gi.item.source_image for gi in items]),
-            edit_masks=torch.stack([gi.item.edit_mask for gi in items]).float(),
+            source_images=torch.stack([gi.loaded.source_image for gi in items]),
+            edit_masks=torch.stack([gi.loaded.edit_mask for gi in items]).float(),
             sigmas=sigmas,
             sampler=cfg.sampler,
             height=height,
             width=width,
             seeds=[gi.seed for gi in items],
-            target_images=torch.stack(targets) if all(t is not None for t in targets) else None,
+            target_images=torch.stack(known) if len(known) == len(targets) else None,
             trajectory=torch.cat(trajectory) if trajectory else None,
             log_probs=torch.cat(log_probs) if log_probs else None,
             timings=timings,

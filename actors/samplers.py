@@ -214,9 +214,10 @@ def integrate(
                     [torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in generators]
                 ).to(x.device)
             x, lp, _, _ = sde_step(x, v, s[i], s[i + 1], noise_level, noise=xi, sigma_max=s[1])
+            assert traj is not None  # sampler == "sde" (checked against SAMPLERS above)
             traj.append(x)
             log_probs.append(lp)
-    if sampler == "sde":
+    if traj is not None:  # sampler == "sde"
         return SampleResult(x, torch.stack(traj, dim=1), torch.stack(log_probs, dim=1))
     return SampleResult(x)
 

@@ -62,6 +62,13 @@ class GroupedItem:
     edit_id: str  # unique within the epoch
     seed: int  # initial-noise seed of this edit (distinct inside a group)
 
+    @property
+    def loaded(self) -> EditItem:
+        """`item` with its pixels, as ItemPrefetcher.resolve leaves it; an ItemRef still here is an error."""
+        if isinstance(self.item, ItemRef):
+            raise TypeError(f"item {self.item.item_id!r} is not read yet: resolve its ItemRef first")
+        return self.item
+
 
 @dataclass
 class Condition:

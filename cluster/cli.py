@@ -375,13 +375,13 @@ def cli_serve(args: argparse.Namespace, cfg: Config) -> int:
         if args.service != "mllm":
             print(f"--model applies to the mllm service only, not {args.service}", file=sys.stderr)
             return 2
-        section = dataclasses.replace(section, model_path=args.model)
+        section = dataclasses.replace(cfg.rewards.mllm, model_path=args.model)
     return serve(args.service, section, args.host, args.port)
 
 
 def _print_train_help(rest: list[str]) -> None:
     parser = build_parser()
-    train_parser = parser._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
+    train_parser = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr, index]  # noqa: SLF001 (argparse keeps subparsers private)
     train_parser.print_help()
     known = [a for a in rest if a not in ("--help", "-h")]
     ns, _ = train_parser.parse_known_args(known)

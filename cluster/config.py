@@ -295,7 +295,7 @@ def to_dict(cfg: Any) -> dict:
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            out = {}
+            out: dict[str, Any] = {}
             for f in dataclasses.fields(v):
                 value = plain(getattr(v, f.name))
                 out.update(value if "sections" in f.metadata else {f.name: value})
@@ -358,7 +358,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str, base: Any = None) -> A
         if name in section_types:
             continue
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, f"{prefix}{name}.", source, _default(fields[name], base))
         else:
             kwargs[name] = _coerce(tp, value, f"{prefix}{name}", source)
@@ -403,7 +403,7 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     def fail(expected: str) -> typing.NoReturn:
         raise ConfigError(f"{source}: {key} must be {expected}, got {value!r} ({type(value).__name__})")
 
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".", source)
     if origin is Annotated:
         coerced = _coerce(args[0], value, key, source)

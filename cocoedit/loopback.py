@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from typing import Any
 
 LOOPBACK_ENV = {
     # Makes every Ray port bind 127.0.0.1 (measured: --node-ip-address alone is not enough).
@@ -33,7 +34,7 @@ def apply_loopback_env() -> None:
     """
     for key, value in LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
-    constants = sys.modules.get("ray._private.ray_constants")
+    constants: Any = sys.modules.get("ray._private.ray_constants")  # a module: its attributes are Ray's
     if constants is not None:
         constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in (
             "1",

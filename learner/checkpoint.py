@@ -103,7 +103,9 @@ def save_rng_state(path: Path) -> None:
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy=True: the global MT19937 state as a tuple
+    kind, keys, pos, has_gauss, cached_gaussian = state
     tensors["numpy.keys"] = torch.from_numpy(keys.astype(np.int64))
     version, internal, gauss_next = random.getstate()
     # JSON writes floats exactly (repr), so the cached gaussians survive bit for bit
@@ -197,7 +199,7 @@ def save_checkpoint(
     if learner.rank == 0:
         for adapter in ("default", "old"):
             save_file(
-                {k: v.contiguous() for k, v in learner.policy.lora_state_dict(adapter).items()},  # type: ignore[arg-type]
+                {k: v.contiguous() for k, v in learner.policy.lora_state_dict(adapter).items()},
                 str(tmp / f"lora_{adapter}.safetensors"),
             )
         save_lora(learner.policy, tmp)

@@ -182,6 +182,7 @@ class Annotator:
 
     async def _refine(self, req: AnnotationRequest, out: Annotation) -> None:
         size = self.judge.cfg.image_size
+        assert req.target_image is not None  # _annotate refines only items with a target
         images = [resize_for_judge(req.source_image, size), resize_for_judge(req.target_image, size)]
         messages = build_messages(refine_prompt(self.cfg.refine_prompt), req.instruction)
         try:

@@ -167,7 +167,9 @@ class RewardClient:
                 raise ValueError(f"reward service {self.service!r}: address {a!r} must look like host:port")
         with self._lock:
             current = {r.address: r for r in self._replicas}
-            self._replicas = [current.pop(a, None) or _Replica(a, self.cfg.max_message_mb) for a in addresses]
+            self._replicas = [
+                current.pop(a) if a in current else _Replica(a, self.cfg.max_message_mb) for a in addresses
+            ]
             for r in current.values():
                 r.retired = True
                 if r.in_flight == 0:
@@ -202,7 +204,7 @@ class RewardClient:
             if replica.retired and replica.in_flight == 0:
                 replica.channel.close()
 
-    def _call(self, what: str, fn):  # type: ignore[no-untyped-def]
+    def _call(self, what: str, fn):
         """fn(replica) with deadline-carrying RPCs; retries RETRYABLE codes on other replicas."""
         attempts = 1 + max(0, self.cfg.retries)
         last: Optional[str] = None

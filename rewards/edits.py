@@ -149,6 +149,7 @@ def check_outcome(outcome: EditOutcome) -> Optional[str]:
         return "scorer returned neither or both of score and error"
     if outcome.error is not None:
         return None
+    assert outcome.score is not None  # exactly one of score and error is set (checked above)
     if not math.isfinite(outcome.score):
         return f"scorer returned a non-finite score ({outcome.score})"
     if not -1e-6 <= outcome.score <= 1 + 1e-6:

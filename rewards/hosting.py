@@ -79,7 +79,7 @@ class BackgroundServer:
         self._started.set()
         await self._done.wait()
 
-    def run_coroutine(self, coro):  # type: ignore[no-untyped-def]
+    def run_coroutine(self, coro):
         """Run a coroutine on the server's loop from another thread; return its result."""
         if self.loop is None:
             raise RuntimeError("BackgroundServer is not running")
@@ -125,6 +125,7 @@ def run_standalone(scorer: Scorer, cfg: ServerConfig) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         stopper = loop.create_task(stop.wait())
+        assert srv.load_task is not None  # start_server started the scorer's load
         done, _ = await asyncio.wait({srv.load_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if srv.load_task in done and srv.load_task.exception() is not None:
             print(f"{scorer.service} scorer failed to load: {srv.load_task.exception()!r}", flush=True)

@@ -21,6 +21,7 @@ import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from typing import cast
 
 import numpy as np
 
@@ -135,6 +136,7 @@ class PixelScorer(Scorer):
         return list(run(lambda e: self._outcome(e, self._score_one(e, stop)), edits))
 
     def _score_one(self, edit: DecodedEdit, stop: threading.Event | None) -> dict[str, float]:
+        assert edit.edit_mask is not None  # score_sync refused edits without one
         return pixel_reward_cv(
             edit.edited_image,
             edit.source_image,
@@ -173,7 +175,8 @@ class PixelScorer(Scorer):
         device = torch.device(self.cfg.device)
         edited = torch.from_numpy(np.stack([e.edited_image for e in edits])).to(device)
         source = torch.from_numpy(np.stack([e.source_image for e in edits])).to(device)
-        mask = torch.from_numpy(np.stack([e.edit_mask for e in edits])).to(device)
+        # score_sync refused edits without a mask
+        mask = torch.from_numpy(np.stack([cast(np.ndarray, e.edit_mask) for e in edits])).to(device)
         with torch.inference_mode():
             values = pixel_reward(
                 edited.permute(0, 3, 1, 2).float().div_(255.0),

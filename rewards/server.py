@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cocoedit.protos import reward_pb2, reward_pb2_grpc
@@ -71,7 +71,7 @@ class _CorruptRequest:
     message: str
 
 
-def _parser(message_type: type) -> Callable[[bytes], object]:
+def _parser(message_type: type[Message]) -> Callable[[bytes], object]:
     """A request deserializer that never raises (a raising one makes gRPC answer UNKNOWN)."""
     name = message_type.DESCRIPTOR.full_name
 
@@ -150,6 +150,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 f"{name} server busy: {self.active_calls} calls in flight (max_concurrent_calls="
                 f"{self.cfg.max_concurrent_calls}); retry with backoff or add replicas",
             )
+        assert not isinstance(request, _CorruptRequest)  # context.abort raised for it above
         problem = self._check_request(request)
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -257,6 +258,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         pending = decode(0)
         try:
             for k, chunk in enumerate(chunks):
+                assert pending is not None  # decode(k) is a task for every k < len(chunks)
                 decoded = await pending
                 pending = decode(k + 1)  # decodes while this chunk is scored
                 valid, indices = [], []
@@ -288,6 +290,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             elif result.error is not None:
                 item.error = result.error
             else:
+                assert result.score is not None  # check_outcome: error is None, so score is set
                 item.scored.score = float(min(max(result.score, 0.0), 1.0))
                 item.scored.components.update({k: float(v) for k, v in result.components.items()})
         reply.elapsed_s = time.perf_counter() - t0

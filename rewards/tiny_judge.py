@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Union
+from typing import Union, cast
 
 # Written last by build_tiny_judge: its presence (with a matching recipe) marks a complete directory.
 _MARKER = "cocoedit_tiny_judge.json"
@@ -123,7 +123,7 @@ def build_tiny_judge(out_dir: Union[str, Path], seed: int = 0) -> Path:
         model_max_length=4096,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids = {t: cast(int, tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}  # one token: one id
     digit_ids = []
     for d in "0123456789":
         enc = tokenizer.encode(d, add_special_tokens=False)
@@ -133,7 +133,7 @@ def build_tiny_judge(out_dir: Union[str, Path], seed: int = 0) -> Path:
 
     vocab_size = len(tokenizer)
     hidden = 128
-    config = Qwen2_5_VLConfig(
+    config = Qwen2_5_VLConfig(  # type: ignore[call-arg]  # token ids go through __post_init__(**kwargs)
         text_config={
             "vocab_size": vocab_size,
             "hidden_size": hidden,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -34,10 +34,11 @@ class EditPolicy(ABC):
     dtype: torch.dtype
     family: str
     parts: Parts
+    ENCODING: tuple[str, ...] = ()  # components a parts="transformer" policy skips (cluster/plan reads it)
 
     @classmethod
     @abstractmethod
-    def pipeline_class(cls) -> type:
+    def pipeline_class(cls) -> type[Any]:  # loader and LoRA mixins differ per family: attributes unchecked
         """The stock diffusers pipeline class of this family (what loads an exported LoRA)."""
 
     @classmethod

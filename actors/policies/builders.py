@@ -141,8 +141,8 @@ def _qwen_tokenizer():
     from transformers import Qwen2Tokenizer
 
     vocab = {c: i for i, c in enumerate(_byte_chars())}
-    for tok in _QWEN_SPECIAL:
-        vocab[tok] = len(vocab)
+    for special in _QWEN_SPECIAL:
+        vocab[special] = len(vocab)
     tok = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=4096)
     tok.add_special_tokens({"additional_special_tokens": _QWEN_SPECIAL[1:]})
     # The pipelines drop the first 64 tokens (the system prompt in the real tokenizer). Whole-word
@@ -470,7 +470,7 @@ def _assemble_flux(spec: ModelSpec) -> Any:
     )
     t5_tok = _t5_tokenizer(spec.token_limits[1])
     t5 = T5EncoderModel(
-        T5Config(
+        T5Config(  # type: ignore[call-arg]  # token ids go through PreTrainedConfig's **kwargs
             **{"vocab_size": len(t5_tok), **spec.text_encoder_2},
             decoder_start_token_id=0,
             pad_token_id=t5_tok.pad_token_id,
@@ -481,12 +481,12 @@ def _assemble_flux(spec: ModelSpec) -> Any:
     # eval(): T5 dropout is on by default and would make runs differ
     return FluxKontextPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
-        vae=vae.eval(),
+        vae=vae.eval(),  # type: ignore[attr-defined]  # mypy sees diffusers' dummy class
         text_encoder=clip.eval(),
         tokenizer=clip_tok,
         text_encoder_2=t5.eval(),
         tokenizer_2=t5_tok,
-        transformer=transformer.eval(),
+        transformer=transformer.eval(),  # type: ignore[attr-defined]  # mypy sees diffusers' dummy class
     )
 
 
@@ -532,8 +532,8 @@ def _assemble_qwen(spec: ModelSpec) -> Any:
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
     )
-    transformer = QwenImageTransformer2DModel(**spec.transformer).eval()
-    vae = AutoencoderKLQwenImage(**spec.vae).eval()
+    transformer = QwenImageTransformer2DModel(**spec.transformer).eval()  # type: ignore[attr-defined]  # mypy sees diffusers' dummy class
+    vae = AutoencoderKLQwenImage(**spec.vae).eval()  # type: ignore[attr-defined]  # mypy sees diffusers' dummy class
     cls = QwenImageEditPlusPipeline if spec.family == "qwen_image_edit_plus" else QwenImageEditPipeline
     return cls(
         scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_SCHEDULER),

@@ -57,6 +57,7 @@ class DiffusersEditPolicy(EditPolicy):
     with None in place of the components a `parts="transformer"` policy does not load)."""
 
     pipe: Any
+    transformer: Any  # diffusers model + peft: nn.Module.__getattr__ would type its methods Tensor | Module
     vae_scale_factor: int
     latent_channels: int
     # components a parts="transformer" policy skips (passed as None to from_pretrained)

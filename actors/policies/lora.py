@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -71,11 +71,11 @@ def add_lora(
     transformer.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer.add_adapter(config, adapter_name="default")
+        transformer.add_adapter(config, adapter_name="default")  # type: ignore[operator]  # peft's method: nn.Module.__getattr__ types it Tensor | Module
     with warnings.catch_warnings():
         # peft warns that a second adapter is being added to the same model: that is the design here.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        transformer.add_adapter(config, adapter_name="old")
+        transformer.add_adapter(config, adapter_name="old")  # type: ignore[operator]  # peft's method: nn.Module.__getattr__ types it Tensor | Module
     for adapter in ADAPTERS:
         for p in _adapter_params(transformer, adapter).values():
             p.data = p.data.float()
@@ -123,7 +123,8 @@ def trainable_lora_parameters(transformer: nn.Module) -> list[nn.Parameter]:
     return list(_adapter_params(transformer, "default").values())
 
 
-def _lora_layers(transformer: nn.Module) -> list[nn.Module]:
+def _lora_layers(transformer: nn.Module) -> list[Any]:
+    # Any: peft's layers, whose methods nn.Module.__getattr__ would type as Tensor | Module
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
@@ -159,7 +160,7 @@ def active_adapter(transformer: nn.Module, name: str, previous: str) -> Iterator
 
 def adapter_metadata(transformer: nn.Module, adapter: str) -> dict:
     """The peft LoraConfig of `adapter` as a JSON-able dict (what diffusers stores in file metadata)."""
-    config = transformer.peft_config[adapter].to_dict()
+    config = cast(dict, transformer.peft_config)[adapter].to_dict()  # peft's; typed Tensor | Module by torch
     config["target_modules"] = sorted(config["target_modules"])
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
 
@@ -200,7 +201,7 @@ def write_lora_dir(
 
 
 def _save_lora(
-    state: dict[str, torch.Tensor], metadata: dict, pipeline_class: type, directory: Path, weight_name: str
+    state: dict[str, torch.Tensor], metadata: dict, pipeline_class: Any, directory: Path, weight_name: str
 ) -> None:
     """The pipeline's own LoRA writer: keys `transformer.<module>.lora_{A,B}.weight`, LoraConfig in the
     file's metadata (so the rank/alpha scale is applied on load)."""

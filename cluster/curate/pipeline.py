@@ -171,11 +171,11 @@ def run_shards(
 
     c = cfg.curate
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    ds = ray.data.from_items(
+    ds: ray.data.Dataset = ray.data.from_items(
         [{"shard": json.dumps(dataclasses.asdict(s))} for s in shards], override_num_blocks=len(shards)
     )
     ds = ds.map_batches(
-        prepare_shards,
+        prepare_shards,  # type: ignore[arg-type]  # Ray types fn with one argument; fn_kwargs pass the rest
         batch_size=1,
         fn_kwargs={"cfg": c, "out": str(out), "layout": layout},
         num_cpus=c.cpus_per_task,

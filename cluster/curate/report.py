@@ -39,8 +39,8 @@ def histogram(values: Sequence[float], low: float, high: float, bins: int = 10) 
 def _thumb(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("RGB")
+    with Image.open(path) as opened:
+        img = opened.convert("RGB")
         img.thumbnail((THUMB, THUMB), Image.Resampling.BICUBIC)
         return np.asarray(img).copy()
 

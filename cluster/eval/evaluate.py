@@ -118,7 +118,7 @@ def evaluate(
         for r, j in zip(rows, judged, strict=True):
             r.update(j.scores)
             if j.error:
-                r["judge_error"] = j.error  # type: ignore[assignment]
+                r["judge_error"] = j.error
 
     per_item = [
         {

@@ -167,7 +167,8 @@ def _generate_ray(
         ray.cluster_resources(),
         [n["Resources"] for n in ray.nodes() if n.get("Alive")],
     )
-    actor = ray.remote(EditGenerator).options(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)
+    # Any: Ray's stubs type actor methods without .remote
+    actor: Any = ray.remote(EditGenerator).options(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)
     workers = [actor.remote(policy_cfg, settings, lora) for _ in range(n_workers)]
     queue = list(chunks)
     running: dict[Any, Any] = {}

@@ -27,7 +27,7 @@ PSNR_CAP_DB = 80.0  # 10 log10(1 / 1e-8): rewards.metrics floors the MSE at 1e-8
 
 def pixel_scores(items: list[EditItem], edited: list[torch.Tensor]) -> list[dict[str, Optional[float]]]:
     """Masked PSNR/SSIM (keep-only and pie) and, with targets, the synthetic instruction score, per item."""
-    from cocoedit.rewards.metrics import masked_psnr_ssim, uint8_to_unit
+    from cocoedit.rewards.metrics import Convention, masked_psnr_ssim, uint8_to_unit
     from cocoedit.rewards.synthetic import instruction_scores
 
     out: list[dict[str, Optional[float]]] = []
@@ -37,7 +37,8 @@ def pixel_scores(items: list[EditItem], edited: list[torch.Tensor]) -> list[dict
         edi = uint8_to_unit(torch.stack(edits))
         mask = torch.stack([i.edit_mask for i in batch])
         rows: list[dict[str, Optional[float]]] = [{} for _ in batch]
-        for convention, tag in (("keep-only", "keep"), ("pie", "pie")):
+        conventions: tuple[tuple[Convention, str], ...] = (("keep-only", "keep"), ("pie", "pie"))
+        for convention, tag in conventions:
             psnr, ssim = masked_psnr_ssim(edi, src, mask, convention)
             for r, p, s in zip(rows, psnr.tolist(), ssim.tolist(), strict=True):
                 r[f"psnr_{tag}"], r[f"ssim_{tag}"] = _finite(p), _finite(s)

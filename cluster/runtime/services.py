@@ -47,7 +47,8 @@ class RewardReplica:
         threads = use_cpus(section.scaling.cpus_per_replica)
         if getattr(section, "threads", None) == 0:
             # "one thread per core" means the cores this replica reserved, not every core of the node
-            section = dataclasses.replace(section, threads=threads)
+            changes: dict[str, Any] = {"threads": threads}  # a field of some sections only (PixelConfig)
+            section = dataclasses.replace(section, **changes)
         # The Service itself travels (not its name): a replica needs no registry of its own.
         scorer, server_cfg = service.scorer(section), section.server
         if server_cfg.host == "node":  # reachable from other nodes of the Ray cluster
@@ -59,6 +60,7 @@ class RewardReplica:
 
     def stats(self) -> dict[str, Any]:
         """This replica's process id, address and the Score calls it has accepted."""
+        assert self.server.server is not None  # set by start() in __init__
         return {
             "pid": os.getpid(),
             "address": self.address(),

@@ -74,7 +74,7 @@ class RolloutGroup:
 
     def __init__(self, policy_cfg: PolicyConfig, rollout_cfg: RolloutConfig, placement: Placement) -> None:
         self.cfg = rollout_cfg
-        actor = ray.remote(_rollout_actor())
+        actor: Any = ray.remote(_rollout_actor())  # Ray's stubs type actor methods without .remote
         self.workers = [
             actor.options(**placement.rollout(i), max_restarts=rollout_cfg.max_restarts).remote(
                 policy_cfg, rollout_cfg, placement.cores_of("rollout workers", i)
@@ -229,7 +229,7 @@ class LearnerGroup:
     """`world_size` LearnerRank actors; each update splits the epoch's edits into per-rank shards."""
 
     def __init__(self, policy_cfg: PolicyConfig, cfg: LearnerConfig, placement: Placement) -> None:
-        actor = ray.remote(LearnerRank)
+        actor: Any = ray.remote(LearnerRank)  # Ray's stubs type actor methods without .remote
         self.ranks = [
             actor.options(**placement.learner(r)).remote(
                 r, cfg.world_size, cfg.cpus_per_rank, placement.cores_of("learner ranks", r)

@@ -329,7 +329,7 @@ def make_grid_image(
     draw = ImageDraw.Draw(canvas)
     draw.text((2, 0), title, fill="black")
     for i, (img, label) in enumerate(zip(cells, labels, strict=True)):
-        pil = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((cw, ch), Image.NEAREST)
+        pil = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((cw, ch), Image.Resampling.NEAREST)
         canvas.paste(pil, (i * cw, text_h))
         draw.text((i * cw + 2, ch + text_h), label, fill="black")
     return canvas
