@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
+from cocoedit.actors.policies.architecture import Architecture
 from cocoedit.actors.types import Condition
 
 AdapterName = Literal["default", "old", "ref"]
@@ -34,6 +35,8 @@ class EditPolicy(ABC):
     dtype: torch.dtype
     family: str
     parts: Parts
+    # the family's specs, building and shapes (build-model, `cocoedit plan`): actors/policies/architecture.py
+    architecture: ClassVar[type[Architecture]]
 
     @classmethod
     @abstractmethod

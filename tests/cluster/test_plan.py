@@ -12,6 +12,9 @@ import torch
 from cocoedit.cluster import plan as P
 from cocoedit.cluster.cli import main
 from cocoedit.cluster.config import CONFIG_DIR, load_config
+from cocoedit.cluster.plan import model as M
+from cocoedit.cluster.plan import roles as R
+from cocoedit.cluster.plan import simulate as S
 
 GIB = 2**30
 
@@ -21,7 +24,7 @@ def _own_simulation_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """Simulate afresh (results are otherwise kept under $COCOEDIT_CACHE/plan)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("COCOEDIT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    mp.setattr(P, "_SIMULATED", {})
+    mp.setattr(S, "_SIMULATED", {})
     yield
     mp.undo()
 
@@ -67,9 +70,9 @@ def test_activations_extrapolated_per_block_equal_a_direct_simulation(tiny_model
         tiny_model, policy, 2, 32, 8, grad=True, checkpointing=False
     )
     blocks = {"num_layers": 2, "num_single_layers": 2}
-    transformer = P._meta_transformer(tiny_model, policy, blocks, torch.float32)
+    transformer = M._meta_transformer(tiny_model, policy, blocks, torch.float32)
     transformer.train()
-    inputs = P._transformer_inputs(tiny_model, 2, 32, 8, torch.float32)
+    inputs = M._transformer_inputs(tiny_model, 2, 32, 8, torch.float32)
 
     def step() -> None:
         transformer(**inputs)[0].float().square().mean().backward()
@@ -131,7 +134,7 @@ def test_learner_holds_what_it_loads_and_zero_shards_the_optimizer(tiny_dir: Pat
         None,
         ("transformer",),
     )
-    lora = P._lora_count(model, cfg.policy)
+    lora = R._lora_count(model, cfg.policy)
     assert (
         full.memory[key] == lora * (2 * 4 + 4 + 4) / 4
     )  # moments + master + gradient partition, over 4 ranks
