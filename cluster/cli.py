@@ -12,7 +12,7 @@
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
     cocoedit edit --model DIR [--lora FILE|DIR] --image IN --instruction TEXT --out OUT
     cocoedit export --checkpoint DIR --out DIR [--view default|old]
-    cocoedit eval [run] --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE ...] [--out DIR]
+    cocoedit eval [run] --config FILE --bench NAME (actors.benchmarks.BENCHMARKS) --data DIR [--lora FILE ...] [--out DIR]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
 
 Each subcommand lives next to the component it runs; this module only parses and dispatches.
@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from cocoedit.actors.benchmarks import BENCHMARKS
 from cocoedit.actors.policies import FAMILIES
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per role: devices asked, parameters, estimated memory; exit 1 if a role cannot fit",
         description="Print what every role of the run asks for (devices), the parameters it holds and its "
         "estimated peak memory on one device (weights, LoRA + optimizer by ZeRO stage, simulated "
-        "activations, the judge's KV cache); exit 1 naming each GPU role that does not fit (cluster/plan.py).",
+        "activations, the judge's KV cache); exit 1 naming each GPU role that does not fit (cluster/plan/).",
     )
     plan.add_argument(
         "--gpu-memory", type=float, default=80.0, metavar="GiB", help="memory of one GPU (default 80)"
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = ev_sub.add_parser(
         "run", help="generate, score and report (the default: `cocoedit eval --bench ...`)"
     )
-    ev.add_argument("--bench", choices=["gedit", "imgedit", "manifest"], default="manifest")
+    ev.add_argument("--bench", choices=sorted(BENCHMARKS), default="manifest")
     ev.add_argument("--data", required=False)
     ev.add_argument("--lora", action="append", default=[], help="LoRA file; repeat for one run per LoRA")
     ev.add_argument("--out", default=None, help="run folder (default: RUN_DIR/eval/BENCH); reruns resume")
