@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Optional
 
 from cocoedit.cluster.plan.roles import GIB, RolePlan, _count, plan
+from cocoedit.cluster.plan.time import DEFAULT_MFU
 
 if TYPE_CHECKING:
     from cocoedit.cluster.config import Config
@@ -69,10 +70,25 @@ def log_plan(cfg: Config) -> None:
 
 
 def cli_plan(args: argparse.Namespace, cfg: Config) -> int:
-    """`cocoedit plan --config FILE [--gpu-memory GiB] [key=value ...]`: print the plan; exit 1 naming
-    every role that cannot fit."""
-    roles = plan(cfg, args.gpu_memory)
-    print(format_plan(cfg, roles, args.gpu_memory))
+    """`cocoedit plan --config FILE [--gpu h100|h200|a100|l40s] [--gpu-tflops T] [--mfu F]
+    [--gpu-memory GiB] [key=value ...]`: print the memory plan and the time plan (cluster/plan/time.py);
+    exit 1 naming every role that cannot fit."""
+    from cocoedit.cluster.plan.roles import judge_size, run_model
+    from cocoedit.cluster.plan.time import GPUS, best_split, format_time, time_plan
+
+    gpu = getattr(args, "gpu", None) or "h100"
+    tflops = getattr(args, "gpu_tflops", None)
+    mfu = getattr(args, "mfu", None) or DEFAULT_MFU
+    if not 0 < mfu <= 1 or (tflops is not None and tflops <= 0):
+        print(f"plan: --mfu={mfu} must be in (0, 1] and --gpu-tflops={tflops} positive", file=sys.stderr)
+        return 2
+    memory = args.gpu_memory if args.gpu_memory is not None else GPUS[gpu].memory_gib
+    roles = plan(cfg, memory)
+    print(format_plan(cfg, roles, memory))
+    model, judge = run_model(cfg), judge_size(cfg)
+    timed = time_plan(cfg, model, judge, gpu, tflops, mfu)
+    split, tried = best_split(cfg, model, judge, memory * GIB, gpu, tflops, mfu)
+    print(format_time(cfg, timed, split, tried, memory))
     bad = failing(roles)
     for role in bad:
         why = "; ".join(role.problems) or (

@@ -76,11 +76,22 @@ def _weights(params: dict[str, int], dtype: str) -> float:
     return float(sum(params.values()) * DTYPE_BYTES[dtype])
 
 
+_LORA_COUNTS: dict[str, int] = {}
+
+
 def _lora_count(model: PolicyModel, policy: Any) -> int:
+    """Trainable LoRA parameters (kept per model and LoRA settings: building the meta model takes seconds)."""
     from cocoedit.actors.policies.common import DTYPES
 
-    transformer = _meta_transformer(model, policy, model.block_counts, DTYPES[policy.dtype])
-    return sum(p.numel() for n, p in transformer.named_parameters() if ".default." in n and "lora_" in n)
+    key = json.dumps(
+        [model.family, model.transformer, policy.lora_rank, list(policy.lora_targets)], default=str
+    )
+    if key not in _LORA_COUNTS:
+        transformer = _meta_transformer(model, policy, model.block_counts, DTYPES[policy.dtype])
+        _LORA_COUNTS[key] = sum(
+            p.numel() for n, p in transformer.named_parameters() if ".default." in n and "lora_" in n
+        )
+    return _LORA_COUNTS[key]
 
 
 def _gpu_context(plan: RolePlan) -> None:
@@ -163,7 +174,7 @@ def judge_plan(cfg: Config, gpu_bytes: Optional[float]) -> RolePlan:
         j.scaling.cpus_per_replica,
         j.scaling.gpus_per_replica,
     )
-    size = _judge_size(j.model_path or (j.tiny_judge_dir if cfg.run.tiny else None))
+    size = judge_size(cfg)
     if size is None:
         plan.problems.append(
             f"cannot size the judge: rewards.mllm.model_path={j.model_path!r} is not a local model directory "
@@ -200,6 +211,12 @@ def judge_plan(cfg: Config, gpu_bytes: Optional[float]) -> RolePlan:
             "scaling.gpus_per_replica) or gpu_memory_utilization, or use a smaller judge"
         )
     return plan
+
+
+def judge_size(cfg: Config) -> Optional[tuple[float, int, int, int, int]]:
+    """(parameters, layers, KV heads, head dim, bytes per weight) of the run's judge; None: unknown."""
+    j = cfg.rewards.mllm
+    return _judge_size(j.model_path or (j.tiny_judge_dir if cfg.run.tiny else None))
 
 
 def _judge_size(model_path: Optional[str]) -> Optional[tuple[float, int, int, int, int]]:
@@ -240,10 +257,9 @@ def service_plan(cfg: Config, name: str) -> RolePlan:
     return plan
 
 
-def plan(cfg: Config, gpu_memory_gib: Optional[float] = None) -> list[RolePlan]:
-    """Every role of `cfg` with its asks and estimated memory on a GPU of `gpu_memory_gib` GiB (None:
-    estimates only, no verdict)."""
-    gpu_bytes = gpu_memory_gib * GIB if gpu_memory_gib else None
+def run_model(cfg: Config) -> PolicyModel:
+    """The editor `cfg` runs: policy.model_path, else (tiny mode) the tiny editor of cfg.pretrain's
+    sizes, else the family's published architecture."""
     tiny = None
     if cfg.policy.model_path is None and cfg.run.tiny:  # the run builds the tiny editor of cfg.pretrain
         import inspect
@@ -252,7 +268,14 @@ def plan(cfg: Config, gpu_memory_gib: Optional[float] = None) -> list[RolePlan]:
 
         sizes = set(inspect.signature(tiny_spec).parameters) - {"family"}
         tiny = {k: v for k, v in dataclasses.asdict(cfg.pretrain).items() if k in sizes}
-    model = policy_model(cfg.policy.family, cfg.policy.model_path, tiny)
+    return policy_model(cfg.policy.family, cfg.policy.model_path, tiny)
+
+
+def plan(cfg: Config, gpu_memory_gib: Optional[float] = None) -> list[RolePlan]:
+    """Every role of `cfg` with its asks and estimated memory on a GPU of `gpu_memory_gib` GiB (None:
+    estimates only, no verdict)."""
+    gpu_bytes = gpu_memory_gib * GIB if gpu_memory_gib else None
+    model = run_model(cfg)
     roles = [rollout_plan(cfg, model, gpu_bytes)]
     # a learner rank never encodes or decodes: learner.Learner loads load_policy(parts="transformer")
     roles.append(learner_plan(cfg, model, gpu_bytes, role_components(model, "transformer")))
