@@ -20,7 +20,15 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from cocoedit.cluster.plan.work import JudgeSize, RoleWork, judge_work, learner_work, pixel_work, rollout_work
+from cocoedit.cluster.plan.work import (
+    JudgeSize,
+    RoleWork,
+    flops_text,
+    judge_work,
+    learner_work,
+    pixel_work,
+    rollout_work,
+)
 
 if TYPE_CHECKING:
     from cocoedit.cluster.config import Config
@@ -87,6 +95,7 @@ class TimePlan:
     overlap_s: float  # with max_staleness >= 1
     staleness: int
     colocate: bool
+    critical: bool = False  # the rollout and learner run on GPUs: the critical path means something
 
     @property
     def epoch_s(self) -> float:
@@ -145,8 +154,10 @@ def time_plan(
         cfg.rollout.max_staleness,
         colocate,
     )
-    for r in roles:
-        r.busy = (r.seconds or 0.0) / plan.epoch_s if plan.epoch_s else 0.0
+    plan.critical = all(r.seconds is not None for r in roles if r.work.role in ("rollout", "learner"))
+    if plan.critical:
+        for r in roles:
+            r.busy = (r.seconds or 0.0) / plan.epoch_s
     return plan
 
 
@@ -224,13 +235,6 @@ def best_split(
     return best, tried
 
 
-def _flops(n: float) -> str:
-    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n / 1e6:.2f} MFLOP"
-
-
 def _s(seconds: Optional[float]) -> str:
     return "-" if seconds is None else f"{seconds:,.1f} s"
 
@@ -247,17 +251,19 @@ def format_time(
         w = r.work
         ask = f"{w.cpus:g} CPUs" if w.cpu_s else f"{w.gpus:g} GPUs"
         if r.seconds is None:
-            lines.append(f"  {w.role} ({ask}): {_flops(w.flops)}; asks no GPU: seconds not modelled")
+            lines.append(f"  {w.role} ({ask}): {flops_text(w.flops)}; asks no GPU: seconds not modelled")
+        elif not tp.critical:
+            lines.append(f"  {w.role} ({ask}): {_s(r.seconds)} per epoch")
         else:
             lines.append(f"  {w.role} ({ask}): {_s(r.seconds)} per epoch, busy {100 * r.busy:.0f}%")
         for k, v in w.lines.items():
-            lines.append(f"      {k:<66} {_flops(v):>12}")
+            lines.append(f"      {k:<66} {flops_text(v):>12}")
         if w.cpu_s:
             lines.append(f"      {'CPU seconds per epoch':<66} {w.cpu_s:>10,.1f} s")
         if w.read_bytes:
             lines.append(f"      {'decode: weights read':<66} {w.read_bytes / 2**40:>9.2f} TiB")
         lines += [f"      - {n}" for n in w.notes]
-    if any(r.seconds is None for r in tp.roles if r.work.role in ("rollout", "learner")):
+    if not tp.critical:
         lines.append("  the rollout or learner asks no GPU: no critical path (a GPU config has one)")
         return "\n".join(lines)
     mode = "colocated: rollout and learner share GPUs" if tp.colocate else f"max_staleness {tp.staleness}"

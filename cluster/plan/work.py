@@ -65,6 +65,13 @@ class RoleWork:
         return float(sum(self.lines.values()))
 
 
+def flops_text(n: float) -> str:
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n / 1e6:.2f} MFLOP"
+
+
 def counted_flops(step: Callable[[], Any]) -> float:
     """FLOPs of `step()` (meta tensors: shapes only) as FlopCounterMode counts them, attention as its
     math (two batched matmuls forward, four backward)."""
@@ -201,7 +208,7 @@ def rollout_work(cfg: Config, model: PolicyModel) -> RoleWork:
         model, cfg
     )
     work.notes.append(
-        f"one transformer forward: {forward / 1e12:.2f} TFLOP per edit at {size} px, {tokens} text tokens"
+        f"one transformer forward: {flops_text(forward)} per edit at {size} px, {tokens} text tokens"
     )
     return work
 

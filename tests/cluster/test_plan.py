@@ -277,5 +277,12 @@ def test_plan_cli_prints_the_time_plan_on_a_named_gpu(
     assert "time plan: one epoch of 8 edits on l40s (362.05 TFLOPS dense bf16" in out and "at MFU 0.5" in out
     assert "of 48 GiB" in out  # the GPU's memory when --gpu-memory is not given
     assert "critical path" in out and "suggested split of the same GPUs" in out
+    assert main(["plan", f"policy.model_path={tiny_dir}", "data.n_items=2", "data.group_size=4"]) == 0
+    out = capsys.readouterr().out  # the tiny config's roles ask no GPU: FLOPs, but no seconds
+    assert (
+        "rollout (0 GPUs):" in out
+        and "asks no GPU: seconds not modelled" in out
+        and "no critical path" in out
+    )
     assert main(["plan", "--mfu", "1.5", f"policy.model_path={tiny_dir}"]) == 2
     assert "--mfu=1.5 must be in (0, 1]" in capsys.readouterr().err
