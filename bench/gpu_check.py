@@ -77,8 +77,7 @@ def flux_policy(transformer: Any, args: argparse.Namespace) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 
     from cocoedit.actors.config import PolicyConfig
-    from cocoedit.actors.policies.builders import FLUX_SCHEDULER
-    from cocoedit.actors.policies.flux_kontext import FluxKontextPolicy
+    from cocoedit.actors.policies.flux_kontext import FLUX_SCHEDULER, FluxKontextPolicy
 
     pipe = FluxKontextPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
@@ -166,7 +165,7 @@ def plan_model(policy: Any) -> Any:
 
 
 def rollout_check(policy: Any, dev: Device, args: argparse.Namespace, peak_tf: float | None) -> None:
-    from cocoedit.actors.policies.builders import FLUX_SCHEDULER
+    from cocoedit.actors.policies.flux_kontext import FLUX_SCHEDULER
     from cocoedit.actors.samplers import sample, shifted_sigmas
     from cocoedit.cluster.plan import DTYPE_BYTES, transformer_activation_bytes
 
@@ -204,7 +203,7 @@ def rollout_check(policy: Any, dev: Device, args: argparse.Namespace, peak_tf: f
 
 
 def learner_check(policy: Any, dev: Device, args: argparse.Namespace, peak_tf: float | None) -> None:
-    from cocoedit.actors.policies.builders import FLUX_SCHEDULER
+    from cocoedit.actors.policies.flux_kontext import FLUX_SCHEDULER
     from cocoedit.actors.samplers import shifted_sigmas
     from cocoedit.actors.types import RolloutBatch
     from cocoedit.cluster.plan import DTYPE_BYTES, transformer_activation_bytes

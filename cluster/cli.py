@@ -7,12 +7,12 @@
     cocoedit train [--config FILE] [--resume [CHECKPOINT] | --overwrite] [--dry-run] [key=value ...]
     cocoedit sweep [--config FILE] --grid KEY=V1,V2 [--grid ...] [--seeds N] [--out DIR] [key=value ...]
     cocoedit pretrain-tiny --out DIR
-    cocoedit plan [--config FILE] [--gpu-memory GiB] [--dry-run] [key=value ...]
+    cocoedit plan [--config FILE] [--gpu h100|h200|a100|l40s] [--mfu F] [--gpu-memory GiB] [--dry-run] [key=value ...]
     cocoedit build-model --family F [--dims tiny|real] [--depth N] --out DIR
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
     cocoedit edit --model DIR [--lora FILE|DIR] --image IN --instruction TEXT --out OUT
     cocoedit export --checkpoint DIR --out DIR [--view default|old] [--push-to-hub OWNER/NAME]
-    cocoedit eval [run] --config FILE --bench gedit|imgedit|manifest --data DIR [--lora FILE|DIR ...] [--out DIR]
+    cocoedit eval [run] --config FILE --bench NAME (actors.benchmarks.BENCHMARKS) --data DIR [--lora FILE|DIR ...] [--out DIR]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
     cocoedit rate new|serve|report|simulate ...   (cluster/rate/commands.py)
 
@@ -30,7 +30,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from cocoedit.actors.benchmarks import BENCHMARKS
 from cocoedit.actors.policies import FAMILIES
+from cocoedit.cluster.plan.time import GPUS
 
 if TYPE_CHECKING:
     from cocoedit.cluster.config import Config
@@ -148,11 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="per role: devices asked, parameters, estimated memory; exit 1 if a role cannot fit",
         description="Print what every role of the run asks for (devices), the parameters it holds and its "
         "estimated peak memory on one device (weights, LoRA + optimizer by ZeRO stage, simulated "
-        "activations, the judge's KV cache); exit 1 naming each GPU role that does not fit (cluster/plan.py).",
+        "activations, the judge's KV cache); exit 1 naming each GPU role that does not fit. Then the time "
+        "plan: each role's FLOPs per epoch as seconds on --gpu at --mfu, the critical path with and without "
+        "max_staleness overlap, busy fractions, edits/s and the best split of the same GPUs (cluster/plan/).",
     )
     plan.add_argument(
-        "--gpu-memory", type=float, default=80.0, metavar="GiB", help="memory of one GPU (default 80)"
+        "--gpu-memory", type=float, default=None, metavar="GiB", help="memory of one GPU (default: --gpu's)"
     )
+    plan.add_argument(
+        "--gpu",
+        choices=sorted(GPUS),
+        default="h100",
+        help="the GPU of the time plan: its dense bf16 peak, bandwidth and memory (cluster/plan/time.py)",
+    )
+    plan.add_argument("--gpu-tflops", type=float, default=None, help="peak TFLOPS instead of --gpu's")
+    plan.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation of the time plan")
     _add_config_args(plan)
     _add_dry_run_arg(plan)
 
@@ -239,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = ev_sub.add_parser(
         "run", help="generate, score and report (the default: `cocoedit eval --bench ...`)"
     )
-    ev.add_argument("--bench", choices=["gedit", "imgedit", "manifest"], default="manifest")
+    ev.add_argument("--bench", choices=sorted(BENCHMARKS), default="manifest")
     ev.add_argument("--data", required=False)
     ev.add_argument(
         "--lora",

@@ -4,8 +4,8 @@
 
 `FAMILIES` is the one registry of model families: a family's name, its EditPolicy class, the diffusers
 pipeline class its checkpoints name in `model_index.json` and the stock pipeline's generation settings.
-A new family is a module with its EditPolicy subclass plus one `Family(...)` line here (README,
-Extending). This module imports no torch, so the config loader can check `policy.family` in
+A new family is a module with its EditPolicy subclass and its `Architecture` (specs, building, shapes;
+architecture.py) plus one `Family(...)` line here (README, Extending); nothing else names a family. This module imports no torch, so the config loader can check `policy.family` in
 milliseconds; the policy classes are imported when used.
 """
 
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from cocoedit.actors.config import PolicyConfig
 
 if TYPE_CHECKING:
+    from cocoedit.actors.policies.architecture import Architecture
     from cocoedit.actors.policies.base import EditPolicy, Parts
 
 
@@ -39,6 +40,10 @@ class Family:
     def policy_class(self) -> type[EditPolicy]:
         module, _, cls = self.policy.partition(":")
         return getattr(importlib.import_module(module), cls)
+
+    def architecture(self) -> type[Architecture]:
+        """Its specs, building and shapes (what build-model and `cocoedit plan` need of it)."""
+        return self.policy_class().architecture
 
 
 FAMILIES: dict[str, Family] = {

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
+from cocoedit.actors.policies.architecture import Architecture
 from cocoedit.actors.types import Condition
 
 AdapterName = Literal["default", "old", "ref"]
@@ -35,6 +36,8 @@ class EditPolicy(ABC):
     family: str
     parts: Parts
     ENCODING: tuple[str, ...] = ()  # components a parts="transformer" policy skips (cluster/plan reads it)
+    # the family's specs, building and shapes (build-model, `cocoedit plan`): actors/policies/architecture.py
+    architecture: ClassVar[type[Architecture]]
 
     @classmethod
     @abstractmethod

@@ -78,7 +78,7 @@ class DiffusersEditPolicy(EditPolicy):
         if vae is None and cfg.model_path:
             # the latent grid of a policy without its VAE still follows the VAE's config
             vae_config = json.loads((Path(cfg.model_path) / "vae" / "config.json").read_text())
-            self.vae_scale_factor, self.latent_channels = self.latent_geometry(vae_config)
+            self.vae_scale_factor, self.latent_channels = self.architecture.latent_geometry(vae_config)
         else:
             self.vae_scale_factor, self.latent_channels = (
                 self.pipe.vae_scale_factor,
@@ -90,11 +90,6 @@ class DiffusersEditPolicy(EditPolicy):
         )
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
-
-    @staticmethod
-    def latent_geometry(vae_config: dict) -> tuple[int, int]:
-        """(VAE down-sampling factor, latent channels) from the VAE's config.json (as the pipeline)."""
-        raise NotImplementedError
 
     def _require_all(self, what: str) -> None:
         if self.parts != "all":

@@ -16,12 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from cocoedit.actors.policies.builders import (
-    FLUX_SCHEDULER,
-    QWEN_SCHEDULER,
-    TINY_MAX_SEQUENCE_LENGTH,
-    build_model,
-)
+from cocoedit.actors.policies.architecture import TINY_MAX_SEQUENCE_LENGTH
+from cocoedit.actors.policies.builders import build_model
+from cocoedit.actors.policies.flux_kontext import FLUX_SCHEDULER
+from cocoedit.actors.policies.qwen_image_edit import QWEN_SCHEDULER
 
 __all__ = ["FLUX_SCHEDULER", "QWEN_SCHEDULER", "TINY_MAX_SEQUENCE_LENGTH", "build_tiny_model"]
 

@@ -4,7 +4,7 @@
                   [--edits policy|target|source] [key=value ...]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
 
-1. Items: the benchmark layout is read (actors/benchmarks.py: GEdit-Bench parquet/JSON, ImgEdit basic
+1. Items: the benchmark layout is read (actors/benchmarks/, one reader per benchmark: GEdit-Bench parquet/JSON, ImgEdit basic
    JSON, our manifest), masks `<key>_mask.png`; GEdit/ImgEdit items are written once as a benchmask
    folder under OUT/bench and loaded through actors.data (same validation, same mask-polarity check as
    training data).

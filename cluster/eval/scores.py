@@ -62,8 +62,11 @@ def judge_protocol(bench: str, cfg: EvalConfig, judge_enabled: bool) -> Optional
         return None
     if cfg.judge != "auto":
         return cfg.judge
-    if bench in ("gedit", "imgedit"):
-        return bench
+    from cocoedit.actors.benchmarks import benchmark
+
+    own = benchmark(bench).protocol
+    if own is not None:
+        return own
     return "gedit" if judge_enabled else None
 
 

@@ -14,7 +14,7 @@ the command line's own overrides (so those still win). It changes counts, device
 - data and models: the synthetic edit task at the config's image size (it has exact targets), the
   MLLM judge replaced by the exact synthetic judge at the judge's weight, and the policy replaced by
   the real-dims editor of the config's family at depth 1 (published widths, random weights;
-  actors/policies/builders.py), built once into $COCOEDIT_CACHE (~3.1 GB, about a minute).
+  the family's Architecture via actors/policies/builders.py), built once into $COCOEDIT_CACHE (~3.1 GB, about a minute).
 Everything else (LoRA, objective, regularizer, ZeRO stage, micro-batch, resolution, text length)
 is the config's. One epoch took 5-15 minutes on a busy 2-core machine; `cocoedit config show --config X
 --dry-run` prints the resulting config.
@@ -33,7 +33,7 @@ from typing import Any
 from cocoedit.cluster.config import Config
 
 DRY_RUN_DEPTH = 1  # transformer blocks of the real-dims editor (FLUX: 1 dual-stream + 1 single-stream)
-REAL_EDITOR_VERSION = 1  # bump when actors/policies/builders.py changes what a real-dims build holds
+REAL_EDITOR_VERSION = 1  # bump when a family's real_spec / assemble changes what a real-dims build holds
 
 
 def dry_run_overrides(cfg: Config, model_path: str) -> list[str]:

@@ -12,6 +12,9 @@ import torch
 from cocoedit.cluster import plan as P
 from cocoedit.cluster.cli import main
 from cocoedit.cluster.config import CONFIG_DIR, load_config
+from cocoedit.cluster.plan import model as M
+from cocoedit.cluster.plan import roles as R
+from cocoedit.cluster.plan import simulate as S
 
 GIB = 2**30
 
@@ -21,7 +24,7 @@ def _own_simulation_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """Simulate afresh (results are otherwise kept under $COCOEDIT_CACHE/plan)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("COCOEDIT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    mp.setattr(P, "_SIMULATED", {})
+    mp.setattr(S, "_SIMULATED", {})
     yield
     mp.undo()
 
@@ -67,9 +70,9 @@ def test_activations_extrapolated_per_block_equal_a_direct_simulation(tiny_model
         tiny_model, policy, 2, 32, 8, grad=True, checkpointing=False
     )
     blocks = {"num_layers": 2, "num_single_layers": 2}
-    transformer = P._meta_transformer(tiny_model, policy, blocks, torch.float32)
+    transformer = M._meta_transformer(tiny_model, policy, blocks, torch.float32)
     transformer.train()
-    inputs = P._transformer_inputs(tiny_model, 2, 32, 8, torch.float32)
+    inputs = M._transformer_inputs(tiny_model, 2, 32, 8, torch.float32)
 
     def step() -> None:
         transformer(**inputs)[0].float().square().mean().backward()
@@ -131,7 +134,7 @@ def test_learner_holds_what_it_loads_and_zero_shards_the_optimizer(tiny_dir: Pat
         None,
         ("transformer",),
     )
-    lora = P._lora_count(model, cfg.policy)
+    lora = R._lora_count(model, cfg.policy)
     assert (
         full.memory[key] == lora * (2 * 4 + 4 + 4) / 4
     )  # moments + master + gradient partition, over 4 ranks
@@ -171,3 +174,115 @@ def test_plan_counts_what_each_role_loads(family: str, tmp_path: Path) -> None:
             for k, m in policy.components().items()
         }
         assert {k: model.params[k] for k in P.role_components(model, parts)} == held
+
+
+# ----------------------------------------------------------------------------------------------------
+# the time plan
+
+
+def test_flops_are_counted_exactly_on_known_computations() -> None:
+    from cocoedit.cluster.plan.work import counted_flops
+
+    lin = torch.nn.Linear(64, 32, bias=False, device="meta").requires_grad_(False)
+    x = torch.empty(8, 64, device="meta", requires_grad=True)
+    # forward 2*8*64*32; backward: only the input gradient (the weight is frozen), as much again
+    assert counted_flops(lambda: lin(x).sum().backward()) == 2 * (2 * 8 * 64 * 32)
+    q = torch.empty(1, 2, 16, 8, device="meta")
+    # attention as its math: scores and the weighted sum, 2 * 2 * heads * L * L * D
+    assert (
+        counted_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q))
+        == 4 * 2 * 16 * 16 * 8
+    )
+
+
+def _direct_flops(model: P.PolicyModel, policy: object, grad: bool) -> float:
+    from cocoedit.cluster.plan.work import counted_flops
+
+    transformer = M._meta_transformer(model, policy, {"num_layers": 2, "num_single_layers": 2}, torch.float32)
+    transformer.train(grad)
+    inputs = M._transformer_inputs(model, 1, 32, 8, torch.float32)
+
+    def step() -> None:
+        with torch.set_grad_enabled(grad):
+            out = transformer(**inputs)[0]
+            if grad:
+                out.float().square().mean().backward()
+
+    return counted_flops(step)
+
+
+def test_transformer_flops_extrapolated_per_block_equal_a_direct_count(tiny_model: P.PolicyModel) -> None:
+    from cocoedit.cluster.plan.work import transformer_flops
+
+    policy = load_config(None, ["policy.lora_rank=4"]).policy
+    extrapolated = transformer_flops(tiny_model, policy, 32, 8, grad=True, checkpointing=False)
+    assert extrapolated == pytest.approx(_direct_flops(tiny_model, policy, grad=True), rel=1e-9)
+    forward = transformer_flops(tiny_model, policy, 32, 8, grad=False, checkpointing=False)
+    recomputed = transformer_flops(tiny_model, policy, 32, 8, grad=True, checkpointing=True)
+    plain = transformer_flops(tiny_model, policy, 32, 8, grad=True, checkpointing=False)
+    assert recomputed > plain > 1.5 * forward  # recomputation adds about one forward
+
+
+GPU_RUN = ["rollout.gpus_per_worker=1", "learner.gpus_per_rank=1", "data.n_items=2", "data.group_size=4"]
+
+
+def test_time_plan_turns_flops_into_seconds_and_a_critical_path(tiny_dir: Path) -> None:
+    from cocoedit.cluster.plan.time import GPUS, time_plan
+
+    cfg = load_config(None, [f"policy.model_path={tiny_dir}", *GPU_RUN, "rollout.batch_size=4"])
+    model = P.policy_model("flux_kontext", str(tiny_dir))
+    tp = time_plan(cfg, model, None, "a100", None, 0.5)
+    roles = {r.work.role: r for r in tp.roles}
+    peak = GPUS["a100"].bf16_tflops * 1e12
+    rollout, learner = roles["rollout"], roles["learner"]
+    assert rollout.seconds == pytest.approx(rollout.work.flops / (1 * peak * 0.5))
+    assert learner.seconds == pytest.approx(learner.work.flops / (1 * peak * 0.5))
+    pixel = roles["pixel service"]
+    score = pixel.seconds  # no judge in the tiny config: the pixel service scores alone
+    assert tp.sample_stage_s == pytest.approx(
+        max(rollout.seconds, score) + score / 2
+    )  # 8 edits, batches of 4
+    assert tp.serial_s == pytest.approx(tp.sample_stage_s + learner.seconds)
+    assert tp.overlap_s == pytest.approx(max(tp.sample_stage_s, learner.seconds))
+    assert tp.epoch_s == tp.serial_s and tp.edits_per_s == pytest.approx(8 / tp.serial_s)  # max_staleness 0
+    assert learner.busy == pytest.approx(learner.seconds / tp.serial_s)
+    stale = time_plan(
+        load_config(None, [f"policy.model_path={tiny_dir}", *GPU_RUN, "rollout.max_staleness=1"]), model, None
+    )
+    assert stale.epoch_s == pytest.approx(stale.overlap_s) and stale.overlap_s < stale.serial_s
+    # NFT with a KL term: per trained timestep a forward + backward and two no-grad forwards (old, ref)
+    steps = cfg.data.n_items * cfg.data.group_size * cfg.learner.train_timesteps
+    assert any(f"{steps} x 2" in line for line in learner.work.lines)
+
+
+def test_best_split_uses_the_same_gpus_and_only_splits_that_fit(tiny_dir: Path) -> None:
+    from cocoedit.cluster.plan.time import best_split, time_plan
+
+    cfg = load_config(
+        None, [f"policy.model_path={tiny_dir}", *GPU_RUN, "rollout.num_workers=3", "learner.world_size=1"]
+    )
+    model = P.policy_model("flux_kontext", str(tiny_dir))
+    split, tried = best_split(cfg, model, None, 80 * GIB, "h100", None, 0.4)
+    assert split is not None and tried == 3  # (1, 3), (2, 2), (3, 1): every split of 4 GPUs
+    assert split.workers + split.ranks == 4
+    assert split.plan.edits_per_s >= time_plan(cfg, model, None).edits_per_s
+    assert best_split(cfg, model, None, 1024, "h100", None, 0.4)[0] is None  # nothing fits 1 KiB
+
+
+def test_plan_cli_prints_the_time_plan_on_a_named_gpu(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--gpu", "l40s", "--mfu", "0.5", f"policy.model_path={tiny_dir}", *GPU_RUN]) == 0
+    out = capsys.readouterr().out
+    assert "time plan: one epoch of 8 edits on l40s (362.05 TFLOPS dense bf16" in out and "at MFU 0.5" in out
+    assert "of 48 GiB" in out  # the GPU's memory when --gpu-memory is not given
+    assert "critical path" in out and "suggested split of the same GPUs" in out
+    assert main(["plan", f"policy.model_path={tiny_dir}", "data.n_items=2", "data.group_size=4"]) == 0
+    out = capsys.readouterr().out  # the tiny config's roles ask no GPU: FLOPs, but no seconds
+    assert (
+        "rollout (0 GPUs):" in out
+        and "asks no GPU: seconds not modelled" in out
+        and "no critical path" in out
+    )
+    assert main(["plan", "--mfu", "1.5", f"policy.model_path={tiny_dir}"]) == 2
+    assert "--mfu=1.5 must be in (0, 1]" in capsys.readouterr().err
