@@ -12,7 +12,7 @@
     cocoedit serve pixel|mllm|synthetic [--host H] [--port P] [--model PATH] [key=value ...]
     cocoedit edit --model DIR [--lora FILE|DIR] --image IN --instruction TEXT --out OUT
     cocoedit export --checkpoint DIR --out DIR [--view default|old] [--push-to-hub OWNER/NAME]
-    cocoedit eval [run] --config FILE --bench NAME (actors.benchmarks.BENCHMARKS) --data DIR [--lora FILE|DIR ...] [--out DIR]
+    cocoedit eval [run] --config FILE --bench NAME (cluster/eval/benchmarks: BENCHMARKS) --data DIR [--lora FILE|DIR ...] [--out DIR]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
     cocoedit rate new|serve|report|simulate ...   (cluster/rate/commands.py)
 
@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from cocoedit.actors.benchmarks import BENCHMARKS
 from cocoedit.actors.policies import FAMILIES
+from cocoedit.cluster.eval.benchmarks import BENCHMARKS
 from cocoedit.cluster.plan.time import GPUS
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@
                   [--edits policy|target|source] [key=value ...]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
 
-1. Items: the benchmark layout is read (actors/benchmarks/, one reader per benchmark: GEdit-Bench parquet/JSON, ImgEdit basic
+1. Items: the benchmark layout is read (cluster/eval/benchmarks/, one reader per benchmark: GEdit-Bench parquet/JSON, ImgEdit basic
    JSON, our manifest), masks `<key>_mask.png`; GEdit/ImgEdit items are written once as a benchmask
    folder under OUT/bench and loaded through actors.data (same validation, same mask-polarity check as
    training data).
@@ -36,9 +36,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from cocoedit.actors.benchmarks import safe_key
 from cocoedit.actors.generate import item_seed, lora_file
 from cocoedit.actors.types import EditItem
+from cocoedit.cluster.eval.benchmarks import safe_key
 from cocoedit.cluster.eval.config import EvalConfig
 from cocoedit.cluster.eval.generate import SETTINGS_FILE, generate_edits, read_png, sha256_file, write_atomic
 from cocoedit.cluster.eval.scores import PSNR_CAP_DB, judge_protocol, pixel_scores, run_judge
@@ -52,7 +52,7 @@ log = logging.getLogger("cocoedit.eval")
 
 def load_bench(bench: str, data: str | Path, cfg: EvalConfig, work_dir: Path) -> list[EditItem]:
     """The benchmark's items as EditItems (task = group / edit type), sized and limited by `cfg`."""
-    from cocoedit.actors.benchmarks import load_benchmark
+    from cocoedit.cluster.eval.benchmarks import load_benchmark
 
     return load_benchmark(
         bench, data, work_dir, cfg.image_size, cfg.mask_polarity, cfg.language, cfg.max_items

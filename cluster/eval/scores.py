@@ -62,7 +62,7 @@ def judge_protocol(bench: str, cfg: EvalConfig, judge_enabled: bool) -> Optional
         return None
     if cfg.judge != "auto":
         return cfg.judge
-    from cocoedit.actors.benchmarks import benchmark
+    from cocoedit.cluster.eval.benchmarks import benchmark
 
     own = benchmark(bench).protocol
     if own is not None:

@@ -156,7 +156,7 @@ def _pixel_reward(edited: np.ndarray, src: dict[str, Any]) -> float:
 def _sources(results: dict[str, Any], run: Path, ids: list[str]) -> dict[str, dict[str, Any]]:
     """Per item: the source image (uint8 [H, W, 3] at the eval's size), its edit mask [H, W] (1 = edit)
     and its target (or None)."""
-    from cocoedit.actors.benchmarks import load_benchmark
+    from cocoedit.cluster.eval.benchmarks import load_benchmark
 
     cfg = results.get("eval_config") or {}
     items = load_benchmark(

@@ -78,7 +78,7 @@ class Oracle:
     """Exact errors of an edit per criterion, from the items' targets and masks."""
 
     def __init__(self, design: dict[str, Any], study: Path, tie_rel: float = 0.02) -> None:
-        from cocoedit.actors.benchmarks import load_benchmark
+        from cocoedit.cluster.eval.benchmarks import load_benchmark
 
         cfg = design.get("eval_config") or {}
         items = load_benchmark(design["bench"], design["data"], Path(study), cfg.get("image_size", 512),

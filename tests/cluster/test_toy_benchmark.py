@@ -16,11 +16,11 @@ from typing import Optional
 
 import pytest
 
-from cocoedit.actors.benchmarks import BENCHMARKS, Benchmark, load_benchmark
-from cocoedit.actors.benchmarks.benchmask import check_masks, load_rows, mask_for
 from cocoedit.actors.types import EditItem
 from cocoedit.cluster.cli import main
 from cocoedit.cluster.config import load_config
+from cocoedit.cluster.eval.benchmarks import BENCHMARKS, Benchmark, load_benchmark
+from cocoedit.cluster.eval.benchmarks.benchmask import check_masks, load_rows, mask_for
 from cocoedit.cluster.eval.scores import judge_protocol
 
 SIZE = 32

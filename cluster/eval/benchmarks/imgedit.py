@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from cocoedit.actors.benchmarks.benchmask import check_masks, load_rows, mask_for, safe_key
+from cocoedit.cluster.eval.benchmarks.benchmask import check_masks, load_rows, mask_for, safe_key
 
 if TYPE_CHECKING:
     from cocoedit.actors.types import EditItem

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from cocoedit.actors.benchmarks.benchmask import safe_key
+from cocoedit.cluster.eval.benchmarks.benchmask import safe_key
 
 if TYPE_CHECKING:
     from cocoedit.actors.types import EditItem
@@ -42,9 +42,9 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark("gedit", "cocoedit.actors.benchmarks.gedit", protocol="gedit"),
-        Benchmark("imgedit", "cocoedit.actors.benchmarks.imgedit", protocol="imgedit"),
-        Benchmark("manifest", "cocoedit.actors.benchmarks.manifest", protocol=None),
+        Benchmark("gedit", "cocoedit.cluster.eval.benchmarks.gedit", protocol="gedit"),
+        Benchmark("imgedit", "cocoedit.cluster.eval.benchmarks.imgedit", protocol="imgedit"),
+        Benchmark("manifest", "cocoedit.cluster.eval.benchmarks.manifest", protocol=None),
     )
 }
 
