@@ -12,24 +12,27 @@ import dataclasses
 import inspect
 import io
 import tokenize
-from functools import cache
 from typing import Any
 
 import yaml
 
+_DOCS: dict[type, dict[str, str]] = {}
 
-@cache
+
 def field_docs(cls: type) -> dict[str, str]:
     """{field name: description} of a dataclass and its dataclass bases, from the source comments."""
+    if cls in _DOCS:
+        return _DOCS[cls]
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass) or klass is object:
+        if "__dataclass_fields__" not in vars(klass):
             continue
         try:
             source = inspect.getsource(klass)
         except (OSError, TypeError):
             continue
         docs.update(_comments(inspect.cleandoc("\n" + source) if source.startswith(" ") else source))
+    _DOCS[cls] = docs
     return docs
 
 

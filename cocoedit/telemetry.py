@@ -63,7 +63,7 @@ GRAFANA_DASHBOARD = Path(__file__).resolve().parent / "dashboards" / "cocoedit_g
 def exported_names() -> set[str]:
     """Every series name Ray's export holds for SPECS: `ray_<name>`, a histogram as its `_bucket`,
     `_count` and `_sum` series."""
-    names = set()
+    names: set[str] = set()
     for name, (kind, _, _) in SPECS.items():
         suffixes = ("_bucket", "_count", "_sum") if kind == "histogram" else ("",)
         names.update(f"ray_{name}{suffix}" for suffix in suffixes)

@@ -220,7 +220,7 @@ class FluxKontextArchitecture(Architecture):
         t5 = T5EncoderModel(
             T5Config(
                 **{"vocab_size": len(t5_tok), **spec.text_encoder_2},
-                decoder_start_token_id=0,
+                decoder_start_token_id=0,  # type: ignore[call-arg]  # T5Config takes it through **kwargs
                 pad_token_id=t5_tok.pad_token_id,
                 eos_token_id=t5_tok.eos_token_id,
             )

@@ -79,8 +79,8 @@ def _qwen_tokenizer() -> Any:
     from cocoedit.rewards.tiny_judge import SPECIAL_TOKENS  # the Qwen2.5-VL special tokens
 
     vocab = {c: i for i, c in enumerate(byte_chars())}
-    for tok in SPECIAL_TOKENS:
-        vocab[tok] = len(vocab)
+    for special in SPECIAL_TOKENS:
+        vocab[special] = len(vocab)
     tok = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=4096)
     tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
     # The pipelines drop the first 64 tokens (the system prompt in the real tokenizer). Whole-word

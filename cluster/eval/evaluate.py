@@ -54,6 +54,10 @@ def load_bench(bench: str, data: str | Path, cfg: EvalConfig, work_dir: Path) ->
     """The benchmark's items as EditItems (task = group / edit type), sized and limited by `cfg`."""
     from cocoedit.cluster.eval.benchmarks import load_benchmark
 
+    if cfg.image_size is None:
+        raise ValueError(
+            "eval.image_size is unresolved: run_eval sets it to the editor's data.image_size first"
+        )
     return load_benchmark(
         bench, data, work_dir, cfg.image_size, cfg.mask_polarity, cfg.language, cfg.max_items
     )

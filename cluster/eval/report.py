@@ -357,7 +357,7 @@ def compare_runs(run_a: Path, run_b: Path, out_html: Path, pairs_shown: int = 8)
     primary = a.get("primary") if a.get("primary") in keys else (keys[0] if keys else None)
     pairs = image_pairs(run_a, run_b, a, b, primary, pairs_shown) if primary else []
     for p in pairs:
-        p["a_text"], p["b_text"] = _fmt(p["a"], primary), _fmt(p["b"], primary)
+        p["a_text"], p["b_text"] = _fmt(p["a"], primary or ""), _fmt(p["b"], primary or "")
     page = render(
         "eval_compare.html",
         bench=a["bench"],

@@ -159,8 +159,10 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(sc)), 3.2))
         labels = [f"{r['scorer']}\n{r['criterion']}" for r in sc]
         acc = np.array([r["accuracy"] for r in sc], dtype=float)
-        err = np.array([[r["accuracy"] - r["acc_lo"] for r in sc], [r["acc_hi"] - r["accuracy"] for r in sc]])
-        ax.bar(range(len(sc)), acc, yerr=np.nan_to_num(err), capsize=3, color="#69c")
+        acc_err = np.array(
+            [[r["accuracy"] - r["acc_lo"] for r in sc], [r["acc_hi"] - r["accuracy"] for r in sc]]
+        )
+        ax.bar(range(len(sc)), acc, yerr=np.nan_to_num(acc_err), capsize=3, color="#69c")
         ax.axhline(0.5, color="grey", ls="--", lw=0.8)
         ax.set_xticks(range(len(sc)), labels, rotation=60, fontsize=7)
         ax.set_ylim(0, 1)

@@ -49,7 +49,7 @@ def rate_over_http(
     base_url: str, token: str, choose: Chooser, max_answers: Optional[int] = None
 ) -> list[dict]:
     """Answer the rater's queue (or `max_answers` of it); the acknowledged answers {pos, task_id, choice}."""
-    acked = []
+    acked: list[dict] = []
     while max_answers is None or len(acked) < max_answers:
         status, body = _request(f"{base_url}/api/next", token)
         if status != 200:
