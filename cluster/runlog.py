@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from cocoedit.cluster.config import Config, dump_config, to_dict
+from cocoedit.cluster.config import Config, dump_config, redacted_dict
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class WandbTracker:
             name=cfg.run.name,
             dir=str(run_dir),
             mode=cfg.run.wandb_mode,
-            config=to_dict(cfg),
+            config=redacted_dict(cfg),
             id=run_id,
             resume="allow" if run_id else None,
             reinit="finish_previous",
@@ -138,7 +138,7 @@ class MlflowTracker:
             exp = self.client.get_experiment_by_name(cfg.run.mlflow_experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.run.mlflow_experiment)
             run_id = self.client.create_run(exp_id, run_name=cfg.run.name).info.run_id
-            params = [Param(k, v[:6000]) for k, v in flat_params(to_dict(cfg)).items()]
+            params = [Param(k, v[:6000]) for k, v in flat_params(redacted_dict(cfg)).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(run_id, params=params[i : i + 100])
         else:

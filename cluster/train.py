@@ -37,6 +37,7 @@ from cocoedit.cluster.groups import LearnerGroup, RolloutGroup
 from cocoedit.cluster.launch import RayConnectError, init_ray, resolve_models
 from cocoedit.cluster.placement import Placement, PlacementError
 from cocoedit.cluster.plan import log_plan
+from cocoedit.cluster.preflight import check_train_inputs
 from cocoedit.cluster.resume import Resume, ResumeConfigError, resume_from
 from cocoedit.cluster.rollouts import RolloutQueue
 from cocoedit.cluster.runlog import RunLog
@@ -212,6 +213,7 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
     """Start every part of a run (or join them to a checkpoint with `resume`: True for the latest, or a
     path); close them on exit."""
     ckpt = resume_from(cfg, resume)  # before anything starts: the checkpoint, its config checked
+    check_train_inputs(cfg)  # the data file the driver reads
     init_ray(cfg.run)
     with contextlib.ExitStack() as parts:
         placement = _closing(

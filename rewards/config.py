@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Optional
 
 from cocoedit.ranges import Range
 
+MAX_MESSAGE_MB = (2**31 - 1) // 2**20  # gRPC's message limits are int32 byte counts: 2047 MB
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -19,7 +21,8 @@ class ServerConfig:
 
     host: str = "127.0.0.1"  # "node" = the Ray node's address (replicas other nodes must reach)
     port: Annotated[int, Range(ge=0, le=65535)] = 0  # 0 = pick a free port
-    max_message_mb: Annotated[int, Range(ge=1)] = 256
+    # gRPC counts message bytes in a signed 32-bit int: 2047 MB is the most it can take
+    max_message_mb: Annotated[int, Range(ge=1, le=MAX_MESSAGE_MB)] = 256
     max_concurrent_calls: Annotated[int, Range(ge=1)] = 8  # further calls get RESOURCE_EXHAUSTED
     max_batch_edits: Annotated[int, Range(ge=1)] = 512
     decode_workers: Annotated[int, Range(ge=1)] = 2  # threads decoding PNGs off the event loop
@@ -131,5 +134,5 @@ class ClientConfig:
     backoff_s: Annotated[float, Range(ge=0)] = 0.2  # first backoff, doubled per retry
     ready_timeout_s: Annotated[float, Range(gt=0)] = 300.0  # wait for health SERVING at start-up
     batch_edits: Annotated[int, Range(ge=1)] = 64  # edits per request
-    # send/receive limit of the client channels (a 1024x1024 pair is ~6 MB)
-    max_message_mb: Annotated[int, Range(ge=1)] = 256
+    # send/receive limit of the client channels (a 1024x1024 pair is ~6 MB; at most 2047, gRPC's int32)
+    max_message_mb: Annotated[int, Range(ge=1, le=MAX_MESSAGE_MB)] = 256
