@@ -34,6 +34,12 @@ class ServerConfig:
     # A request is decoded and scored in chunks of about this many decoded MB (at least one edit); the
     # next chunk decodes while one is scored, so decoded images take at most ~2 chunks of memory.
     chunk_decoded_mb: Annotated[int, Range(ge=1)] = 64
+    # Beyond loopback a server needs TLS (PEM files) and a token (a file, or $COCOEDIT_REWARD_TOKEN) and
+    # refuses to start without them unless insecure: true (rewards/security.py; README, Cluster: security).
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    token_file: Optional[str] = None
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,3 +142,7 @@ class ClientConfig:
     batch_edits: Annotated[int, Range(ge=1)] = 64  # edits per request
     # send/receive limit of the client channels (a 1024x1024 pair is ~6 MB; at most 2047, gRPC's int32)
     max_message_mb: Annotated[int, Range(ge=1, le=MAX_MESSAGE_MB)] = 256
+    # The CA that signed the services' certificates (TLS) and the services' token (a file, or
+    # $COCOEDIT_REWARD_TOKEN): needed for services bound beyond loopback (rewards/security.py).
+    tls_ca_file: Optional[str] = None
+    token_file: Optional[str] = None

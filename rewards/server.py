@@ -47,6 +47,7 @@ from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import ServerConfig
 from cocoedit.rewards.edits import check_edit, check_outcome, decode_edit
 from cocoedit.rewards.memory import release_free_memory
+from cocoedit.rewards.security import check_exposure, server_credentials, token_interceptors
 from cocoedit.telemetry import record_server_request
 
 log = logging.getLogger(__name__)
@@ -424,8 +425,11 @@ async def start_server(scorer: Scorer, cfg: ServerConfig, wait_loaded: bool = Tr
     With wait_loaded (default) it returns once load() finished and health is SERVING (a failed load
     stops the server and raises); otherwise load() runs in the background (`await srv.wait_loaded()`).
     """
+    check_exposure(cfg, scorer.service)
+    credentials = server_credentials(cfg, scorer.service)
     servicer = RewardServicer(scorer, cfg)
     server = grpc.aio.server(
+        interceptors=token_interceptors(cfg, scorer.service),
         options=grpc_message_options(cfg.max_message_mb) + [("grpc.so_reuseport", 0)] + FLOW_CONTROL,
         maximum_concurrent_rpcs=cfg.max_concurrent_calls + OTHER_CALLS,
     )
@@ -439,7 +443,10 @@ async def start_server(scorer: Scorer, cfg: ServerConfig, wait_loaded: bool = Tr
         server,
     )
     try:
-        port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        port = (
+            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        )
     except RuntimeError as e:
         raise RuntimeError(f"cannot bind {cfg.host}:{cfg.port} for the {scorer.service} service: {e}") from e
     srv = RewardServer(server, servicer, health_servicer, cfg.host, port)
