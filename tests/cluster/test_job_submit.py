@@ -99,8 +99,9 @@ def cluster(tmp_path: Path):  # noqa: ANN201 - yields (dashboard url, metrics ur
     env = {
         **os.environ,
         **LOOPBACK_ENV,
-        # Unauthenticated, as before issue 29: with token auth on (tests/conftest.py), `ray job submit`
-        # authenticated but the job never started here ("No available agent to submit job"; not solved)
+        # Unauthenticated, as before issue 29 (tests/conftest.py turns token auth on for the suite): in one
+        # manual try with a token, `ray job submit` authenticated but was answered "No available agent to
+        # submit job"; not investigated further (README, Security set-up)
         "RAY_AUTH_MODE": "disabled",
         "PATH": f"{RAY.parent}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this venv's
         "OMP_NUM_THREADS": "1",
