@@ -321,6 +321,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     if takes_config and cfg is None:
         return 1
+    if cfg is not None and _command(args) == "train":
+        from cocoedit.cluster.config import ConfigError
+        from cocoedit.cluster.train.preflight import check_train_inputs
+
+        try:
+            check_train_inputs(cfg)
+        except ConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            return 1
     func: Callable[..., int] = getattr(importlib.import_module(module_name), func_name)
     return int(func(args) if cfg is None else func(args, cfg) or 0)
 

@@ -23,6 +23,7 @@ from cocoedit.actors.config import DataConfig, PolicyConfig, PretrainConfig, Rol
 from cocoedit.actors.policies import FAMILIES
 from cocoedit.cluster.curate.config import CurateConfig
 from cocoedit.cluster.eval.config import EvalConfig
+from cocoedit.cluster.redact import redact_text, redact_tree
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.ranges import Range, check
 from cocoedit.rewards.config import (
@@ -94,6 +95,14 @@ class RunConfig:
     # with colocate), so that sampling the next batch overlaps the update instead of competing for the
     # same cores (bench/train_loop.py measures both).
     pin_cpus: bool = False
+
+    def check(self) -> None:
+        """Rules between fields (the config loader calls this)."""
+        if not self.run_dir.strip():
+            raise ValueError(
+                "run_dir is empty: the run would write into the current directory; give a directory, e.g. "
+                "run.run_dir=runs/${name} (the default)"
+            )
 
 
 _S = TypeVar("_S", bound=ServiceConfig)
@@ -178,6 +187,12 @@ class RewardsConfig:
                 raise ValueError(
                     f"weights uses {name!r} but rewards.{name}.enabled is false; enable it, give "
                     f"rewards.addresses.{name}, or drop it from rewards.weights"
+                )
+            limit = self.sections[name].server.max_batch_edits
+            if self.client.batch_edits > limit:
+                raise ValueError(
+                    f"client.batch_edits={self.client.batch_edits} is above rewards.{name}.server.max_batch_edits="
+                    f"{limit}: every request would be refused; lower rewards.client.batch_edits to <= {limit}"
                 )
 
 
@@ -282,8 +297,8 @@ def load_config(
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. learner.lr=1e-4)")
-        _set_dotted(raw, key.strip().split("."), yaml.safe_load(value) if value.strip() else "")
-    source = f"{path}" + (f" with overrides {list(overrides)}" if overrides else "")
+        _set_dotted(raw, key.strip().split("."), _override_value(item, value))
+    source = f"{path}" + (f" with overrides {[redact_text(o) for o in overrides]}" if overrides else "")
     cfg = _build(Config, raw, prefix="", source=source)
     if rules:
         _check_rules(cfg, "", source)
@@ -309,8 +324,30 @@ def to_dict(cfg: Any) -> dict:
     return plain(cfg)
 
 
+def redacted_dict(cfg: Any) -> dict:
+    """to_dict with secrets (passwords and tokens in URLs, secret-named fields) as *** (cluster/redact.py):
+    what config.yaml, `config show` and the trackers get."""
+    return redact_tree(to_dict(cfg))
+
+
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML, secrets redacted."""
+    return yaml.safe_dump(redacted_dict(cfg), sort_keys=False)
+
+
+def _override_value(item: str, value: str) -> Any:
+    """The YAML value of override `item` ("" when empty); a ConfigError saying how to quote it."""
+    if not value.strip():
+        return ""
+    try:
+        return yaml.load(value, Loader=_YAML_LOADER)
+    except yaml.YAMLError as e:
+        key = item.partition("=")[0]
+        problem = str(e).splitlines()[0]
+        raise ConfigError(
+            f"override {item!r}: the value is not valid YAML ({problem}); quote it to pass it as a string, "
+            f"e.g. '{key}=\"{value}\"'"
+        ) from e
 
 
 def _set_dotted(raw: dict, keys: list[str], value: Any) -> None:

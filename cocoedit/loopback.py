@@ -2,7 +2,8 @@
 
 Ray and vLLM bind the machine's external address by default (docs/architecture.md, Machine facts); these settings keep every
 port on loopback. They are applied by `cocoedit train` when it starts its own local Ray cluster,
-and by the test suite.
+and by the test suite. Ray's token authentication is not switched off here: `cocoedit train` gives its
+local cluster a per-run token (cocoedit/ray_auth.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from typing import Any
 LOOPBACK_ENV = {
     # Makes every Ray port bind 127.0.0.1 (measured: --node-ip-address alone is not enough).
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    # Ray 2.60 turns token auth on by default; a local single-user cluster on loopback needs none.
-    "RAY_AUTH_MODE": "disabled",
     # vLLM's internal queues otherwise use the machine's non-loopback address.
     "VLLM_HOST_IP": "127.0.0.1",
     "RAY_USAGE_STATS_ENABLED": "0",

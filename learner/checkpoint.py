@@ -13,10 +13,12 @@ Layout of one checkpoint, `run_dir/checkpoints/epoch_00000012/`:
     lora/ lora.json          theta in the family's diffusers format, and what re-exports need (learner.export)
     learner_state.json       step, world size, ZeRO stage, extra_state (JSON-able)
     rng_rank{r}.safetensors  RNG states of every rank (torch/CUDA as tensors, numpy/python as JSON metadata)
+    MANIFEST.json            sha256 and size of every file above (learner.integrity)
     COMPLETE                 written last; a directory without it is never picked
 
 Our own state is JSON and safetensors, never a pickle: the run directory is shared storage, and
-unpickling a file from it would run code of anyone who can write there.
+unpickling a file from it would run code of anyone who can write there. DeepSpeed's engine state
+(`deepspeed/*.pt`) is read with torch.load(weights_only=True), and a load checks the manifest first.
 
 Everything is written into `.tmp_epoch_...` and renamed when complete, so a killed save leaves no
 directory that `latest_checkpoint` could pick. `keep_last` complete checkpoints are kept. After each
@@ -35,6 +37,8 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
+
+from cocoedit.learner.integrity import CheckpointError, tensor_only_engine, verify_manifest, write_manifest
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -90,10 +94,6 @@ def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
     """The newest complete checkpoint of a run, or None. Half-written ones are never returned."""
     done = complete_checkpoints(run_dir)
     return done[-1] if done else None
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read safely (damaged, foreign, or an old pickle)."""
 
 
 def save_rng_state(path: Path) -> None:
@@ -206,6 +206,7 @@ def save_checkpoint(
         (tmp / "learner_state.json").write_text(json.dumps({**own, "extra_state": extra_state}))
     _barrier(learner)
     if learner.rank == 0:
+        write_manifest(tmp)
         with open(tmp / COMPLETE, "w") as f:
             json.dump({"step": own["step"]}, f)
             f.flush()
@@ -232,7 +233,8 @@ def load_checkpoint(learner: Learner, path: str | Path) -> dict[str, Any]:
             f"no complete checkpoint at {path} (looked for {COMPLETE} in it and in {path / CHECKPOINTS}/epoch_* and step_*); "
             "start without --resume or point at a checkpoint directory"
         )
-    # Our own files first, all of them checked before anything is restored.
+    # Every file checked against the manifest, then our own files parsed, before anything is restored.
+    verify_manifest(ckpt)
     state = read_learner_state(ckpt)
     rank_rng = ckpt / f"rng_rank{learner.rank}.safetensors"
     if not rank_rng.is_file():  # a rank added since the save (ZeRO-0 allows it) starts from rank 0's
@@ -243,13 +245,18 @@ def load_checkpoint(learner: Learner, path: str | Path) -> dict[str, Any]:
             f"{ckpt} was written by {state['world_size']} ranks with ZeRO stage {state['zero_stage']}; "
             f"this learner has {learner.world_size}: resume with learner.world_size={state['world_size']}"
         )
-    load_path, _ = learner.engine.load_checkpoint(
-        str(ckpt),
-        tag="deepspeed",
-        load_module_strict=False,
-        load_optimizer_states=True,
-        load_lr_scheduler_states=True,
-    )
+    own_engine = learner.engine.checkpoint_engine  # DeepSpeed's reads with weights_only=False: not for loads
+    learner.engine.checkpoint_engine = tensor_only_engine()
+    try:
+        load_path, _ = learner.engine.load_checkpoint(
+            str(ckpt),
+            tag="deepspeed",
+            load_module_strict=False,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
+    finally:
+        learner.engine.checkpoint_engine = own_engine
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed found no engine state in {ckpt / 'deepspeed'}")
     learner.policy.load_lora_state_dict(load_file(str(ckpt / "lora_old.safetensors")), "old")

@@ -30,6 +30,7 @@ from cocoedit.protos import reward_pb2, reward_pb2_grpc
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.config import ClientConfig
 from cocoedit.rewards.images import WIRE_IMAGE_COMPRESS_LEVEL, encode_png
+from cocoedit.rewards.security import client_channel
 from cocoedit.rewards.server import SERVICE_NAME, grpc_message_options
 from cocoedit.telemetry import record_reward_latency
 
@@ -127,11 +128,12 @@ def outcome_from_proto(item: reward_pb2.EditScore) -> EditOutcome:
 
 
 class _Replica:
-    def __init__(self, address: str, max_message_mb: int) -> None:
+    def __init__(self, address: str, cfg: ClientConfig) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=grpc_message_options(max_message_mb))
-        self.stub = reward_pb2_grpc.RewardServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
+        # TLS and the service token when configured (rewards.security); plain on loopback otherwise
+        calls, self.channel = client_channel(address, cfg, grpc_message_options(cfg.max_message_mb))
+        self.stub = reward_pb2_grpc.RewardServiceStub(calls)
+        self.health = health_pb2_grpc.HealthStub(calls)
         self.in_flight = 0
         self.retired = False
 
@@ -167,9 +169,7 @@ class RewardClient:
                 raise ValueError(f"reward service {self.service!r}: address {a!r} must look like host:port")
         with self._lock:
             current = {r.address: r for r in self._replicas}
-            self._replicas = [
-                current.pop(a) if a in current else _Replica(a, self.cfg.max_message_mb) for a in addresses
-            ]
+            self._replicas = [current.pop(a) if a in current else _Replica(a, self.cfg) for a in addresses]
             for r in current.values():
                 r.retired = True
                 if r.in_flight == 0:

@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Optional
 
 from cocoedit.ranges import Range
 
+MAX_MESSAGE_MB = (2**31 - 1) // 2**20  # gRPC's message limits are int32 byte counts: 2047 MB
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -19,8 +21,9 @@ class ServerConfig:
 
     host: str = "127.0.0.1"  # "node" = the Ray node's address (replicas other nodes must reach)
     port: Annotated[int, Range(ge=0, le=65535)] = 0  # 0 = pick a free port
-    # Largest gRPC message, both directions (larger ones get RESOURCE_EXHAUSTED)
-    max_message_mb: Annotated[int, Range(ge=1)] = 256
+    # Largest gRPC message, both directions (larger ones get RESOURCE_EXHAUSTED); gRPC counts message bytes
+    # in a signed 32-bit int, so 2047 MB is the most it can take
+    max_message_mb: Annotated[int, Range(ge=1, le=MAX_MESSAGE_MB)] = 256
     max_concurrent_calls: Annotated[int, Range(ge=1)] = 8  # further calls get RESOURCE_EXHAUSTED
     max_batch_edits: Annotated[int, Range(ge=1)] = 512  # most edits in one request (more: INVALID_ARGUMENT)
     decode_workers: Annotated[int, Range(ge=1)] = 2  # threads decoding PNGs off the event loop
@@ -33,6 +36,12 @@ class ServerConfig:
     # A request is decoded and scored in chunks of about this many decoded MB (at least one edit); the
     # next chunk decodes while one is scored, so decoded images take at most ~2 chunks of memory.
     chunk_decoded_mb: Annotated[int, Range(ge=1)] = 64
+    # Beyond loopback a server needs TLS (PEM files) and a token (a file, or $COCOEDIT_REWARD_TOKEN) and
+    # refuses to start without them unless insecure: true (rewards/security.py; README, Cluster: security).
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    token_file: Optional[str] = None
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,5 +157,9 @@ class ClientConfig:
     backoff_s: Annotated[float, Range(ge=0)] = 0.2  # first backoff, doubled per retry
     ready_timeout_s: Annotated[float, Range(gt=0)] = 300.0  # wait for health SERVING at start-up
     batch_edits: Annotated[int, Range(ge=1)] = 64  # edits per request
-    # send/receive limit of the client channels (a 1024x1024 pair is ~6 MB)
-    max_message_mb: Annotated[int, Range(ge=1)] = 256
+    # send/receive limit of the client channels (a 1024x1024 pair is ~6 MB; at most 2047, gRPC's int32)
+    max_message_mb: Annotated[int, Range(ge=1, le=MAX_MESSAGE_MB)] = 256
+    # The CA that signed the services' certificates (TLS) and the services' token (a file, or
+    # $COCOEDIT_REWARD_TOKEN): needed for services bound beyond loopback (rewards/security.py).
+    tls_ca_file: Optional[str] = None
+    token_file: Optional[str] = None

@@ -7,7 +7,12 @@
 What every service gets from here, so they behave the same:
   - `grpc.aio`, explicit max message sizes, reflection, grpc.health.v1 (NOT_SERVING until
     `await scorer.load()` returned, then SERVING; NOT_SERVING again while shutting down);
-  - at most `max_concurrent_calls` Score calls at once, further calls get RESOURCE_EXHAUSTED;
+  - at most `max_concurrent_calls` Score calls at once, further calls get RESOURCE_EXHAUSTED before
+    a byte of their request is read (Score is registered as request-streaming so that the handler runs
+    before the message is received), messages over `max_message_mb` are refused by gRPC, and gRPC
+    admits at most `max_concurrent_calls` + 4 calls of any method: a flood holds at most ~3 x
+    `max_message_mb` per admitted call (bench/pixel_flood.py); after large requests the freed memory
+    is returned to the system (rewards.memory);
   - bounded decoding: every PNG's header is read before anything is decoded; an image over
     `max_image_pixels` and every edit past the request's `max_request_decoded_mb` get a per-edit error
     naming the size and the limit; the request is decoded and scored in chunks of ~`chunk_decoded_mb`
@@ -28,7 +33,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -41,12 +46,22 @@ from cocoedit.protos import reward_pb2, reward_pb2_grpc
 from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import ServerConfig
 from cocoedit.rewards.edits import check_edit, check_outcome, decode_edit
+from cocoedit.rewards.memory import release_free_memory
+from cocoedit.rewards.security import check_exposure, server_credentials, token_interceptors
 from cocoedit.telemetry import record_server_request
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
 MB = 1024 * 1024
+# gRPC admits this many calls beyond max_concurrent_calls (health checks, Info, reflection, and Score
+# calls it answers RESOURCE_EXHAUSTED without reading them)
+OTHER_CALLS = 4
+# A fixed HTTP/2 window per call (no bandwidth-delay probing, which grows it towards the whole message):
+# gRPC buffers at most this much of a call that is not being read
+FLOW_CONTROL = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4 * MB)]
+# after Score calls that held this many request bytes, the freed memory goes back to the system
+TRIM_AFTER_BYTES = 32 * MB
 
 
 def grpc_message_options(max_message_mb: int) -> list[tuple[str, int]]:
@@ -101,14 +116,16 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             max_workers=max(1, cfg.decode_workers), thread_name_prefix="png"
         )
         self._closing = threading.Event()  # decoding threads stop between images once set
+        self._parse_score = _parser(reward_pb2.ScoreRequest)
+        self._untrimmed_bytes = 0  # request bytes held since the last release_free_memory
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register Score and Info; requests that do not parse reach the handlers as _CorruptRequest."""
         handlers = {
-            "Score": grpc.unary_unary_rpc_method_handler(
-                self.Score,
-                request_deserializer=_parser(reward_pb2.ScoreRequest),
-                response_serializer=reward_pb2.ScoreReply.SerializeToString,
+            # request-streaming on this side only (the wire is the same as unary): Score runs before the
+            # request is received, so a call over the limit is refused before its bytes are held
+            "Score": grpc.stream_unary_rpc_method_handler(
+                self.Score, response_serializer=reward_pb2.ScoreReply.SerializeToString
             ),
             "Info": grpc.unary_unary_rpc_method_handler(
                 self.Info,
@@ -133,11 +150,10 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         )
 
     async def Score(
-        self, request: Union[reward_pb2.ScoreRequest, _CorruptRequest], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> reward_pb2.ScoreReply:
+        """Refuse what can be refused before the request is read (not loaded, busy), then read it."""
         name = self.scorer.service
-        if isinstance(request, _CorruptRequest):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         if self.load_error is not None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"{name} scorer failed to load: {self.load_error!r}"
@@ -150,18 +166,39 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 f"{name} server busy: {self.active_calls} calls in flight (max_concurrent_calls="
                 f"{self.cfg.max_concurrent_calls}); retry with backoff or add replicas",
             )
-        assert not isinstance(request, _CorruptRequest)  # context.abort raised for it above
-        problem = self._check_request(request)
-        if problem is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         self.active_calls += 1
-        self.score_calls += 1
         t0 = time.perf_counter()
         try:
+            raw = await self._read_one(requests, context)
+            self._untrimmed_bytes += len(raw)
+            request = self._parse_score(raw)
+            del raw  # the parsed message holds its own copy
+            if isinstance(request, _CorruptRequest):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            assert not isinstance(request, _CorruptRequest)  # context.abort raised for it above
+            problem = self._check_request(request)
+            if problem is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            self.score_calls += 1
             return await self._score(request, context)
         finally:
             self.active_calls -= 1
             record_server_request(self.scorer.service, time.perf_counter() - t0)  # no-op outside Ray
+            if self.active_calls == 0 and self._untrimmed_bytes >= TRIM_AFTER_BYTES:
+                self._untrimmed_bytes = 0
+                request = None  # type: ignore[assignment]  # freed before the trim, not after it
+                await asyncio.get_running_loop().run_in_executor(None, release_free_memory)
+
+    async def _read_one(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        """The one request message of a Score call (its raw bytes)."""
+        raw = None
+        async for message in requests:
+            if raw is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Score takes one ScoreRequest per call")
+            raw = message
+        if raw is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the Score call carried no ScoreRequest")
+        return raw
 
     def _check_request(self, request: reward_pb2.ScoreRequest) -> Optional[str]:
         """Why the whole request is invalid (INVALID_ARGUMENT), or None."""
@@ -391,9 +428,13 @@ async def start_server(scorer: Scorer, cfg: ServerConfig, wait_loaded: bool = Tr
     With wait_loaded (default) it returns once load() finished and health is SERVING (a failed load
     stops the server and raises); otherwise load() runs in the background (`await srv.wait_loaded()`).
     """
+    check_exposure(cfg, scorer.service)
+    credentials = server_credentials(cfg, scorer.service)
     servicer = RewardServicer(scorer, cfg)
     server = grpc.aio.server(
-        options=grpc_message_options(cfg.max_message_mb) + [("grpc.so_reuseport", 0)],
+        interceptors=token_interceptors(cfg, scorer.service),
+        options=grpc_message_options(cfg.max_message_mb) + [("grpc.so_reuseport", 0)] + FLOW_CONTROL,
+        maximum_concurrent_rpcs=cfg.max_concurrent_calls + OTHER_CALLS,
     )
     servicer.add_to_server(server)
     health_servicer = health.aio.HealthServicer()
@@ -405,7 +446,10 @@ async def start_server(scorer: Scorer, cfg: ServerConfig, wait_loaded: bool = Tr
         server,
     )
     try:
-        port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        port = (
+            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        )
     except RuntimeError as e:
         raise RuntimeError(f"cannot bind {cfg.host}:{cfg.port} for the {scorer.service} service: {e}") from e
     srv = RewardServer(server, servicer, health_servicer, cfg.host, port)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from cocoedit.loopback import apply_loopback_env
+from cocoedit.ray_auth import enable_run_token
 
 apply_loopback_env()
+enable_run_token()  # the suite's Ray clusters (and the runs its tests start) use a per-session token
 
 
 def pytest_configure(config: pytest.Config) -> None:

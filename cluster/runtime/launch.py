@@ -27,6 +27,7 @@ import ray
 
 from cocoedit.cluster.config import Config, RunConfig
 from cocoedit.loopback import apply_loopback_env, check_port_free
+from cocoedit.ray_auth import enable_run_token
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def init_ray(cfg: RunConfig) -> None:
         _join(address, "run.ray_address" if cfg.ray_address else "RAY_ADDRESS", cfg.ray_connect_timeout_s)
     else:
         apply_loopback_env()
+        enable_run_token()  # the GCS address shows in `ps`: nobody without the token may join
         if cfg.metrics_export_port is not None:  # else Ray waits 30 s and says "node timed out"
             check_port_free("127.0.0.1", cfg.metrics_export_port, "run.metrics_export_port")
         ray.init(

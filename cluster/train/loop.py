@@ -45,7 +45,7 @@ from cocoedit.cluster.train.rundir import RunDirError, claim_run_dir, resumed_co
 from cocoedit.cluster.train.runlog import RunLog, ValidationRow
 from cocoedit.cluster.train.scores import Scores, score_batch
 from cocoedit.learner.advantages import GroupScores, score_groups
-from cocoedit.learner.checkpoint import latest_checkpoint
+from cocoedit.learner.checkpoint import latest_checkpoint, read_learner_state
 from cocoedit.loopback import PortTakenError
 from cocoedit.rewards.weighting import RewardError
 from cocoedit.telemetry import record_epoch
@@ -271,7 +271,7 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
         cfg = resolve_models(cfg)
         log_plan(cfg)  # devices and memory per role (cocoedit plan)
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
-        runlog = _closing(parts, RunLog(cfg, resume=ckpt is not None))
+        runlog = _closing(parts, RunLog(cfg, resume=ckpt is not None, first_epoch=resumed_epoch(ckpt)))
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
         rollout = _closing(parts, RolloutGroup(cfg.policy, cfg.rollout, placement))
         services = _closing(parts, RewardServices(cfg.rewards))
@@ -373,6 +373,13 @@ def fixed_eval_items(items: list[EditItem | ItemRef], n_items: int, n_seeds: int
         for j, item in enumerate(items[:n_items])
         for k in range(n_seeds)
     ]
+
+
+def resumed_epoch(ckpt: Optional[Path]) -> Optional[int]:
+    """The first epoch a run resumed from `ckpt` trains (None when not resuming)."""
+    if ckpt is None:
+        return None
+    return int(read_learner_state(ckpt)["extra_state"]["epoch"]) + 1
 
 
 def _resume(ckpt: Path, learner: LearnerGroup, sampler: EpochSampler) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """What `cocoedit train` checks before Ray starts: the tiny editor's resolution, the data file and its
 items (through `actors.data.split_held_out`, which the run then uses), and the run's local ports.
 
+    check_train_inputs(cfg)            # ConfigError: the data file the driver reads (the CLI, at load)
     items, held_out = preflight(cfg)   # PreflightError: one line naming the problem and the fix
 
 Every refusal here used to surface only after the cluster, the placement and the models had started,
@@ -9,9 +10,28 @@ inside a long traceback (or, for a taken metrics port, as Ray's "node timed out"
 
 from __future__ import annotations
 
-from cocoedit.actors.data import split_held_out
-from cocoedit.actors.types import EditItem, ItemRef
-from cocoedit.cluster.config import Config
+import os
+from typing import TYPE_CHECKING
+
+from cocoedit.cluster.config import Config, ConfigError
+
+if TYPE_CHECKING:  # this module stays light: the CLI imports it before torch
+    from cocoedit.actors.types import EditItem, ItemRef
+
+
+def check_train_inputs(cfg: Config) -> None:
+    """Raise ConfigError when data.manifest (read by the driver) does not exist or cannot be read."""
+    manifest = cfg.data.manifest
+    if manifest is None:
+        return
+    what = "folder" if cfg.data.format == "benchmask" else "file"
+    if not os.path.exists(manifest):
+        raise ConfigError(
+            f"data.manifest={manifest} does not exist (relative paths start at {os.getcwd()}); give the data "
+            f"{what}, or leave data.manifest unset (null) for the synthetic task"
+        )
+    if not os.access(manifest, os.R_OK):
+        raise ConfigError(f"data.manifest={manifest} is not readable by this user; fix its permissions")
 
 
 class PreflightError(ValueError):
@@ -33,6 +53,9 @@ def check_tiny_resolution(cfg: Config) -> None:
 
 def preflight(cfg: Config) -> tuple[dict[str, EditItem | ItemRef], list[EditItem | ItemRef]]:
     """(training items by id, held-out items) of `cfg`, every check of this module passed."""
+    from cocoedit.actors.data import split_held_out
+
+    check_train_inputs(cfg)
     check_tiny_resolution(cfg)
     try:
         return split_held_out(cfg.data, cfg.run.eval_items if cfg.run.eval_every else 0)

@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from cocoedit.cluster.config import Config, to_dict
+from cocoedit.cluster.config import Config, redacted_dict, to_dict
 from cocoedit.learner.checkpoint import COMPLETE, latest_checkpoint
 
 # Keys a resumed run may change: how long it runs, what it logs and where (none changes what a step
@@ -89,7 +89,7 @@ def check_config(cfg: Config, ckpt: Path) -> None:
             "put the run's config.yaml there"
         )
     saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
-    now = _flat(to_dict(cfg))
+    now = _flat(redacted_dict(cfg))  # config.yaml holds secrets redacted
     # keys the saved config lacks were added since; that run behaved as their defaults do
     defaults = _flat(to_dict(Config()))
     differ = []

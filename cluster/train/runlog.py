@@ -7,7 +7,8 @@ runs/<name>/
   wandb/               Weights & Biases run (offline unless run.wandb_mode)   run.trackers: wandb
   mlruns/              MLflow file store (unless run.mlflow_tracking_uri)     run.trackers: mlflow
                        (metric names with '.' for '/': reward.mean)
-  trackers.json        the W&B / MLflow run ids, so that `--resume` continues the same tracker runs
+  trackers.json        the W&B / MLflow run ids, so that `--resume` continues the same tracker runs, and
+                       the last epoch the trackers were sent (`sent_through`)
   images/epoch_XXXXX.png   the fixed validation set: per item source | its edits (reward under each) |
                            target (when known) | mask overlay; the same items and seeds every time
   checkpoints/         written by learner.checkpoint
@@ -24,6 +25,12 @@ does not keep that guarantee: its MLflow tracker logs our names as they are (the
 both `reward/synthetic` and `reward/synthetic/edit_psnr`), goes through MLflow's process-global active
 run and tracking URI, and has no image logging; its TensorBoard tracker writes the config with
 `add_hparams`, a second event directory (another run of every series in TensorBoard).
+
+One epoch, one row, across kills and resumes: a resumed run (`first_epoch` = the epoch after its
+checkpoint's) cuts metrics.jsonl back to the rows before `first_epoch` (a row half-written by a kill
+goes too) and rewrites the epochs it redoes; the trackers, which cannot take a value back, are not
+sent an epoch again that they were sent before the kill (they keep the first values; a resumed run
+recomputes the same numbers but its timings).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from cocoedit.cluster.config import Config, dump_config, to_dict
+from cocoedit.cluster.config import Config, dump_config, redacted_dict
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +106,7 @@ class WandbTracker:
             name=cfg.run.name,
             dir=str(run_dir),
             mode=cfg.run.wandb_mode,
-            config=to_dict(cfg),
+            config=redacted_dict(cfg),
             id=run_id,
             resume="allow" if run_id else None,
             reinit="finish_previous",
@@ -146,7 +153,7 @@ class MlflowTracker:
             exp = self.client.get_experiment_by_name(cfg.run.mlflow_experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.run.mlflow_experiment)
             run_id = self.client.create_run(exp_id, run_name=cfg.run.name).info.run_id
-            params = [Param(k, v[:6000]) for k, v in flat_params(to_dict(cfg)).items()]
+            params = [Param(k, v[:6000]) for k, v in flat_params(redacted_dict(cfg)).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(run_id, params=params[i : i + 100])
         else:
@@ -184,14 +191,19 @@ class RunLog:
     With resume=True the W&B and MLflow runs recorded in trackers.json are continued.
     """
 
-    def __init__(self, cfg: Config, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, resume: bool = False, first_epoch: Optional[int] = None) -> None:
+        """first_epoch (with resume): the first epoch this run logs; rows from it on are dropped."""
         self.dir = Path(cfg.run.run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "images").mkdir(exist_ok=True)
         (self.dir / "config.yaml").write_text(dump_config(cfg))
+        if resume and first_epoch is not None:
+            keep_rows_before(self.dir / "metrics.jsonl", first_epoch)
         self._metrics = open(self.dir / "metrics.jsonl", "a")
         ids_path = self.dir / TRACKER_IDS
         ids = json.loads(ids_path.read_text()) if resume and ids_path.is_file() else {}
+        self._ids_path = ids_path
+        self._sent_before = int(ids.get("sent_through", -1))  # epochs the trackers hold from before
         self.trackers: dict[str, Any] = {}
         try:
             for name in cfg.run.trackers:
@@ -200,7 +212,8 @@ class RunLog:
             self.close()
             raise
         ids.update({name: t.id for name, t in self.trackers.items() if t.id is not None})
-        ids_path.write_text(json.dumps(ids, indent=2) + "\n")
+        self._ids = ids
+        _write_atomic(ids_path, json.dumps(ids, indent=2) + "\n")
 
     def scalars(self, epoch: int, values: Mapping[str, Any]) -> None:
         """Append `values` for `epoch` to metrics.jsonl (non-finite numbers as null) and send the finite
@@ -208,9 +221,14 @@ class RunLog:
         clean = {k: (v if isinstance(v, str) else _finite(v)) for k, v in values.items()}
         self._metrics.write(json.dumps({"epoch": epoch, **clean}) + "\n")
         self._metrics.flush()
+        if epoch <= self._sent_before:
+            return  # sent before a kill: a tracker cannot take it back, so it keeps that row
         numbers = {k: v for k, v in clean.items() if isinstance(v, float)}
         for tracker in self.trackers.values():
             tracker.scalars(epoch, numbers)
+        if self.trackers and epoch > self._ids.get("sent_through", -1):
+            self._ids["sent_through"] = epoch
+            _write_atomic(self._ids_path, json.dumps(self._ids, indent=2) + "\n")
 
     def image_grid(
         self,
@@ -230,7 +248,7 @@ class RunLog:
         grid = np.asarray(make_grid_image(source, edits, edit_mask, scores, title))
         path = self.dir / "images" / f"epoch_{epoch:05d}.png"
         path.write_bytes(encode_png(grid))
-        for tracker in self.trackers.values():
+        for tracker in self.trackers.values() if epoch > self._sent_before else ():
             tracker.image(epoch, grid, title)
         return path
 
@@ -260,6 +278,36 @@ class RunLog:
                     log.warning("closing the %s tracker: %s", name, e)
         self.trackers = {}
         self._metrics.close()
+
+
+def keep_rows_before(path: Path, first_epoch: int) -> int:
+    """Cut metrics.jsonl at `path` back to its whole rows of epochs < first_epoch (replaced atomically).
+    Returns how many rows were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            whole = isinstance(row, dict) and isinstance(row.get("epoch"), int)
+        except ValueError:  # the row a kill left half-written
+            whole = False
+        if whole and row["epoch"] < first_epoch:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        _write_atomic(path, "".join(kept))
+        log.info(
+            "metrics.jsonl: dropped %d rows from epoch %d on (the run resumes there)", dropped, first_epoch
+        )
+    return dropped
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _finite(value: Any) -> Optional[float]:

@@ -109,6 +109,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields 
     env = {
         **os.environ,
         **LOOPBACK_ENV,
+        # Unauthenticated, as before issue 29 (tests/conftest.py turns token auth on for the suite): in one
+        # manual try with a token, `ray job submit` authenticated but was answered "No available agent to
+        # submit job"; not investigated further (README, Security set-up)
+        "RAY_AUTH_MODE": "disabled",
         "PATH": f"{RAY.parent}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this venv's
         "OMP_NUM_THREADS": "1",
         # Export every 2 s (default 10 s): the test reads the gauges while the job runs, and Ray drops a

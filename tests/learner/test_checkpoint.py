@@ -1,5 +1,6 @@
-"""Checkpoints keep our own state as JSON and safetensors: RNG states round-trip exactly, and a file in
-the run directory carrying a pickle that would run code is refused with a clear error, never unpickled.
+"""Checkpoints keep our own state as JSON and safetensors: RNG states round-trip exactly, every file is
+checked against the checkpoint's sha256 manifest, and a file in the run directory carrying a pickle that
+would run code (ours, or DeepSpeed's engine state) is refused with a clear error, never unpickled.
 (Saving and resuming a real learner bit-exactly: tests/learner/test_learner.py and the resume test of
 tests/cluster/test_train.py.)"""
 
@@ -24,6 +25,9 @@ from cocoedit.learner.checkpoint import (
     save_rng_state,
     set_rng_state,
 )
+from cocoedit.learner.integrity import write_manifest
+from cocoedit.learner.learner import Learner
+from tests.learner import common
 
 
 class Payload:
@@ -73,6 +77,7 @@ def _checkpoint(root: Path) -> Path:
         json.dumps({"step": 1, "world_size": 1, "zero_stage": 2, "extra_state": {"epoch": 0}})
     )
     save_rng_state(ckpt / "rng_rank0.safetensors")
+    write_manifest(ckpt)
     (ckpt / COMPLETE).write_text('{"step": 1}')
     return ckpt
 
@@ -89,6 +94,67 @@ def test_a_pickle_payload_in_the_checkpoint_is_refused_and_never_run(tmp_path: P
     else:
         (ckpt / "rng_rank0.safetensors").write_bytes(payload)
         match = r"rng_rank0.safetensors is not an RNG state written by cocoedit"
+    write_manifest(ckpt)  # whoever can write the directory can rewrite the manifest too
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(Untouched(), tmp_path)  # type: ignore[arg-type]
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("change", ["added", "changed", "removed", "no_manifest"])
+def test_a_file_that_differs_from_the_manifest_is_refused_naming_it(tmp_path: Path, change: str) -> None:
+    ckpt = _checkpoint(tmp_path)
+    if change == "added":
+        (ckpt / "extra.pt").write_bytes(b"x")
+        match = r"extra.pt is not listed in .*MANIFEST.json"
+    elif change == "changed":
+        (ckpt / "learner_state.json").write_text(
+            '{"step": 1, "world_size": 1, "zero_stage": 0, "extra_state": {}}'
+        )
+        match = r"learner_state.json differs from its sha256 in .*MANIFEST.json"
+    elif change == "removed":
+        (ckpt / "rng_rank0.safetensors").unlink()
+        match = r"rng_rank0.safetensors is listed in .*MANIFEST.json but missing"
+    else:
+        (ckpt / "MANIFEST.json").unlink()
+        match = r"no MANIFEST.json"
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(Untouched(), tmp_path)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny model and a run directory with one real checkpoint (ZeRO-2: model and optimizer .pt files)."""
+    model_dir = common.build_model(tmp_path_factory.mktemp("tiny_flux"))
+    run_dir = tmp_path_factory.mktemp("run")
+    policy = common.load(model_dir)
+    learner = Learner(policy.cfg, common.learner_config(), policy=policy)  # type: ignore[attr-defined]
+    learner.update(
+        common.make_batch(policy), torch.tensor([1.0, -1.0, 0.3, -0.3]), torch.ones(4, dtype=torch.bool)
+    )
+    learner.save(run_dir, {"epoch": 0})
+    return model_dir, run_dir
+
+
+@pytest.mark.parametrize("name", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+def test_a_pickle_payload_in_deepspeeds_engine_state_is_refused_and_never_run(
+    saved_run: tuple[Path, Path], tmp_path: Path, name: str
+) -> None:
+    """The probe of issue 29: a pickle with a __reduce__ dropped over DeepSpeed's state (and the manifest
+    rewritten to match) ran when the run was resumed."""
+    import shutil
+
+    model_dir, run_dir = saved_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    ckpt = copy / "checkpoints" / "step_00000001"
+    marker = tmp_path / "code_ran"
+    (ckpt / "deepspeed" / name).write_bytes(pickle.dumps(Payload(marker)))
+    write_manifest(ckpt)
+    policy = common.load(model_dir)
+    learner = Learner(policy.cfg, common.learner_config(), policy=policy)  # type: ignore[attr-defined]
+    with pytest.raises(
+        CheckpointError, match=rf"{name} holds more than tensors .* refused without running it"
+    ):
+        learner.load(copy)
+    assert not marker.exists()
+    assert learner.load(run_dir) == {"epoch": 0}  # the untouched checkpoint still loads
