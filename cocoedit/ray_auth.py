@@ -36,7 +36,10 @@ def enable_run_token() -> Optional[Path]:
     if "ray._raylet" in sys.modules:
         # Ray read its config when it was imported: without a refresh this process (the driver) would
         # not send the token its own cluster then requires (what Ray's own enabling does)
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from ray._raylet import (  # type: ignore[attr-defined]  # Cython module: no stubs for these
+            AuthenticationTokenLoader,
+            Config,
+        )
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()

@@ -175,7 +175,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             del raw  # the parsed message holds its own copy
             if isinstance(request, _CorruptRequest):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            assert not isinstance(request, _CorruptRequest)  # context.abort raised for it above
+            assert isinstance(request, reward_pb2.ScoreRequest)  # context.abort raised for the rest above
             problem = self._check_request(request)
             if problem is not None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -186,7 +186,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             record_server_request(self.scorer.service, time.perf_counter() - t0)  # no-op outside Ray
             if self.active_calls == 0 and self._untrimmed_bytes >= TRIM_AFTER_BYTES:
                 self._untrimmed_bytes = 0
-                request = None  # type: ignore[assignment]  # freed before the trim, not after it
+                request = None  # freed before the trim, not after it
                 await asyncio.get_running_loop().run_in_executor(None, release_free_memory)
 
     async def _read_one(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
@@ -198,6 +198,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             raw = message
         if raw is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the Score call carried no ScoreRequest")
+        assert raw is not None  # context.abort raised above
         return raw
 
     def _check_request(self, request: reward_pb2.ScoreRequest) -> Optional[str]:
