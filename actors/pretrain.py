@@ -9,7 +9,9 @@ The tiny mode has no such checkpoint, so this builds one from the same diffusers
   2. the whole tiny transformer trained by flow matching, conditioned on (instruction, source image)
      exactly as the policy conditions it, towards the known target: v* = eps - x0_target.
 The result is a normal diffusers directory (loads with FluxKontextPipeline.from_pretrained), plus
-`pretrain.json` with the losses and a held-out evaluation. Deterministic from the seed on CPU.
+`pretrain.json` with the losses and a held-out evaluation. Deterministic from the seed on CPU: the
+build runs on one thread with torch's deterministic algorithms (`deterministic_cpu`), so the thread
+settings of the machine (OMP_NUM_THREADS, cores) do not change a bit of the weights.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,14 +38,35 @@ log = logging.getLogger(__name__)
 GRID_ITEMS = 8  # held-out items shown in grid.png (two of each edit type)
 
 
+@contextmanager
+def deterministic_cpu() -> Iterator[None]:
+    """One intra-op thread and torch's deterministic algorithms inside, the caller's settings restored
+    after. A float sum split over N threads is added in another order for each N, so without this the
+    weights depend on the machine's core count and OMP_NUM_THREADS."""
+    threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(strict)
+        torch.set_num_threads(threads)
+
+
 def pretrain_tiny(cfg: PretrainConfig, out_dir: str | Path, progress: bool = False) -> Path:
-    """Build and pre-train a tiny editor into out_dir (written atomically); returns out_dir."""
+    """Build and pre-train a tiny editor into out_dir (written atomically); returns out_dir.
+
+    Bit-identical for one cfg whatever the thread settings (`deterministic_cpu`)."""
+    with deterministic_cpu():
+        return _pretrain_tiny(cfg, Path(out_dir), progress)
+
+
+def _pretrain_tiny(cfg: PretrainConfig, out: Path, progress: bool) -> Path:
     from cocoedit.actors.policies import load_policy
     from cocoedit.actors.policies.common import DiffusersEditPolicy
     from cocoedit.actors.policies.tiny import TINY_MAX_SEQUENCE_LENGTH, build_tiny_model
     from cocoedit.actors.synth import synthetic_items
 
-    out = Path(out_dir)
     work = Path(tempfile.mkdtemp(prefix=".pretrain_", dir=out.parent if out.parent.exists() else None))
     torch.manual_seed(cfg.seed)
     t_start, cpu_start = time.perf_counter(), time.process_time()

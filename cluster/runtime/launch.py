@@ -31,7 +31,7 @@ from cocoedit.ray_auth import enable_run_token
 
 log = logging.getLogger(__name__)
 
-TINY_EDITOR_VERSION = 1  # bump when the pre-training recipe changes
+TINY_EDITOR_VERSION = 2  # bump when the pre-training recipe changes (2: one thread, deterministic kernels)
 
 
 def cache_dir() -> Path:

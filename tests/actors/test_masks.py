@@ -115,7 +115,9 @@ def test_shift_is_estimated_and_undone() -> None:
     assert not valid[:, -2:].any() and valid[:, :-2].all()
     assert np.array_equal(back[valid], source[valid])
     assert edit_mask(source, target, MaskConfig()).mask.mean() < 0.01
-    assert edit_mask(source, target, MaskConfig(align=False)).mask.mean() > 0.05
+    # unaligned, the 2 px strips along every block edge differ (0.044 of the image is masked since the
+    # rim cut of issue 26, 0.05+ before; most strips are thinner than the opening keeps)
+    assert edit_mask(source, target, MaskConfig(align=False)).mask.mean() > 0.03
 
 
 def test_difference_and_threshold() -> None:

@@ -73,3 +73,20 @@ def test_report_and_grid_are_of_the_held_out_items(editor: Path) -> None:
         column = grid[:, k * size : (k + 1) * size]
         assert np.array_equal(column[:size], item.source_image.permute(1, 2, 0).numpy())
         assert np.array_equal(column[2 * size :], item.target_image.permute(1, 2, 0).numpy())
+
+
+def test_build_is_bit_identical_under_any_thread_count(tmp_path: Path, editor: Path) -> None:
+    """The module's editor was built under the session's thread count; one built under another count
+    (set by the caller) has the same bytes, and the caller's setting is back afterwards. Unpinned, the
+    two builds differed (1 vs 2 threads)."""
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1
+    torch.set_num_threads(threads)
+    try:
+        other = pretrain_tiny(FAST, tmp_path / "editor")
+        assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(before)
+    for part in ("transformer", "vae"):
+        mine = next((editor / part).glob("*.safetensors")).read_bytes()
+        assert next((other / part).glob("*.safetensors")).read_bytes() == mine, part
