@@ -35,9 +35,9 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cocoedit.actors.mask_eval import Degradation, degrade_pair, iou_by_task  # noqa: E402
-from cocoedit.actors.masks import MaskConfig, edit_mask  # noqa: E402
 from cocoedit.actors.synth import TASKS, synthetic_example  # noqa: E402
+from cocoedit.cluster.curate.mask_eval import Degradation, degrade_pair, iou_by_task  # noqa: E402
+from cocoedit.cluster.curate.masks import MaskConfig, edit_mask  # noqa: E402
 
 
 def examples(n: int, size: int, seed: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:

@@ -1,4 +1,4 @@
-"""Edit masks on data nobody tuned to: photographs and hard cases (actors/mask_cases.py), per degradation.
+"""Edit masks on data nobody tuned to: photographs and hard cases (cluster/curate/mask_cases.py), per degradation.
 
     .venv/bin/python bench/masks.py [--part tuning|held-out|both] [--methods baseline,previous,current]
                                     [--json OUT.json]
@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cocoedit.actors.mask_cases import DEGRADATIONS, MaskCase, degrade, held_out, mask_cases  # noqa: E402
-from cocoedit.actors.masks import (  # noqa: E402
+from cocoedit.cluster.curate.mask_cases import DEGRADATIONS, MaskCase, degrade, held_out, mask_cases  # noqa: E402
+from cocoedit.cluster.curate.masks import (  # noqa: E402
     MaskConfig,
     adaptive_threshold,
     apply_shift,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Optional
 
-from cocoedit.actors.masks import MaskConfig
+from cocoedit.cluster.curate.masks import MaskConfig
 from cocoedit.ranges import Range
 from cocoedit.rewards.annotate import AnnotateConfig
 

@@ -61,7 +61,7 @@ def first_failure(rec: dict[str, Any], filters: FilterConfig, judged: bool) -> O
 def select(records: list[dict[str, Any]], cfg: CurateConfig, num: Optional[int]) -> dict[str, Any]:
     """Apply the filters in FILTERS order. Sets rec["rejected_by"] (None = kept) and, for duplicates,
     rec["duplicate_of"]; returns the funnel {filter: {"reached", "passed"}} and the kept ids in order."""
-    from cocoedit.actors.dedup import DedupKey, balanced_sample, duplicates
+    from cocoedit.cluster.curate.dedup import DedupKey, balanced_sample, duplicates
 
     alive = []
     for rec in records:

@@ -11,7 +11,7 @@ a local one on 127.0.0.1 (`run.ray_num_cpus`).
 1. Plan: the inputs are cut into shards of `curate.shard_size` rows (JSONL byte offsets, Parquet row
    groups); only file metadata is read. OUT/plan.json pins the inputs and settings.
 2. Ray Data: one task per shard reads its rows (never the whole dataset in one process), copies the
-   images to OUT/items/<shard>/, computes the edit mask from the pair (actors/masks.py), its area, the
+   images to OUT/items/<shard>/, computes the edit mask from the pair (cluster/curate/masks.py), its area, the
    keep-region PSNR/SSIM of the target (rewards/metrics.py) and the hashes for deduplication; then
    (`curate.mllm`) actors each holding one vLLM engine (rewards/annotate.py) refine the instruction and
    judge the target, or ground items without a target (box masks), for the items that passed the

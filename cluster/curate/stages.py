@@ -80,8 +80,8 @@ def _mask_pair(
     """Fill `rec` for an item with a target: target copied, mask written, area, keep PSNR/SSIM, hashes."""
     from PIL import Image
 
-    from cocoedit.actors.dedup import perceptual_hash, pixel_digest
-    from cocoedit.actors.masks import edit_mask, undo_global_change
+    from cocoedit.cluster.curate.dedup import perceptual_hash, pixel_digest
+    from cocoedit.cluster.curate.masks import edit_mask, undo_global_change
 
     data = image_bytes(row.get("target"), base, "target")
     target, suffix = decode_image(data, "target", cfg.max_image_pixels)
@@ -112,7 +112,7 @@ def _mask_pair(
 def prepare_item(row: dict[str, Any], shard: Shard, k: int, cfg: CurateConfig, out: Path) -> dict[str, Any]:
     """Stage 1 of one item: copy its images into OUT/items, mask the pair, measure it. Returns its
     record (JSON-able); an unusable item gets `error` and no numbers."""
-    from cocoedit.actors.dedup import perceptual_hash, pixel_digest
+    from cocoedit.cluster.curate.dedup import perceptual_hash, pixel_digest
 
     row_id = row.get("id")
     item_id = (
@@ -195,7 +195,7 @@ class AnnotateStage:
         self.annotator.load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        from cocoedit.actors.masks import box_mask
+        from cocoedit.cluster.curate.masks import box_mask
         from cocoedit.rewards.annotate import AnnotationRequest
 
         records = [json.loads(r) for r in batch["record"]]

@@ -22,12 +22,12 @@ import pytest
 
 from cocoedit.actors.config import DataConfig
 from cocoedit.actors.data import scan
-from cocoedit.actors.mask_eval import Degradation, degrade_pair
-from cocoedit.actors.masks import mask_iou
 from cocoedit.actors.synth import synthetic_example
 from cocoedit.cluster.config import load_config
 from cocoedit.cluster.curate.filters import FILTERS
 from cocoedit.cluster.curate.inputs import LAYOUTS, detect_layout, plan_shards, read_shard
+from cocoedit.cluster.curate.mask_eval import Degradation, degrade_pair
+from cocoedit.cluster.curate.masks import mask_iou
 from cocoedit.cluster.curate.pipeline import curate, make_plan, prepare_shards
 from tests.browser import open_in_chromium
 

@@ -1,6 +1,6 @@
 """Edit masks on hand-built hard cases that the masks before issue 26 got wrong: a texture change that
 keeps the mean colour, an additive brightness offset, an uneven change, antialiased edges; and the
-benchmark's data builder (actors/mask_cases.py)."""
+benchmark's data builder (cluster/curate/mask_cases.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cocoedit.actors.mask_cases import DEGRADATIONS, blob, case_ids, degrade, held_out, mask_case
-from cocoedit.actors.masks import (
+from cocoedit.cluster.curate.mask_cases import DEGRADATIONS, blob, case_ids, degrade, held_out, mask_case
+from cocoedit.cluster.curate.masks import (
     MaskConfig,
     apply_shift,
     check_shift,

@@ -2,11 +2,11 @@
 
 Real editing datasets are not pixel-clean: targets are JPEG files, their colours drift a little, and
 some are shifted by a pixel. `degrade_pair` applies the same to a clean synthetic pair, so that the
-masks of actors/masks.py can be scored by IoU against the exact mask, per edit type:
+masks of cluster/curate/masks.py can be scored by IoU against the exact mask, per edit type:
 
     table = iou_by_task(examples, MaskConfig(), degrade=True, seed=0)   # {task: mean IoU}
 
-Used by tests/actors/test_masks.py and bench/curate.py; also a way to check a MaskConfig before
+Used by tests/cluster/test_masks.py and bench/curate.py; also a way to check a MaskConfig before
 curating a dataset with it.
 """
 
@@ -19,7 +19,7 @@ from typing import Annotated
 
 import numpy as np
 
-from cocoedit.actors.masks import MaskConfig, edit_mask, mask_iou
+from cocoedit.cluster.curate.masks import MaskConfig, edit_mask, mask_iou
 from cocoedit.ranges import Range
 
 

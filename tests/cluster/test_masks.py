@@ -8,8 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cocoedit.actors.mask_eval import Degradation, degrade_pair, iou_by_task, jpeg
-from cocoedit.actors.masks import (
+from cocoedit.actors.synth import TASKS, synthetic_example
+from cocoedit.cluster.curate.mask_eval import Degradation, degrade_pair, iou_by_task, jpeg
+from cocoedit.cluster.curate.masks import (
     MaskConfig,
     adaptive_threshold,
     apply_shift,
@@ -24,7 +25,6 @@ from cocoedit.actors.masks import (
     match_colour,
     open_close,
 )
-from cocoedit.actors.synth import TASKS, synthetic_example
 
 SIZE = 128
 PER_TASK = 8

@@ -7,7 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cocoedit.actors.dedup import (
+from cocoedit.actors.synth import synthetic_example
+from cocoedit.cluster.curate.dedup import (
     DedupKey,
     balanced_sample,
     duplicates,
@@ -15,8 +16,7 @@ from cocoedit.actors.dedup import (
     perceptual_hash,
     pixel_digest,
 )
-from cocoedit.actors.mask_eval import jpeg
-from cocoedit.actors.synth import synthetic_example
+from cocoedit.cluster.curate.mask_eval import jpeg
 
 
 def _image(i: int, size: int = 64) -> np.ndarray:

@@ -27,7 +27,7 @@ from functools import cache
 
 import numpy as np
 
-from cocoedit.actors.mask_eval import jpeg
+from cocoedit.cluster.curate.mask_eval import jpeg
 
 SIZE = 256
 PHOTOS = (
