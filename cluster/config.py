@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 
@@ -24,6 +24,7 @@ from cocoedit.actors.policies import FAMILIES
 from cocoedit.cluster.curate.config import CurateConfig
 from cocoedit.cluster.eval.config import EvalConfig
 from cocoedit.cluster.redact import redact_text, redact_tree
+from cocoedit.cluster.train.config import RunConfig
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.ranges import Range, check
 from cocoedit.rewards.config import (
@@ -39,70 +40,6 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # libyaml's safe loader where installed: the same documents, parsed ~10x faster than pure Python
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_CONFIG = CONFIG_DIR / "tiny_cpu.yaml"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """The driver: epochs, logging, checkpoints, the Ray cluster."""
-
-    name: str = "cocoedit"  # the run's name: run_dir's ${name}, trackers' run name
-    # Epochs to train; one epoch = sample, score, one learner update
-    epochs: Annotated[int, Range(ge=1)] = 100
-    run_dir: str = "runs/${name}"  # ${name} is replaced by run.name
-    image_every: Annotated[int, Range(ge=0)] = 10  # 0 = never
-    checkpoint_every: Annotated[int, Range(ge=0)] = 10  # 0 = only after the last epoch
-    # Newest complete checkpoints kept in run_dir/checkpoints (older ones deleted)
-    keep_checkpoints: Annotated[int, Range(ge=1)] = 3
-    # Every eval_every epochs (and at the last) the current sampling policy edits a FIXED set (eval_items
-    # items held out of training, actors.data.split_held_out, x eval_seeds noise seeds) and the reward
-    # services score it: a held-out learning curve free of the noise of which items an epoch drew. 0 = never.
-    eval_every: Annotated[int, Range(ge=0)] = 0
-    eval_items: Annotated[int, Range(ge=1)] = 8  # held-out items of the fixed evaluation set
-    # Noise seeds per held-out item (edits = eval_items x eval_seeds)
-    eval_seeds: Annotated[int, Range(ge=1)] = 2
-    ray_address: Optional[str] = None  # None = the job's cluster under `ray job submit`, else a local one
-    # Port of the local cluster's Prometheus metrics export (cocoedit/telemetry.py), on 127.0.0.1.
-    # None = Ray picks one (logged at start); ignored when joining a cluster (`ray start --metrics-export-port`).
-    metrics_export_port: Optional[Annotated[int, Range(ge=1, le=65535)]] = None
-    # CPUs of the local Ray cluster a run starts; None = every core of the machine
-    ray_num_cpus: Optional[Annotated[int, Range(ge=1)]] = None
-    # Placement (cluster/runtime/placement.py): every role's actors are reserved as placement groups before
-    # anything starts; a reservation the cluster cannot satisfy fails after this many seconds.
-    placement_timeout_s: Annotated[float, Range(gt=0)] = 30.0
-    # Compare what the roles ask for with the cluster's resources first (fails at once, naming the role);
-    # false on autoscaling clusters where nodes join on demand.
-    check_resources: bool = True
-    # Rollout worker i and learner rank i share one bundle (one GPU: gpus_per_worker + gpus_per_rank <= 1).
-    colocate: bool = False
-    # Seed of the run's own randomness (tiny editor and judge built in code)
-    seed: Annotated[int, Range(ge=0)] = 0
-    tiny: bool = False  # build the tiny editor / tiny judge in code when no model_path is given
-    # Experiment trackers (cluster/train/runlog.py): each gets the same scalars, image grids, the resolved
-    # config as parameters and the LoRA at the end. W&B stays offline (files under run_dir/wandb, no
-    # network) unless wandb_mode=online; MLflow writes a file store under run_dir/mlruns unless a
-    # tracking URI is given.
-    trackers: tuple[Literal["tensorboard", "wandb", "mlflow"], ...] = ("tensorboard",)
-    wandb_project: str = "cocoedit"  # Weights & Biases project of the run
-    # Offline: files under run_dir/wandb (sync later); online: upload as it runs
-    wandb_mode: Literal["offline", "online"] = "offline"
-    # MLflow server or database; None = a file store under run_dir/mlruns
-    mlflow_tracking_uri: Optional[str] = None
-    mlflow_experiment: str = "cocoedit"  # MLflow experiment the run is logged under
-    # Joining a cluster (run.ray_address / RAY_ADDRESS) gives up after this long with a message
-    # instead of waiting on the address of a stopped cluster.
-    ray_connect_timeout_s: Annotated[float, Range(gt=0)] = 30.0
-    # Pin learner ranks and rollout workers to disjoint cores of this machine (one-node clusters, not
-    # with colocate), so that sampling the next batch overlaps the update instead of competing for the
-    # same cores (bench/train_loop.py measures both).
-    pin_cpus: bool = False
-
-    def check(self) -> None:
-        """Rules between fields (the config loader calls this)."""
-        if not self.run_dir.strip():
-            raise ValueError(
-                "run_dir is empty: the run would write into the current directory; give a directory, e.g. "
-                "run.run_dir=runs/${name} (the default)"
-            )
 
 
 _S = TypeVar("_S", bound=ServiceConfig)

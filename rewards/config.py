@@ -39,9 +39,9 @@ class ServerConfig:
     # Beyond loopback a server needs TLS (PEM files) and a token (a file, or $COCOEDIT_REWARD_TOKEN) and
     # refuses to start without them unless insecure: true (rewards/security.py; README, Cluster: security).
     tls_cert_file: Optional[str] = None
-    tls_key_file: Optional[str] = None
-    token_file: Optional[str] = None
-    insecure: bool = False
+    tls_key_file: Optional[str] = None  # the private key of tls_cert_file (PEM)
+    token_file: Optional[str] = None  # a file holding the bearer token clients must send
+    insecure: bool = False  # serve beyond loopback without TLS and token (a trusted network only)
 
 
 @dataclass(frozen=True)
@@ -162,4 +162,4 @@ class ClientConfig:
     # The CA that signed the services' certificates (TLS) and the services' token (a file, or
     # $COCOEDIT_REWARD_TOKEN): needed for services bound beyond loopback (rewards/security.py).
     tls_ca_file: Optional[str] = None
-    token_file: Optional[str] = None
+    token_file: Optional[str] = None  # the bearer token sent to services bound beyond loopback

@@ -58,13 +58,13 @@ class MaskConfig:
     # Local SSIM window (px) of the structure term; 0 = colour difference only. A structure change of
     # structure_floor (1 - contrast-structure, 0..2) scores like a colour change of min_delta_e.
     structure_sigma: Annotated[float, Range(ge=0)] = 1.5
-    structure_floor: Annotated[float, Range(gt=0)] = 0.4
+    structure_floor: Annotated[float, Range(gt=0)] = 0.4  # see structure_sigma
     # The structure term counts in full where the luminance itself changed by this many levels (0-255).
     structure_min_change: Annotated[float, Range(gt=0)] = 12.0
     # Regions grow from pixels above the threshold through pixels above the larger of these two
     # (hysteresis): a floor, and a share of the threshold (JPEG blocks around a strong edit change too).
     hysteresis_delta_e: Annotated[float, Range(gt=0)] = 5.0
-    hysteresis_ratio: Annotated[float, Range(ge=0, lt=1)] = 0.35
+    hysteresis_ratio: Annotated[float, Range(ge=0, lt=1)] = 0.35  # see hysteresis_delta_e
     edge_ratio: Annotated[float, Range(ge=0, lt=1)] = 0.5  # rim pixels below this share of the local peak go
     open_radius: Annotated[int, Range(ge=0)] = 1  # px; removes specks thinner than 2r + 1
     close_radius: Annotated[int, Range(ge=0)] = 2  # px; closes cracks narrower than 2r + 1
