@@ -71,6 +71,9 @@ SKIPPED = {
     "ray stop": "stops every Ray cluster of this user on the machine, other tests' included",
     "cocoedit serve mllm --model /models/": "needs Qwen2.5-VL-32B-Instruct's weights and GPUs",
     "cocoedit data check /data/cocoedit40k": "needs the CoCoEdit-40K dataset",
+    "cocoedit rate serve": "a server that runs until stopped (tests/cluster/test_rate_browser.py rates through it)",
+    "cocoedit rate report runs/rate/study": "reports the ratings the page above collects (tests/cluster/test_rate.py "
+    "reports a study rated over its HTTP API)",
 }
 # Command prefix -> why it runs only under `-m slow`.
 SLOW = {

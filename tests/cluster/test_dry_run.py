@@ -106,7 +106,9 @@ def test_command_line_overrides_win_over_the_profile(
 ) -> None:
     from cocoedit.cluster.train import dryrun
 
-    monkeypatch.setattr(dryrun, "real_editor", lambda family, depth=1: tmp_path / f"real-{family}")
+    monkeypatch.setattr(
+        dryrun, "real_editor", lambda family, depth=1, build=True: tmp_path / f"real-{family}"
+    )
     path = str(CONFIG_DIR / "qwen_image_edit_16gpu.yaml")
     assert (
         main(["config", "show", "--config", path, "--dry-run", "run.run_dir=/tmp/x", "rollout.num_steps=2"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,32 +24,43 @@ def taken_port() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
-def _refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run the command; it must exit 1 with one line on stderr, before any Ray cluster starts."""
-    import ray
+# The command in a process of its own (the suite's shared Ray cluster would hide a cluster it starts),
+# which reports at exit whether it started or joined Ray.
+CHILD = (
+    "import sys\n"
+    "from cocoedit.cluster.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "ray = sys.modules.get('ray')\n"
+    "print('RAY STARTED' if ray is not None and ray.is_initialized() else '')\n"
+    "sys.exit(rc)\n"
+)
 
-    assert cli_main(argv) == 1
-    err = capsys.readouterr().err.strip()
+
+def _refused(argv: list[str]) -> str:
+    """Run the command; it must exit 1 with one line on stderr, before any Ray cluster starts."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 1, err[-2000:]
     assert len(err.splitlines()) == 1, err
-    assert not ray.is_initialized()
+    assert "RAY STARTED" not in proc.stdout
     return err
 
 
-def test_tiny_editor_resolution(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    err = _refused(capsys, ["train", "data.image_size=64", f"run.run_dir={tmp_path / 'run'}"])
+def test_tiny_editor_resolution(tmp_path: Path) -> None:
+    err = _refused(["train", "data.image_size=64", f"run.run_dir={tmp_path / 'run'}"])
     assert "data.image_size=64 but the tiny editor is pre-trained at pretrain.image_size=32" in err
     assert "drop data.image_size" in err
 
 
-def test_missing_data_file_and_bad_manifest_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_file_and_bad_manifest_row(tmp_path: Path) -> None:
     run = f"run.run_dir={tmp_path / 'run'}"
-    err = _refused(capsys, ["train", f"data.manifest={tmp_path / 'nowhere.jsonl'}", run])
+    err = _refused(["train", f"data.manifest={tmp_path / 'nowhere.jsonl'}", run])
     assert f"data.manifest={tmp_path / 'nowhere.jsonl'}" in err and "nowhere.jsonl" in err
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text(
         json.dumps({"id": "a", "source": "a.png", "instruction": "x", "mask": "m.png"}) + "\n"
     )
-    err = _refused(capsys, ["train", f"data.manifest={manifest}", "run.eval_every=0", run])
+    err = _refused(["train", f"data.manifest={manifest}", "run.eval_every=0", run])
     assert (
         "problem(s)" in err
         and "cocoedit data check" in err
@@ -55,14 +68,14 @@ def test_missing_data_file_and_bad_manifest_row(tmp_path: Path, capsys: pytest.C
     )
 
 
-def test_taken_metrics_port(tmp_path: Path, taken_port: int, capsys: pytest.CaptureFixture[str]) -> None:
+def test_taken_metrics_port(tmp_path: Path, taken_port: int) -> None:
     argv = ["train", f"run.metrics_export_port={taken_port}", f"run.run_dir={tmp_path / 'run'}"]
-    err = _refused(capsys, argv)
+    err = _refused(argv)
     assert f"port {taken_port} on 127.0.0.1 is taken" in err and "run.metrics_export_port=" in err
 
 
-def test_taken_serve_port(taken_port: int, capsys: pytest.CaptureFixture[str]) -> None:
-    err = _refused(capsys, ["serve", "pixel", "--port", str(taken_port)])
+def test_taken_serve_port(taken_port: int) -> None:
+    err = _refused(["serve", "pixel", "--port", str(taken_port)])
     assert f"port {taken_port} on 127.0.0.1 is taken" in err and "--port=" in err
 
 

@@ -81,7 +81,7 @@ def test_registered_service_is_configured_checked_and_placed(toy: None) -> None:
     cfg = load_config(
         None, [*TOY, "rewards.toy.scaling.replicas=3", "rewards.toy.scaling.cpus_per_replica=0.5"]
     )
-    assert cfg.rewards.toy.gain == 2.0 and cfg.rewards.service("toy").scaling.replicas == 3
+    assert cfg.rewards.service("toy").gain == 2.0 and cfg.rewards.service("toy").scaling.replicas == 3
     with pytest.raises(ConfigError, match=r"rewards.toy.gain=-1.0 is out of range: valid values are >= 0"):
         load_config(None, [*TOY, "rewards.toy.gain=-1"])
     assert Demand("reward service toy replicas", 3, 0.5, 0.0, "") in [

@@ -20,6 +20,7 @@ import torch
 from cocoedit.learner.checkpoint import (
     COMPLETE,
     CheckpointError,
+    latest_checkpoint,
     load_checkpoint,
     read_rng_state,
     save_rng_state,
@@ -146,7 +147,8 @@ def test_a_pickle_payload_in_deepspeeds_engine_state_is_refused_and_never_run(
     model_dir, run_dir = saved_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    ckpt = copy / "checkpoints" / "step_00000001"
+    ckpt = latest_checkpoint(copy)  # the fixture's checkpoint (epoch_00000001: one epoch done)
+    assert ckpt is not None
     marker = tmp_path / "code_ran"
     (ckpt / "deepspeed" / name).write_bytes(pickle.dumps(Payload(marker)))
     write_manifest(ckpt)
