@@ -64,8 +64,9 @@ def test_kill_after_a_checkpoint_and_resume_logs_each_epoch_once(
     env.pop("RAY_ADDRESS", None)
     argv = [sys.executable, "-m", "cocoedit.cluster.cli", "train", *overrides]
     # its own session: the driver and the local Ray cluster it starts are killed together
+    log = open(tmp_path / "first.log", "w")  # a file, not a pipe: a full pipe would stall the driver
     first = subprocess.Popen(
-        argv, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        argv, cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + 1500
     try:
@@ -74,7 +75,7 @@ def test_kill_after_a_checkpoint_and_resume_logs_each_epoch_once(
             if 2 in _epochs(run_dir) and complete_checkpoints(run_dir):
                 break
             time.sleep(0.05)
-        assert first.poll() is None, first.communicate()[0][-3000:]
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         os.killpg(first.pid, signal.SIGKILL)
     finally:
         if first.poll() is None:
