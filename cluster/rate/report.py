@@ -28,6 +28,21 @@ CSV_FIELDS = ["id", "rater", "pos", "kind", "ref", "item", "criterion", "left_im
               "left_system", "right_system", "choice", "score", "time_ms", "created", "undone"]  # fmt: skip
 
 
+# The columns of a scorer-agreement table (against the human majority, and against the truth rater).
+SCORER_COLUMNS = [
+    "scorer",
+    "criterion",
+    "pairs",
+    "decided",
+    "accuracy",
+    "acc_lo",
+    "acc_hi",
+    "tau",
+    "tau_lo",
+    "tau_hi",
+]
+
+
 def build_report(study: Path, truth_rater: Optional[str] = None, n_boot: int = 500) -> dict[str, Any]:
     design = load_design(study)
     answers = Store(Path(study) / DB_FILE).answers()
@@ -209,7 +224,7 @@ def write_html(report: dict[str, Any], path: Path) -> None:
                 "excluded",
                 "reason",
             ],
-        ),  # fmt: skip
+        ),
         "<h2>Win / tie / loss</h2>",
         _table(report["wtl"], ["criterion", "a", "b", "a_wins", "ties", "b_wins", "n", "a_share"]),
         "<h2>Bradley-Terry strengths (first system = 0; 95% item bootstrap)</h2>",
@@ -221,19 +236,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
         "half); Kendall's tau-b of the score difference against the human margin; 95% bootstrap over pairs</p>",
         _table(
             report["scorers"],
-            [
-                "scorer",
-                "criterion",
-                "pairs",
-                "decided",
-                "accuracy",
-                "acc_lo",
-                "acc_hi",
-                "tau",
-                "tau_lo",
-                "tau_hi",
-            ],
-        ),  # fmt: skip
+            SCORER_COLUMNS,
+        ),
         img("scorers", "scorer agreement with the human majority"),
     ]
     if "truth" in report:
@@ -243,19 +247,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
             "<h3>scorers</h3>",
             _table(
                 report["truth"]["scorers"],
-                [
-                    "scorer",
-                    "criterion",
-                    "pairs",
-                    "decided",
-                    "accuracy",
-                    "acc_lo",
-                    "acc_hi",
-                    "tau",
-                    "tau_lo",
-                    "tau_hi",
-                ],
-            ),  # fmt: skip
+                SCORER_COLUMNS,
+            ),
         ]
     parts.append("<p>Every rating: <a href='ratings.csv'>ratings.csv</a></p></body></html>")
     path.write_text("\n".join(parts))

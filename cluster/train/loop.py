@@ -169,11 +169,6 @@ def eval_interval(group_ids: list[str], rewards: np.ndarray, scored: np.ndarray)
     return {"eval/reward_ci95": float(half)}
 
 
-def evaluate_fixed(run: Run) -> dict[str, float]:
-    """Edit the fixed evaluation set with the current sampling policy and score it: `eval/*` metrics."""
-    return sample_fixed(run, run.fixed)[1].eval_metrics()
-
-
 def log_epoch(
     run: Run,
     epoch: int,
@@ -348,7 +343,7 @@ class LearnerGuard:
         except (RayActorError, RayTaskError) as e:
             latest = latest_checkpoint(self.cfg.run.run_dir) or self.latest
             if latest is None:
-                how = "no checkpoint was written yet: start the run again (without --resume)"
+                how = "no checkpoint was written yet: start the run again with --overwrite (without --resume)"
             else:
                 how = (
                     f"resume from checkpoint {latest} with `cocoedit train --resume` and the same config and "

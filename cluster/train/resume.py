@@ -65,7 +65,7 @@ def resume_from(cfg: Config, resume: Resume) -> Optional[Path]:
         ckpt = latest_checkpoint(cfg.run.run_dir)
         if ckpt is None:
             raise FileNotFoundError(
-                f"--resume: no complete checkpoint under {cfg.run.run_dir}/checkpoints; start without --resume"
+                f"--resume: no complete checkpoint under {cfg.run.run_dir}/checkpoints; start it again with --overwrite instead of --resume"
             )
     else:
         path = Path(resume)
