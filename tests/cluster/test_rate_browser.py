@@ -36,6 +36,7 @@ def _driver():
 
 
 def test_a_rater_rates_a_study_with_keys_and_clicks(tmp_path: Path) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -56,9 +57,12 @@ def test_a_rater_rates_a_study_with_keys_and_clicks(tmp_path: Path) -> None:
             driver.find_element(By.ID, "name").send_keys("alice")
             driver.find_element(By.ID, "start").click()
 
+        # A page that is still loading replaces its body: a stale or missing element means "not yet"
+        transient = (StaleElementReferenceException, NoSuchElementException)
+
         def at(pos: int) -> None:
             body = lambda d: d.find_element(By.TAG_NAME, "body")  # noqa: E731
-            WebDriverWait(driver, 30).until(
+            WebDriverWait(driver, 30, ignored_exceptions=transient).until(
                 lambda d: (
                     body(d).get_attribute("data-state") == "ready"
                     and body(d).get_attribute("data-pos") == str(pos)
@@ -106,7 +110,7 @@ def test_a_rater_rates_a_study_with_keys_and_clicks(tmp_path: Path) -> None:
         for pos in range(4, total):
             at(pos)
             key("a")
-        WebDriverWait(driver, 30).until(
+        WebDriverWait(driver, 30, ignored_exceptions=transient).until(
             lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done"
         )
         assert driver.find_element(By.ID, "done").is_displayed()
