@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ def local_cluster(
         raise RuntimeError("Ray is already initialised in this process: a simulation starts its own cluster")
     apply_loopback_env()
     enable_run_token()
+    # Ray starts one idle worker process per logical CPU of each node for the first driver: dozens of
+    # processes on a machine of 2 cores that the run's actors never use
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     from ray._common.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 

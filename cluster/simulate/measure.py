@@ -1,6 +1,6 @@
 """What a simulated run measures around the real driver, through the loop's public seam (`run`):
-bytes into and out of the driver and over gRPC, the driver's CPU seconds and RSS, the seconds each
-simulated actor held its (simulated) GPU, and the node each actor was placed on.
+bytes into and out of the driver and over gRPC, the driver's CPU seconds and RSS, the seconds the
+simulated actors held their (simulated) GPUs, and the node each actor was placed on.
 
 Counters wrap three methods of the run's own objects (the rollout group's `gather`, the learner
 group's `update`, each reward client's `score`): they count what passes and call the original.
@@ -88,7 +88,7 @@ class Meter:
             "driver_rss_mb": rss,
             "driver_peak_rss_mb": peak,
             "wall_s": time.perf_counter(),
-            **{f"held/{role}": s for role, s in held_seconds(self.run).items()},
+            "held/learner": learner_held(self.run),
         }
 
 
@@ -104,14 +104,21 @@ def _node(actor: Any) -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def held_seconds(run: Any) -> dict[str, float]:
-    """Simulated GPU seconds held so far (wall seconds, after the time scale), summed per role."""
-    workers = ray.get([w.__ray_call__.remote(_policy_held) for w in run.rollout.workers])
-    ranks = ray.get([r.__ray_call__.remote(_learner_held) for r in run.learner.ranks])
-    return {
-        "rollout": sum(sum(h.values()) for h in workers),
-        "learner": sum(sum(h.values()) for h in ranks),
-    }
+def learner_held(run: Any) -> float:
+    """Simulated GPU seconds the learner ranks held so far, summed (wall seconds). Read between
+    epochs, when no update is in flight."""
+    return sum(
+        sum(h.values()) for h in ray.get([r.__ray_call__.remote(_learner_held) for r in run.learner.ranks])
+    )
+
+
+def rollout_held(run: Any) -> float:
+    """Simulated GPU seconds the rollout workers held so far, summed. Read it only when no sample is
+    in flight (after the last epoch): an actor runs calls in order, so between epochs the call would
+    wait for the next batch's sampling and shift it into the wrong epoch."""
+    return sum(
+        sum(h.values()) for h in ray.get([w.__ray_call__.remote(_policy_held) for w in run.rollout.workers])
+    )
 
 
 def placement(run: Any) -> dict[str, list[str]]:

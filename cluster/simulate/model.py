@@ -34,7 +34,7 @@ class SimSettings:
     time_scale: float = 20.0  # simulated seconds per wall second
     gpu: str = "h100"
     mfu: float = 0.4
-    scale: int = 1  # workers, ranks, judge and pixel replicas (and data.n_items with weak=True) x scale
+    scale: float = 1.0  # workers, ranks, judge and pixel replicas (and data.n_items with weak=True) x scale
     weak: bool = True  # scale data.n_items with the GPUs (same work per GPU)
     n_items: Optional[int] = None  # data.n_items before scaling (None: the config's)
     count_lora: bool = True  # count the simulated LoRA's parameters (seconds: builds the model on meta)
@@ -57,23 +57,36 @@ class Simulated:
         )
 
 
-def scaled(cfg: Config, k: int, n_items: Optional[int] = None, weak: bool = True) -> Config:
+def scaled(cfg: Config, k: float, n_items: Optional[int] = None, weak: bool = True) -> Config:
     """`cfg` with k times its rollout workers, learner ranks and reward replicas (autoscaling off: the
-    pixel replicas are real processes on this machine), and k times data.n_items when `weak`."""
+    pixel replicas are real processes on this machine), and k times data.n_items when `weak`. k may be
+    a fraction (0.5: half the GPUs) when every count stays a whole number >= 1."""
+
+    def times(n: int, what: str) -> int:
+        if n * k < 1 or abs(n * k - round(n * k)) > 1e-9:
+            raise ConfigError(f"--scale {k:g} makes {what}={n} x {k:g} = {n * k:g}: not a whole number >= 1")
+        return round(n * k)
+
     sections = dict(cfg.rewards.sections)
     for name, section in sections.items():
         s = section.scaling
-        n = s.replicas * k
+        if name not in cfg.rewards.weights:
+            continue
+        n = times(s.replicas, f"rewards.{name}.scaling.replicas")
         sections[name] = dataclasses.replace(
             section,
             scaling=dataclasses.replace(s, replicas=n, min_replicas=n, max_replicas=n, target_score_s=None),
         )
-    items = (n_items or cfg.data.n_items) * (k if weak else 1)
+    items = n_items or cfg.data.n_items
     return dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, n_items=items),
-        rollout=dataclasses.replace(cfg.rollout, num_workers=cfg.rollout.num_workers * k),
-        learner=dataclasses.replace(cfg.learner, world_size=cfg.learner.world_size * k),
+        data=dataclasses.replace(cfg.data, n_items=times(items, "data.n_items") if weak else items),
+        rollout=dataclasses.replace(
+            cfg.rollout, num_workers=times(cfg.rollout.num_workers, "rollout.num_workers")
+        ),
+        learner=dataclasses.replace(
+            cfg.learner, world_size=times(cfg.learner.world_size, "learner.world_size")
+        ),
         rewards=dataclasses.replace(cfg.rewards, sections=sections),
     )
 

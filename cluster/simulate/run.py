@@ -43,7 +43,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--time-scale", type=float, default=20.0, help="simulated seconds per wall second")
     p.add_argument("--sim-nodes", type=int, default=None, help="raylets (default: one per 8 simulated GPUs)")
-    p.add_argument("--scale", type=int, default=1, help="x workers, ranks, replicas and data.n_items")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="x workers, ranks, replicas and data.n_items (0.5: half)"
+    )
     p.add_argument(
         "--n-items", type=int, default=None, help="data.n_items before --scale (default: config's)"
     )
@@ -68,7 +70,7 @@ def simulate(sim: Simulated, nodes: int, gpus_per_node: int, epochs: int) -> dic
 
     from cocoedit.cluster.runtime.placement import demands
     from cocoedit.cluster.simulate.cluster import local_cluster
-    from cocoedit.cluster.simulate.measure import Meter, placement
+    from cocoedit.cluster.simulate.measure import Meter, placement, rollout_held
     from cocoedit.cluster.train.loop import run_epochs, start_run
 
     cfg = dataclasses.replace(sim.cfg, run=dataclasses.replace(sim.cfg.run, epochs=epochs))
@@ -88,6 +90,9 @@ def simulate(sim: Simulated, nodes: int, gpus_per_node: int, epochs: int) -> dic
             rows.append(_epoch_row(sim, cfg, epoch, row, before, after))
             log.info("SIMULATED epoch %d (time scale %g): %s", epoch, scale, _short(rows[-1]))
             before = after
+        sampled = rollout_held(run) / max(len(rows), 1)  # every epoch samples one batch of the same size
+        for r in rows:
+            r["idle"]["rollout"] = 1 - sampled / (cfg.rollout.num_workers * r["epoch_s"])
         node_count = len([n for n in ray.nodes() if n.get("Alive")])
     summary = {
         "simulated": True,
@@ -123,21 +128,23 @@ def _epoch_row(
 ) -> dict[str, Any]:
     """One epoch of the simulation: measured against the plan (all times wall seconds)."""
     scale, edits = sim.settings.time_scale, cfg.data.n_items * cfg.data.group_size
-    wall = float(row["time/epoch_s"])
     expected = sim.plan.epoch_s / scale
-    r, lr = cfg.rollout, cfg.learner
+    lr = cfg.learner
     judge = cfg.rewards.service("sim_judge").scaling.replicas if "sim_judge" in cfg.rewards.weights else 0
     judge_held = row.get("sim_judge/simulated_held_s", 0.0) * edits
     d = {k: b[k] - a[k] for k in b if not k.endswith("rss_mb")}
+    # from the previous epoch's yield to this one's: the loop's own time/epoch_s leaves out what runs
+    # after its row is made (logging, the next batch sampling meanwhile), which an epoch still costs
+    wall = d["wall_s"]
     lora_bytes = 4 * sim.lora_params * (1 + cfg.rollout.num_workers)  # float32: from rank 0, to each worker
     out = {
         "epoch": epoch,
         "simulated": True,
         "epoch_s": wall,
+        "loop_timer_epoch_s": float(row["time/epoch_s"]),
         "critical_path_s": expected,
         "efficiency": expected / wall if wall > 0 else float("nan"),
-        "idle": {
-            "rollout": 1 - d["held/rollout"] / (r.num_workers * wall),
+        "idle": {  # rollout: filled in after the run (measure.rollout_held)
             "learner": 1 - d["held/learner"] / (lr.world_size * wall),
             **({"judge": 1 - judge_held / (judge * wall)} if judge else {}),
         },
@@ -186,7 +193,7 @@ def cli_simulate(args: argparse.Namespace, cfg: Config) -> int:
     )
     from cocoedit.cluster.runtime.launch import cache_dir
 
-    work = Path(args.work) if args.work else cache_dir() / "simulate" / f"{cfg.run.name}-x{args.scale}"
+    work = Path(args.work) if args.work else cache_dir() / "simulate" / f"{cfg.run.name}-x{args.scale:g}"
     try:
         # in a child process: the plan builds the simulated model on the meta device, which would
         # count in the driver's peak RSS
