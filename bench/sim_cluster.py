@@ -37,7 +37,7 @@ CONFIGS = {
 
 def run_one(config: str, base_gpus: int, gpus: int, args: argparse.Namespace, work: Path) -> dict:
     scale = gpus / base_gpus
-    name = f"{Path(config).stem}-{gpus}gpu"
+    name = f"{Path(config).stem}-{gpus}gpu-ts{args.time_scale:g}-n{args.n_items}"
     out = work / f"{name}.json"
     cmd = [
         sys.executable,
@@ -58,6 +58,7 @@ def run_one(config: str, base_gpus: int, gpus: int, args: argparse.Namespace, wo
         str(work / name),
         "--json",
         str(out),
+        *(["--keep-cpu-services"] if args.keep_cpu_services else []),
     ]
     start = time.perf_counter()
     with open(work / f"{name}.log", "w") as log:
@@ -67,8 +68,9 @@ def run_one(config: str, base_gpus: int, gpus: int, args: argparse.Namespace, wo
     load = os.getloadavg()[0]
     if rc != 0 or not out.is_file():
         return {"name": name, "gpus": gpus, "failed": f"exit {rc}, see {work / name}.log", "load": load}
-    summary = json.loads(out.read_text())
-    return {"name": name, "gpus": gpus, "wall_s": time.perf_counter() - start, "load": load, **summary}
+    summary = {**json.loads(out.read_text()), "load": load, "wall_s": time.perf_counter() - start}
+    out.write_text(json.dumps(summary, indent=1))  # with the machine's load: the table can be rebuilt
+    return {"name": name, "gpus": gpus, **summary}
 
 
 def row_text(r: dict) -> str:
@@ -80,7 +82,7 @@ def row_text(r: dict) -> str:
     b = e["bytes"]
     mb = 2**20
     return (
-        f"| {r['config']} | {r['simulated_gpus']:g} ({r['nodes']} nodes) | {n} | {e['epoch_s']:.1f} | "
+        f"| {r['config']} | {r['simulated_gpus']:g} ({r['nodes']} nodes) | {r['time_scale']:g} | {n} | {e['epoch_s']:.1f} | "
         f"{e['critical_path_s']:.1f} | {100 * e['efficiency']:.0f}% | {idle} | {e['driver_cpu_s']:.1f} | "
         f"{e['driver_peak_rss_mb']:.0f} | {b['driver_in'] / mb:.0f} / {b['driver_out'] / mb:.0f} / {b['grpc'] / mb:.0f} | "
         f"{b['driver_in'] / n / 1024:.0f} / {b['driver_out'] / n / 1024:.0f} / {b['grpc'] / n / 1024:.0f} | "
@@ -89,9 +91,9 @@ def row_text(r: dict) -> str:
 
 
 HEADER = (
-    "| config | simulated GPUs | edits/epoch | epoch s | plan s | eff | idle % rollout / learner / judge | "
+    "| config | simulated GPUs | time scale | edits/epoch | epoch s | plan s | eff | idle % rollout / learner / judge | "
     "driver CPU s | driver peak RSS MB | MB/epoch in / out / gRPC | kB/edit in / out / gRPC | "
-    "LoRA sync MB (modelled) | load avg |\n|" + "---|" * 13
+    "LoRA sync MB (modelled) | load avg |\n|" + "---|" * 14
 )
 
 
@@ -104,13 +106,28 @@ def main() -> int:
     parser.add_argument("--time-scale", type=float, default=10.0)
     parser.add_argument("--n-items", type=int, default=8, help="data.n_items per 8 simulated GPUs")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--keep-cpu-services", action="store_true", help="pixel replicas not scaled (memory on this machine)"
+    )
     parser.add_argument("--timeout-s", type=float, default=1200)
     parser.add_argument("--work", default="/tmp/cocoedit-sim-cluster")
+    parser.add_argument(
+        "--table", action="store_true", help="run nothing: the table of the summaries already in --work"
+    )
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.configs:
+    if args.table:
+        paths = work.glob("*gpu-*.json")
+        for path in sorted(
+            paths, key=lambda p: (p.name.split("-")[0], json.loads(p.read_text())["simulated_gpus"])
+        ):
+            summary = json.loads(path.read_text())
+            rows.append(
+                {"name": path.stem, "gpus": summary["simulated_gpus"], "load": float("nan"), **summary}
+            )
+    for name in [] if args.table else args.configs:
         config, base = CONFIGS[name]
         for gpus in args.gpus:
             rows.append(run_one(config, base, gpus, args, work))

@@ -37,6 +37,7 @@ class SimSettings:
     scale: float = 1.0  # workers, ranks, judge and pixel replicas (and data.n_items with weak=True) x scale
     weak: bool = True  # scale data.n_items with the GPUs (same work per GPU)
     n_items: Optional[int] = None  # data.n_items before scaling (None: the config's)
+    scale_cpu_services: bool = True  # False: CPU-only reward services (pixel) keep their replicas
     count_lora: bool = True  # count the simulated LoRA's parameters (seconds: builds the model on meta)
 
 
@@ -57,10 +58,13 @@ class Simulated:
         )
 
 
-def scaled(cfg: Config, k: float, n_items: Optional[int] = None, weak: bool = True) -> Config:
+def scaled(
+    cfg: Config, k: float, n_items: Optional[int] = None, weak: bool = True, cpu_services: bool = True
+) -> Config:
     """`cfg` with k times its rollout workers, learner ranks and reward replicas (autoscaling off: the
     pixel replicas are real processes on this machine), and k times data.n_items when `weak`. k may be
-    a fraction (0.5: half the GPUs) when every count stays a whole number >= 1."""
+    a fraction (0.5: half the GPUs) when every count stays a whole number >= 1. cpu_services=False keeps
+    the replicas of services that ask no GPU (real processes here, on this machine's cores)."""
 
     def times(n: int, what: str) -> int:
         if n * k < 1 or abs(n * k - round(n * k)) > 1e-9:
@@ -72,7 +76,11 @@ def scaled(cfg: Config, k: float, n_items: Optional[int] = None, weak: bool = Tr
         s = section.scaling
         if name not in cfg.rewards.weights:
             continue
-        n = times(s.replicas, f"rewards.{name}.scaling.replicas")
+        n = (
+            times(s.replicas, f"rewards.{name}.scaling.replicas")
+            if cpu_services or s.gpus_per_replica
+            else s.replicas
+        )
         sections[name] = dataclasses.replace(
             section,
             scaling=dataclasses.replace(s, replicas=n, min_replicas=n, max_replicas=n, target_score_s=None),
@@ -136,7 +144,7 @@ def simulated_config(cfg: Config, settings: SimSettings, work_dir: str | Path) -
     index under work_dir."""
     if settings.time_scale <= 0:
         raise ConfigError(f"--time-scale {settings.time_scale:g} must be > 0")
-    original = scaled(cfg, settings.scale, settings.n_items, settings.weak)
+    original = scaled(cfg, settings.scale, settings.n_items, settings.weak, settings.scale_cpu_services)
     seconds, plan = call_seconds(original, settings.gpu, settings.mfu)
     model_from = original.policy
     from cocoedit.cluster.plan.roles import run_model

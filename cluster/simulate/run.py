@@ -55,6 +55,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--work", default=None, help="work directory (default: $COCOEDIT_CACHE/simulate/<name>)")
     p.add_argument("--json", default=None, help="also write the summary here")
     p.add_argument(
+        "--keep-cpu-services",
+        action="store_true",
+        help="--scale leaves the replicas of CPU-only reward services (pixel) as the config has them",
+    )
+    p.add_argument(
         "--no-lora-count",
         action="store_true",
         help="skip counting the simulated LoRA (its sync bytes are then not modelled; saves ~15 s)",
@@ -189,7 +194,14 @@ def cli_simulate(args: argparse.Namespace, cfg: Config) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = SimSettings(
-        args.time_scale, args.gpu, args.mfu, args.scale, True, args.n_items, not args.no_lora_count
+        args.time_scale,
+        args.gpu,
+        args.mfu,
+        args.scale,
+        True,
+        args.n_items,
+        not args.keep_cpu_services,
+        not args.no_lora_count,
     )
     from cocoedit.cluster.runtime.launch import cache_dir
 
