@@ -125,7 +125,17 @@ def simulate(sim: Simulated, nodes: int, gpus_per_node: int, epochs: int) -> dic
         "run_dir": str(run_dir),
     }
     (run_dir / "simulation.json").write_text(json.dumps(summary, indent=1))
+    _mark_metrics(run_dir / "metrics.jsonl", scale)
     return summary
+
+
+def _mark_metrics(path: Path, time_scale: float) -> None:
+    """Every row of the run's metrics.jsonl gets `simulated/time_scale`: its times are wall seconds of a
+    simulation, and a reader of the file alone must be able to tell."""
+    if not path.is_file():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path.write_text("".join(json.dumps({**r, "simulated/time_scale": time_scale}) + "\n" for r in rows))
 
 
 def _epoch_row(

@@ -2,7 +2,7 @@
 cluster, with the `sim` editor and `sim_judge` holding each call for its planned time.
 
 The run test starts its own multi-node cluster, so it runs `cocoedit simulate` in a process of its own
-(the suite's shared Ray would be joined instead). ~45-70 s on 2 loaded cores: ~17 s of it plan the
+(the suite's shared Ray would be joined instead). 35-90 s on 2 shared cores: ~17 s of it plan the
 simulated FLUX model on the meta device, ~15 s start the two raylets.
 """
 
@@ -120,7 +120,12 @@ def test_simulated_run_on_two_nodes(tmp_path: Path) -> None:
     assert s["nodes"] == 2 and len(s["nodes_used"]) == 2  # actors were placed on both raylets
     assert s["simulated_gpus"] == 4
     assert [e["epoch"] for e in s["epochs"]] == [0, 1]
-    assert s["seconds_per_call"]["judge"] > 0 and s["seconds_per_call"]["forward"] > 0
+    calls, roles = s["seconds_per_call"], s["plan"]["roles"]
+    assert calls["judge"] > 0 and calls["forward"] > 0
+    # the holds add up to the plan: 8 edits x 10 steps + 8 decodes + 2 encodes over 2 workers, 8 judged edits
+    rollout = (8 * 10 * calls["forward"] + 8 * calls["decode"] + 2 * calls["encode"]) / 2
+    assert rollout == pytest.approx(roles["rollout"], rel=1e-6)
+    assert 8 * calls["judge"] == pytest.approx(roles["judge"], rel=1e-6)
     for e in s["epochs"]:
         assert e["simulated"] is True
         assert math.isfinite(e["pixel_score"]) and 0 <= e["pixel_score"] <= 1  # the real pixel service
@@ -132,3 +137,5 @@ def test_simulated_run_on_two_nodes(tmp_path: Path) -> None:
     assert s["epochs"][-1]["learner_step"] >= 1  # the learner took optimizer steps on simulated batches
     written = json.loads((Path(s["run_dir"]) / "simulation.json").read_text())
     assert written["simulated"] is True
+    metrics = (Path(s["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2 and all(json.loads(m)["simulated/time_scale"] == 50 for m in metrics)
