@@ -14,7 +14,7 @@ What a call holds (seconds per edit, on one actor's GPUs, then / time_scale):
 - velocity with gradient (the learner's `default` view): `forward_s`, then `backward_s` in backward
 - decode: `decode_s`; encode_condition: `encode_s` per group (VAE encode + text encoders)
 The LoRA is two small linear maps per adapter (rank `lora_rank`); its real size (`lora_params`) is
-not allocated: sync bytes of the real LoRA are modelled, not moved (cluster/simulate/measure.py).
+not allocated: sync bytes of the real LoRA are modelled, not moved (cluster/simulate/run.py).
 `held` counts the seconds held per kind, so idle fractions can be read off each actor.
 """
 
