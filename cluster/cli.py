@@ -15,6 +15,7 @@
     cocoedit eval [run] --config FILE --bench NAME (cluster/eval/benchmarks: BENCHMARKS) --data DIR [--lora FILE|DIR ...] [--out DIR]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
     cocoedit rate new|serve|report|simulate ...   (cluster/rate/commands.py)
+    cocoedit simulate --config FILE [--time-scale S] [--sim-nodes N] [--scale K] [--epochs E] [key=value ...]
 
 Each subcommand lives next to the component it runs; this module only parses and dispatches.
 """
@@ -58,6 +59,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "rate serve": ("cocoedit.cluster.rate.commands", "cli_serve", False),
     "rate report": ("cocoedit.cluster.rate.commands", "cli_report", False),
     "rate simulate": ("cocoedit.cluster.rate.simulate", "cli_simulate", False),
+    "simulate": ("cocoedit.cluster.simulate.run", "cli_simulate", True),
 }
 
 
@@ -275,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cocoedit.cluster.rate.commands import add_parser as add_rate_parser
 
     add_rate_parser(sub)
+    from cocoedit.cluster.simulate.run import add_parser as add_simulate_parser
+
+    add_simulate_parser(sub)
     return parser
 
 

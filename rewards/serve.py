@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cocoedit.rewards.config import JudgeConfig, PixelConfig, ServiceConfig, SyntheticJudgeConfig
+from cocoedit.rewards.sim_judge import SimJudgeConfig
 
 if TYPE_CHECKING:
     from cocoedit.rewards.base import Scorer
@@ -53,12 +54,19 @@ def _synthetic(cfg: SyntheticJudgeConfig) -> Scorer:
     return SyntheticJudge(cfg)
 
 
+def _sim_judge(cfg: SimJudgeConfig) -> Scorer:
+    from cocoedit.rewards.sim_judge import SimJudge
+
+    return SimJudge(cfg)
+
+
 # service name (its section rewards.<name> and its score's name in rewards.weights) -> Service. The Ray
 # replicas of cluster/runtime/services.py build scorers from here too: standalone and on a cluster they run alike.
 SERVICES: dict[str, Service] = {
     "pixel": Service(PixelConfig, _pixel),
     "mllm": Service(JudgeConfig, _mllm),
     "synthetic": Service(SyntheticJudgeConfig, _synthetic),
+    "sim_judge": Service(SimJudgeConfig, _sim_judge),  # simulated (cocoedit simulate)
 }
 
 

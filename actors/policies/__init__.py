@@ -76,6 +76,8 @@ FAMILIES: dict[str, Family] = {
             true_cfg_scale=4.0,
             true_cfg=True,
         ),
+        # simulated: shapes and held times of another family, no model (`cocoedit simulate`)
+        Family("sim", "cocoedit.actors.policies.sim:SimPolicy", "SimEditPipeline", 10, 1.0, 1.0, False),
     )
 }
 
