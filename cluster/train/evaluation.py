@@ -217,7 +217,7 @@ def summary_lines(run_dir: str | Path, seeds: Optional[int] = None) -> list[str]
         for c in rows:
             mark = "" if c.significant else "  (interval includes 0)"
             lines.append(
-                f"  {name + '/' + c.metric:>20}: {c.first:.4f} -> {c.last:.4f}   {c.diff:+.4f} +- {c.half:.4f}{mark}"
+                f"  {name + '/' + c.metric:>22}: {c.first:.4f} -> {c.last:.4f}   {c.diff:+.4f} +- {c.half:.4f}{mark}"
             )
     return lines
 

@@ -127,5 +127,5 @@ def test_every_config_field_is_described_where_it_is_declared(capsys: pytest.Cap
     assert main(["config", "show", "--explain", "learner.lr=0.5"]) == 0
     out = capsys.readouterr().out
     assert "  lr: 0.5  # " in out
-    assert "  valid_min_std: 0.02  # Groups whose reward std is at most this are not trained on" in out
+    assert "  valid_min_std: 0.005  # Groups whose reward std is at most this are not trained on" in out
     assert "    gpus_per_replica: 1.0  # GPUs each replica asks for" in out  # rewards.mllm.scaling

@@ -63,7 +63,7 @@ def test_a_changed_learning_rate_is_refused_naming_the_key(tmp_path: Path) -> No
         resume_from(cfg, True)
     msg = str(e.value)
     assert "3 key(s)" in msg and "learner.lr: 0.001 -> 0.0005" in msg
-    assert "rewards.weights.pixel: 0.8 -> 1.0" in msg and "rewards.weights.synthetic: 0.2 -> None" in msg
+    assert "rewards.weights.pixel: 0.5 -> 1.0" in msg and "rewards.weights.synthetic: 0.5 -> None" in msg
 
 
 def test_keys_added_since_compare_as_their_defaults(tmp_path: Path) -> None:
