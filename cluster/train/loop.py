@@ -33,6 +33,7 @@ from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
 from cocoedit.cluster.config import Config, ConfigError
 from cocoedit.cluster.export.card import card_inputs, tokenizer_limit, write_card
 from cocoedit.cluster.plan import log_plan
+from cocoedit.cluster.runtime.deadlines import Deadlines, Hung
 from cocoedit.cluster.runtime.launch import RayConnectError, init_ray, resolve_models, shutdown_ray
 from cocoedit.cluster.runtime.placement import Placement, PlacementError
 from cocoedit.cluster.runtime.services import RewardServices
@@ -48,6 +49,7 @@ from cocoedit.cluster.train.stop import EXIT_CODE, Stopped, StopSignal, run_stat
 from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint, read_learner_state
 from cocoedit.loopback import PortTakenError
+from cocoedit.rewards.client import RewardServiceError
 from cocoedit.rewards.weighting import RewardError
 from cocoedit.telemetry import record_epoch
 from cocoedit.timing import StageTimer
@@ -279,8 +281,9 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
         runlog = RunLog(cfg, resume=ckpt is not None, first_epoch=resumed_epoch(ckpt))
         _closing(parts, runlog, with_status=True)  # the trackers' run ends FINISHED, KILLED or FAILED
-        learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
-        rollout = _closing(parts, RolloutGroup(cfg.policy, cfg.rollout, placement))
+        deadlines = Deadlines(cfg.run.deadline_factor, cfg.run.deadline_min_s, cfg.run.deadline_first_s)
+        learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement, deadlines))
+        rollout = _closing(parts, RolloutGroup(cfg.policy, cfg.rollout, placement, deadlines))
         services = _closing(parts, RewardServices(cfg.rewards))
         version, start = _resume(ckpt, learner, sampler) if ckpt is not None else (0, 0)
         guard = LearnerGuard(cfg, ckpt)
@@ -355,7 +358,7 @@ class LearnerGuard:
     def during(self, what: str, epoch: int) -> Iterator[None]:
         try:
             yield
-        except (RayActorError, RayTaskError) as e:
+        except (RayActorError, RayTaskError, Hung) as e:
             latest = latest_checkpoint(self.cfg.run.run_dir) or self.latest
             if latest is None:
                 how = "no checkpoint was written yet: start the run again with --overwrite (without --resume)"
@@ -417,6 +420,7 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
         RayConnectError,
         ResumeConfigError,
         RewardError,
+        RewardServiceError,
         PreflightError,
         PortTakenError,
         RunDirError,
