@@ -120,3 +120,37 @@ def test_sigterm_stops_cleanly_and_resumes(tmp_path: Path, monkeypatch: pytest.M
     assert _epochs(run_dir) == list(range(EPOCHS))
     assert Counter(step for step, _ in mlflow_series(run_dir, "reward/mean")) == Counter(range(EPOCHS))
     assert mlflow.get_run(run_id).info.status == "FINISHED"
+
+
+def test_stop_signal_saves_the_epochs_done_then_stops(tmp_path: Path) -> None:
+    """The fast part: a real SIGTERM to this process asks for a stop; at the next epoch's start the
+    epochs since the last checkpoint are saved and Stopped names the checkpoint; a second SIGTERM
+    stops at once. (~0 s)"""
+    from cocoedit.cluster.train.stop import Stopped, StopSignal, run_status
+
+    stop = StopSignal()
+    stop.install()
+    try:
+        stop.before_epoch(3, 0, 1, lambda e: tmp_path / "never", "RUN")  # no SIGTERM: nothing happens
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # Python runs the handler between bytecodes of the main thread
+        assert stop.requested
+        saved: list[int] = []
+        with pytest.raises(Stopped, match="after epoch 2: checkpoint .*step_3 written; resume with"):
+            stop.before_epoch(3, 0, 1, lambda e: saved.append(e) or tmp_path / "step_3", "RUN")
+        assert saved == [2]  # the epochs after the checkpoint of epoch 1
+        with pytest.raises(Stopped, match="after epoch 2: its checkpoint was already written"):
+            stop.before_epoch(3, 0, 2, lambda e: tmp_path / "again", "RUN")
+        with pytest.raises(Stopped, match="before epoch 0: nothing was trained"):
+            stop.before_epoch(0, 0, None, lambda e: tmp_path / "none", "RUN")
+        with pytest.raises(Stopped, match="second SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1.0)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGTERM) is not stop._handle
+    assert [run_status(None), run_status(Stopped("x")), run_status(ValueError("x"))] == [
+        "FINISHED",
+        "KILLED",
+        "FAILED",
+    ]
