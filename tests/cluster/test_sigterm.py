@@ -44,11 +44,25 @@ def _run_processes(driver: psutil.Process) -> tuple[list[psutil.Process], str]:
 
 def _alive(procs: list[psutil.Process], session: str) -> list[str]:
     """The processes of `procs` still running, and any process whose command line names `session`."""
-    left = [f"{p.pid} {p.name()}" for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    left = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid} {p.name()}")
+        except psutil.NoSuchProcess:
+            pass  # gone while we looked
     if session:
         for p in psutil.process_iter(["pid", "cmdline", "status"]):
             if p.info["status"] != psutil.STATUS_ZOMBIE and session in " ".join(p.info["cmdline"] or []):
                 left.append(f"{p.pid} {' '.join(p.info['cmdline'])[:120]}")
+    return left
+
+
+def _left_after(procs: list[psutil.Process], session: str, grace_s: float) -> list[str]:
+    """`_alive` once it is empty, or after grace_s: a Ray worker notices its raylet is gone on its own."""
+    deadline = time.monotonic() + grace_s
+    while (left := _alive(procs, session)) and time.monotonic() < deadline:
+        time.sleep(0.5)
     return left
 
 
@@ -110,8 +124,8 @@ def test_sigterm_stops_cleanly_and_resumes(tmp_path: Path, monkeypatch: pytest.M
     run_id = json.loads((run_dir / "trackers.json").read_text())["mlflow"]
     assert mlflow.get_run(run_id).info.status == "KILLED"
 
-    time.sleep(2)  # processes reparented to init may still be finishing their own exit
-    assert _alive(procs, session) == [], (session, text[-2000:])
+    assert procs and session  # the driver had started its local cluster
+    assert _left_after(procs, session, grace_s=20.0) == [], (session, text[-2000:])
 
     resumed = subprocess.run(
         [*argv, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
