@@ -285,10 +285,22 @@ def outcomes(sweep: Sweep, results: Any) -> list[TrialOutcome]:
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         cfg = sweep.trial_config(trial)
         finished = error is None and numeric.get("epoch") == cfg.run.epochs - 1
-        evals = [row for row in _logged_rows(Path(cfg.run.run_dir)) if PSNR in row]
-        first = {k: float(v) for k, v in evals[0].items() if isinstance(v, (int, float))} if evals else {}
+        first = first_evaluation(_logged_rows(Path(cfg.run.run_dir)))
         out.append(TrialOutcome(trial.key, trial.setting.name, trial.seed, numeric, error, finished, first))
     return out
+
+
+def first_evaluation(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """A trial's first evaluation, named `eval/...`: the starting policy's (`eval_start/...` in the first
+    row, cluster/train/evaluation.py), or in runs without it the first row that evaluated."""
+    numeric = {k: float(v) for k, v in (rows[0] if rows else {}).items() if isinstance(v, (int, float))}
+    start = {
+        k.replace("eval_start/", "eval/", 1): v for k, v in numeric.items() if k.startswith("eval_start/")
+    }
+    if start:
+        return start
+    evals = [row for row in rows if PSNR in row]
+    return {k: float(v) for k, v in evals[0].items() if isinstance(v, (int, float))} if evals else {}
 
 
 def _error_text(error: BaseException) -> str:

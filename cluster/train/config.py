@@ -21,13 +21,17 @@ class RunConfig:
     checkpoint_every: Annotated[int, Range(ge=0)] = 10  # 0 = only after the last epoch
     # Newest complete checkpoints kept in run_dir/checkpoints (older ones deleted)
     keep_checkpoints: Annotated[int, Range(ge=1)] = 3
-    # Every eval_every epochs (and at the last) the current sampling policy edits a FIXED set (eval_items
-    # items held out of training, actors.data.split_held_out, x eval_seeds noise seeds) and the reward
-    # services score it: a held-out learning curve free of the noise of which items an epoch drew. 0 = never.
+    # Before the first epoch, after every eval_every-th epoch and the last, the current sampling policy edits a
+    # FIXED set (eval_items items held out of training, actors.data.split_held_out, x eval_seeds noise
+    # seeds) and the reward services score it: a held-out learning curve free of the noise of which items
+    # an epoch drew, each mean with its standard error (cluster/train/evaluation.py). 0 = never.
     eval_every: Annotated[int, Range(ge=0)] = 0
     eval_items: Annotated[int, Range(ge=1)] = 8  # held-out items of the fixed evaluation set
     # Noise seeds per held-out item (edits = eval_items x eval_seeds)
     eval_seeds: Annotated[int, Range(ge=1)] = 2
+    # Also evaluate as many items the run trains on (eval_train/*): the gap to the held-out set shows
+    # overfitting. Doubles the evaluation's cost.
+    eval_train: bool = True
     ray_address: Optional[str] = None  # None = the job's cluster under `ray job submit`, else a local one
     # Port of the local cluster's Prometheus metrics export (cocoedit/telemetry.py), on 127.0.0.1.
     # None = Ray picks one (logged at start); ignored when joining a cluster (`ray start --metrics-export-port`).

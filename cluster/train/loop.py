@@ -37,6 +37,7 @@ from cocoedit.cluster.runtime.deadlines import Deadlines, Hung
 from cocoedit.cluster.runtime.launch import RayConnectError, init_ray, resolve_models, shutdown_ray
 from cocoedit.cluster.runtime.placement import Placement, PlacementError
 from cocoedit.cluster.runtime.services import RewardServices
+from cocoedit.cluster.train.evaluation import eval_sets, fixed_items, record, summary_lines, write_summary
 from cocoedit.cluster.train.groups import LearnerGroup, RolloutGroup
 from cocoedit.cluster.train.preflight import PreflightError, preflight
 from cocoedit.cluster.train.report import write_run_report
@@ -56,6 +57,8 @@ from cocoedit.timing import StageTimer
 
 log = logging.getLogger("cocoedit.train")
 
+GRID_ITEMS = 8  # items of the fixed validation set drawn in the logged image grids
+
 
 class LearnerFailure(RuntimeError):
     """The learner died or raised: the run stops; the message names the checkpoint to resume from."""
@@ -74,15 +77,17 @@ class Run:
     services: RewardServices
     rollouts: RolloutQueue  # batches drawn ahead (bounded staleness)
     guard: LearnerGuard
-    fixed: list[GroupedItem]  # the fixed evaluation set
-    # the fixed validation set whose edits are logged as images: the evaluation set, or without one
-    # (run.eval_every=0) the first run.eval_items training items with the same fixed seeds
+    # the fixed evaluation sets (cluster/train/evaluation.py): "eval" (held-out items) and "eval_train"
+    evals: dict[str, list[GroupedItem]]
+    # the fixed validation set whose edits are logged as images: the held-out set's first GRID_ITEMS
+    # items, or without one (run.eval_every=0) as many training items, with the same fixed seeds
     validation: list[GroupedItem]
     start: int  # first epoch this process runs
     version: int  # policy version the rollout workers hold
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint_s: Optional[float] = None  # how long the latest checkpoint took to write
-    last_eval: Optional[tuple[list[str], Scores]] = None  # the fixed set's last (group ids, scores)
+    last_eval: Optional[tuple[list[str], Scores]] = None  # the held-out set's last (group ids, scores)
+    last_eval_batch: Optional[tuple[RolloutBatch, Scores]] = None  # ... and its edits
     stop: StopSignal = field(default_factory=StopSignal)  # SIGTERM: a clean stop between epochs
     saved_epoch: Optional[int] = None  # the epoch of the latest checkpoint
 
@@ -90,6 +95,7 @@ class Run:
 def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str, float]]]:
     """Train the remaining epochs; yields (epoch, metrics row) after each, the next batch sampling."""
     cfg = run.cfg
+    start = evaluate(run, run.start) if run.start == 0 else {}  # the starting policy, version 0
     run.rollouts.fill(1, run.version)
     for epoch in tqdm(
         range(run.start, cfg.run.epochs), disable=not progress, desc="train", initial=run.start
@@ -115,18 +121,13 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
             replicas = run.services.autoscale()
         last = epoch == cfg.run.epochs - 1
         evaluation: dict[str, float] = {}
-        fixed = None
-        if due(cfg.run.eval_every, epoch, last):
+        if due(cfg.run.eval_every, epoch + 1, last):  # policy versions 0 (above), k, 2k, ... and the last
             with timer("evaluate"):
-                fixed = sample_fixed(run, run.fixed)
-                run.last_eval = (list(fixed[0].group_ids), fixed[1])  # the model card's final evaluation
-                evaluation = fixed[1].eval_metrics()
-                evaluation.update(
-                    eval_interval(fixed[0].group_ids, fixed[1].rewards.total, fixed[1].rewards.scored)
-                )
-        row = {**metrics_row(run, batch, scores, groups, update, replicas, timer), **evaluation}
+                evaluation = evaluate(run, epoch)
+        row = {**metrics_row(run, batch, scores, groups, update, replicas, timer), **evaluation, **start}
+        start = {}
         # before the checkpoint: a resume never skips a row
-        log_epoch(run, epoch, row, fixed if run.validation is run.fixed else None, last)
+        log_epoch(run, epoch, row, last)
         if due(cfg.run.checkpoint_every, epoch + 1, last):
             checkpoint(run, epoch)  # timed: time/checkpoint_s in the next epoch's row
         run.history.append(row)
@@ -160,41 +161,37 @@ def sample_fixed(run: Run, items: list[GroupedItem]) -> tuple[RolloutBatch, Scor
     return batch, score_batch(run.services, batch, run.cfg.rewards)
 
 
-def eval_interval(group_ids: list[str], rewards: np.ndarray, scored: np.ndarray) -> dict[str, float]:
-    """`eval/reward_ci95`: half-width of the 95 % t-interval of eval/reward over the fixed set's items,
-    each item's mean over its scored seeds (the seeds of one item are not independent draws).
-    group_ids: [N] one per edit (an item's seeds share one); rewards: [N]; scored: [N] bool. NaN under 2 items."""
-    from scipy import stats
+def evaluate(run: Run, epoch: int) -> dict[str, float]:
+    """Every fixed evaluation set edited by the current policy and scored; per-item scores to
+    run_dir/eval/<set>/v<version>.json. At version 0 (the starting policy) the metrics are named
+    `<set>_start/...`. The held-out set's edits make the validation grid when this epoch logs one."""
+    metrics: dict[str, float] = {}
+    for name, items in run.evals.items():
+        batch, scores = sample_fixed(run, items)
+        values = record(run.cfg.run.run_dir, name, run.version, epoch, list(batch.group_ids), scores.rewards)
+        if run.version == 0:
+            values = {k.replace(f"{name}/", f"{name}_start/", 1): v for k, v in values.items()}
+        metrics.update(values)
+        if name == "eval":
+            run.last_eval = (list(batch.group_ids), scores)  # the model card's final evaluation
+            run.last_eval_batch = (batch, scores)
+    return metrics
 
-    per_item: dict[str, list[float]] = {}
-    for g, r, ok in zip(group_ids, rewards, scored, strict=True):
-        if ok:
-            per_item.setdefault(g, []).append(float(r))
-    means = np.array([np.mean(v) for v in per_item.values()])
-    if len(means) < 2:
-        return {"eval/reward_ci95": float("nan")}
-    half = stats.t.ppf(0.975, len(means) - 1) * means.std(ddof=1) / np.sqrt(len(means))
-    return {"eval/reward_ci95": float(half)}
 
-
-def log_epoch(
-    run: Run,
-    epoch: int,
-    row: dict[str, float],
-    validation: Optional[tuple[RolloutBatch, Scores]],
-    last: bool,
-) -> None:
+def log_epoch(run: Run, epoch: int, row: dict[str, float], last: bool) -> None:
     """metrics.jsonl + the trackers, the Ray dashboard's metrics, and every `run.image_every` epochs the
-    fixed validation set's edits as an image (`validation`: its edits when this epoch already made them)."""
+    fixed validation set's edits as an image (taken from this epoch's evaluation when it made them)."""
     run.runlog.scalars(epoch, row)
     replicas = {name: len(run.services.addresses(name)) for name in run.services.clients}
     record_epoch(epoch, row, run.rollouts.depth, replicas)
     if due(run.cfg.run.image_every, epoch, last) and run.validation:
-        batch, scores = validation or sample_fixed(run, run.validation)
-        held_out = "held-out" if run.validation is run.fixed else "training"
+        made = run.last_eval_batch if "eval/reward" in row else None  # this epoch's held-out edits
+        batch, scores = made or sample_fixed(run, run.validation)
+        held_out = "held-out" if run.evals else "training"
+        rows = validation_rows(batch, [float(r) for r in scores.rewards.total])[:GRID_ITEMS]
         run.runlog.validation_grid(
             epoch,
-            validation_rows(batch, [float(r) for r in scores.rewards.total]),
+            rows,
             title=f"epoch {epoch}, policy version {run.version}: fixed validation set ({held_out} items)",
         )
 
@@ -289,7 +286,9 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
         guard = LearnerGuard(cfg, ckpt)
         with guard.during("loading the sampling weights", start):
             rollout.load(learner.sampling_weights(), version)
-        fixed = fixed_eval_items(held_out, cfg.run.eval_items, cfg.run.eval_seeds)
+        evals = eval_sets(cfg, items, held_out)
+        if ckpt is not None:
+            forget_evaluations(cfg.run.run_dir, version)  # those after the checkpoint are redone
         yield Run(
             cfg=cfg,
             items=items,
@@ -300,9 +299,10 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
             services=services,
             rollouts=RolloutQueue(rollout, sampler, items, start, cfg.run.epochs),
             guard=guard,
-            fixed=fixed,
-            validation=fixed
-            or fixed_eval_items(list(items.values()), cfg.run.eval_items, cfg.run.eval_seeds),
+            evals=evals,
+            validation=evals["eval"][: GRID_ITEMS * cfg.run.eval_seeds]
+            if evals
+            else fixed_items(list(items.values())[:GRID_ITEMS], cfg.run.eval_seeds),
             start=start,
             version=version,
             stop=stop,
@@ -317,6 +317,7 @@ def train(cfg: Config, resume: Resume = False, progress: bool = True) -> list[di
         for _ in run_epochs(run, progress):
             pass
     write_run_report(Path(cfg.run.run_dir), cfg.run.name)  # report.png + report.html, every epoch so far
+    write_summary(cfg.run.run_dir)  # eval/summary.json: each evaluation's change, first -> last
     if run.history:  # the model card beside the LoRA the run leaves in run_dir/lora
         last = run.history[-1].get("learner/step")
         write_card(
@@ -379,13 +380,11 @@ def _last_line(e: BaseException) -> str:
     return text[-1] if text else repr(e)
 
 
-def fixed_eval_items(items: list[EditItem | ItemRef], n_items: int, n_seeds: int) -> list[GroupedItem]:
-    """The first n_items items, each with n_seeds fixed noise seeds (outside the training seed range)."""
-    return [
-        GroupedItem(item, f"eval:{item.item_id}", f"eval:{item.item_id}:{k}", 2**30 + j * n_seeds + k)
-        for j, item in enumerate(items[:n_items])
-        for k in range(n_seeds)
-    ]
+def forget_evaluations(run_dir: str, version: int) -> None:
+    """Delete the evaluations of policy versions after `version` (a resumed run redoes them)."""
+    for path in Path(run_dir).glob("eval/*/v*.json"):
+        if int(path.stem[1:]) > version:
+            path.unlink()
 
 
 def resumed_epoch(ckpt: Optional[Path]) -> Optional[int]:
@@ -449,13 +448,8 @@ def _print_summary(cfg: Config, history: list[dict[str, float]]) -> None:
         return float(np.mean(vals)) if vals else float("nan")
 
     print(f"run directory: {Path(cfg.run.run_dir).resolve()}")
-    first_epoch = cfg.run.epochs - len(history)  # history holds the epochs this invocation ran
-    evals = [(first_epoch + i, r) for i, r in enumerate(history) if "eval/reward" in r]
-    if len(evals) >= 2:
-        (e0, r0), (e1, r1) = evals[0], evals[-1]
-        for key in ("eval/reward", "eval/synthetic", "eval/mllm", "eval/pixel", "eval/pixel/psnr"):
-            if key in r0:
-                print(f"{key:>22}: fixed set at epoch {e0} {r0[key]:.4f} -> epoch {e1} {r1[key]:.4f}")
+    for line in summary_lines(cfg.run.run_dir, cfg.run.eval_seeds):
+        print(line)
     for key in ("reward/mean", "pixel/psnr", "pixel/ssim", "synthetic/edit_psnr", "mllm/expected_score"):
         if any(key in r for r in history):
             print(

@@ -53,7 +53,9 @@ def _keys(rows: list[dict[str, Any]], prefix: str, suffix: str = "") -> list[str
 def panels(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     """The keys drawn in each panel of the figure."""
     reward = [k for k in _keys(rows, "reward/") if k not in _COUNTS and k.count("/") == 1]
-    evals = [k for k in _keys(rows, "eval/") if k != "eval/reward_ci95" and k.count("/") == 1]
+    evals = [
+        k for k in _keys(rows, "eval/") if k.count("/") == 1 and not k.endswith(("_ci95", "_se"))
+    ] + _keys(rows, "eval_train/reward", "reward")  # the training items' reward: the overfitting gap
     return {
         "reward (training batch)": reward,
         "fixed evaluation set": [k for k in evals if k != "eval/dropped_edits"],

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from cocoedit.cluster.train.loop import eval_interval
 from cocoedit.cluster.train.report import load_rows, panels, write_run_report
 
 
@@ -90,19 +87,6 @@ def test_report_holds_curves_eval_interval_and_last_validation_image(tmp_path: P
 def test_report_of_a_run_without_metrics_says_what_to_pass(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="pass the run directory"):
         write_run_report(tmp_path)
-
-
-def test_eval_interval_is_a_t_interval_over_item_means() -> None:
-    # items a (seeds 0.2, 0.4 -> 0.3), b (0.5), c (0.7, 0.9 -> 0.8; its last seed unscored)
-    groups = ["a", "a", "b", "b", "c", "c", "c"]
-    rewards = np.array([0.2, 0.4, 0.5, 0.5, 0.7, 0.9, np.nan])
-    scored = np.array([True, True, True, True, True, True, False])
-    half = eval_interval(groups, rewards, scored)["eval/reward_ci95"]
-    means = np.array([0.3, 0.5, 0.8])
-    assert half == pytest.approx(4.302653 * means.std(ddof=1) / math.sqrt(3), rel=1e-6)  # t(0.975, 2)
-    assert math.isnan(
-        eval_interval(["a", "a"], np.array([0.1, 0.2]), np.array([True, True]))["eval/reward_ci95"]
-    )
 
 
 def test_charts_from_the_template_escape_names_and_scale_bars() -> None:

@@ -399,8 +399,8 @@ def test_sweep_on_tune_survives_a_failed_trial_and_resumes_after_an_interrupt(tm
         cells = next(ln for ln in report.splitlines() if ln.startswith(f"| {row} ")).split("|")
         assert cells[4].strip() == f"{final['eval/synthetic']:.3f}"
         assert cells[5].strip() == f"{final['eval/pixel/psnr']:.2f}"
-        evals = [row for row in map(json.loads, lines(run_dir)) if "eval/pixel/psnr" in row]
-        change = evals[-1]["eval/pixel/psnr"] - evals[0]["eval/pixel/psnr"]  # from the first evaluation
+        start = json.loads(lines(run_dir)[0])["eval_start/pixel/psnr"]  # the starting policy's evaluation
+        change = final["eval/pixel/psnr"] - start
         assert cells[8].strip() == f"{change:+.2f}"
     page = (out / "report.html").read_text()
     assert str(broken) in page and "problem(s)" in page  # the failed trial's error

@@ -60,12 +60,18 @@ def test_two_epochs_train_on_every_sample(run: tuple[Path, list[dict]]) -> None:
         assert 0.0 <= row["reward/mean"] <= 1.0
         for key in ("reward/synthetic", "reward/pixel", "pixel/psnr", "time/sample_s", "time/update_s"):
             assert key in row, key
-        # the fixed evaluation set (2 items x 2 seeds here) is scored at epoch 0 and at the last epoch
-        assert 0.0 <= row["eval/reward"] <= 1.0 and "eval/synthetic" in row
         # every effect of the epoch body is a timed stage; the epoch's time covers them all
-        stages = ("sample", "refill", "score", "advantages", "update", "sync", "autoscale", "evaluate")
+        stages = ("sample", "refill", "score", "advantages", "update", "sync", "autoscale")
+        stages += ("evaluate",) if epoch == 1 else ()  # evaluated after the last epoch (and before the first)
         assert all(row[f"time/{s}_s"] >= 0 for s in stages)
         assert row["time/epoch_s"] >= sum(row[f"time/{s}_s"] for s in stages)
+    # the starting policy is evaluated before epoch 0 (held-out and training items), each mean with its SE
+    assert 0.0 <= history[0]["eval_start/reward"] <= 1.0 and history[0]["eval_train_start/reward_se"] >= 0
+    # and after the last epoch (eval_every=5 > 2 epochs)
+    assert not any(k.startswith("eval/") for k in history[0])
+    assert not any(k.startswith("eval_start/") for k in history[1])
+    assert 0.0 <= history[1]["eval/reward"] <= 1.0 and "eval/synthetic" in history[1]
+    assert 0.0 <= history[1]["eval_train/reward"] <= 1.0 and history[1]["eval/reward_se"] >= 0
     # checkpoint_every=1: the checkpoint written after epoch 0 is timed in epoch 1's row
     assert "time/checkpoint_s" not in history[0] and history[1]["time/checkpoint_s"] > 0
 
@@ -80,6 +86,15 @@ def test_run_directory_has_metrics_images_and_checkpoint(run: tuple[Path, list[d
         "epoch_00001.png",
     ]
     assert list((run_dir / "tb").iterdir())
+    # every evaluation's per-item scores, by policy version; the summary pairs the first and the last
+    for name in ("eval", "eval_train"):
+        versions = sorted(p.name for p in (run_dir / "eval" / name).glob("v*.json"))
+        assert versions == ["v00000.json", "v00002.json"], name
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    (change,) = [c for c in summary["eval"] if c["metric"] == "reward"]
+    assert (change["first_version"], change["last_version"], change["items"]) == (0, 2, 2)
+    assert change["first"] == pytest.approx(history[0]["eval_start/reward"])
+    assert change["last"] == pytest.approx(history[1]["eval/reward"])
     assert "epochs: 2" in (run_dir / "config.yaml").read_text()
     ckpt = latest_checkpoint(run_dir)
     assert ckpt is not None
@@ -117,8 +132,7 @@ def test_validation_images_show_the_same_items_and_every_series_once(run: tuple[
     scalars = set(tb.Tags()["scalars"])
     assert "pixel/psnr" in scalars and {t for t in scalars if f"reward/{t}" in scalars} == set()
     assert [h["_step"] for h in wandb_history(run_dir) if h.get("validation/_type") == "image-file"] == [0, 1]
-    for row_ in history:
-        assert row_["eval/reward_ci95"] > 0 or math.isnan(row_["eval/reward_ci95"])
+    assert history[1]["eval/reward_ci95"] > 0 or math.isnan(history[1]["eval/reward_ci95"])
     assert (run_dir / "report.png").stat().st_size > 0 and "eval/reward" in (
         run_dir / "report.html"
     ).read_text()
@@ -181,7 +195,9 @@ def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest
     cut = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'cut'}"])
 
     with start_run(cut) as run:
-        assert not {g.item.item_id for g in run.fixed} & set(run.items)  # evaluation items are held out
+        assert not {g.item.item_id for g in run.evals["eval"]} & set(
+            run.items
+        )  # evaluation items are held out
         for epoch, _ in run_epochs(run):
             if epoch == 1:  # the driver stops after epoch 1 (its checkpoint is written), epoch 2 in flight
                 assert run.rollouts.depth == 1
