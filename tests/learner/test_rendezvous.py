@@ -26,8 +26,9 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
     _init_distributed(torch.device("cpu"), rank, 2)
     total = torch.tensor([float(rank + 1)])
     dist.all_reduce(total)  # the group works: 1 + 2
+    # ::ffff:127.0.0.1 is 127.0.0.1 (IPv4-mapped), e.g. the socket of a Ray a forked rank inherited
     listening = [
-        [c.laddr.ip, c.laddr.port]
+        [c.laddr.ip.removeprefix("::ffff:"), c.laddr.port]
         for c in psutil.Process().net_connections("inet")
         if c.status == psutil.CONN_LISTEN
     ]
