@@ -25,7 +25,7 @@ from tests.cluster.test_train import TINY
 from tests.cluster.trackers import mlflow_series
 
 ROOT = Path(__file__).resolve().parents[2]
-EPOCHS = 8
+EPOCHS = 20  # ~0.3 s each here: room for the SIGTERM to land mid-run on a loaded machine
 
 
 def _run_processes(driver: psutil.Process) -> tuple[list[psutil.Process], str]:
