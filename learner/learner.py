@@ -409,13 +409,32 @@ def _init_distributed(device: torch.device, rank: int, world_size: int) -> None:
     os.environ.setdefault("LOCAL_RANK", str(rank if device.type == "cpu" else 0))
     import deepspeed
 
-    deepspeed.init_distributed(
-        dist_backend="gloo" if device.type == "cpu" else "nccl",
-        auto_mpi_discovery=False,
-        rank=rank,
-        world_size=world_size,
-        verbose=False,
+    backend = "gloo" if device.type == "cpu" else "nccl"
+    dist.init_process_group(
+        backend, store=rendezvous_store(rank, world_size), rank=rank, world_size=world_size
     )
+    # DeepSpeed wraps the group this process already joined
+    deepspeed.init_distributed(
+        dist_backend=backend, auto_mpi_discovery=False, rank=rank, world_size=world_size, verbose=False
+    )
+
+
+def rendezvous_store(rank: int, world_size: int) -> Any:
+    """The process group's TCPStore at MASTER_ADDR:MASTER_PORT. Rank 0 serves it on a socket bound to
+    MASTER_ADDR only: the store torch creates itself (env://) listens on every interface ([::])."""
+    import socket
+
+    import torch.distributed as dist
+
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    if rank != 0:
+        return dist.TCPStore(host, port, world_size, False)
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(max(128, world_size))
+    # the store owns the socket from here on (detach: Python will not close it under the store)
+    return dist.TCPStore(host, port, world_size, True, master_listen_fd=listener.detach())
 
 
 def _autocast_dtype(policy: EditPolicy, cfg: LearnerConfig, device: torch.device) -> Optional[torch.dtype]:

@@ -49,6 +49,9 @@ _WHAT_TO_DO = (
 )
 
 
+_started_local = False  # init_ray started a local cluster (shutdown_ray stops it)
+
+
 def init_ray(cfg: RunConfig) -> None:
     """Join a Ray cluster or start a local one on 127.0.0.1 (no-op when already initialised).
 
@@ -66,6 +69,8 @@ def init_ray(cfg: RunConfig) -> None:
         enable_run_token()  # the GCS address shows in `ps`: nobody without the token may join
         if cfg.metrics_export_port is not None:  # else Ray waits 30 s and says "node timed out"
             check_port_free("127.0.0.1", cfg.metrics_export_port, "run.metrics_export_port")
+        global _started_local
+        _started_local = True
         ray.init(
             num_cpus=cfg.ray_num_cpus,
             _node_ip_address="127.0.0.1",
@@ -151,6 +156,15 @@ def _join(address: str, source: str, timeout_s: float) -> None:
     if threading.current_thread() is threading.main_thread():
         # what ray.init does in the main thread: `ray job stop` (SIGTERM) exits the driver cleanly
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+
+def shutdown_ray() -> None:
+    """Stop the local cluster `init_ray` started, and wait for its processes, so that no raylet, agent,
+    worker or replica of this run outlives it. A no-op for a joined cluster, or Ray started by others."""
+    global _started_local
+    if _started_local and ray.is_initialized():
+        ray.shutdown(wait_for_processes=True)
+    _started_local = False
 
 
 def metrics_url() -> str:

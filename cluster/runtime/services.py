@@ -226,10 +226,34 @@ class RewardServices:
             if name not in self.replicas:
                 raise  # an external service: nothing here can restart it
             log.warning("reward service %s failed (%s); waiting for its replicas to come back", name, e)
+            self.replace_hung(name)
             self._wait_back(name, self.cfg.client.ready_timeout_s)
             out = client.score(edits)  # the same edits again: scoring is a pure function of them
         self.last_score_s[name] = time.perf_counter() - t0
         return out
+
+    def replace_hung(self, name: str) -> list[int]:
+        """Kill (for Ray to restart) every replica of `name` that served before but does not answer within
+        rewards.client.timeout_s: a stopped or deadlocked replica fails calls by deadline without dying,
+        so neither Ray nor `refresh` would replace it. Returns the indices of the replicas replaced."""
+        reps = self.replicas[name]
+        refs = [r.address.remote() for r in reps]
+        timeout_s = self.cfg.client.timeout_s
+        _, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        replaced = []
+        for i, ref in enumerate(refs):
+            if ref in late and reps[i] in self._served_at:  # one still starting has not served yet
+                log.warning(
+                    "reward service %s: replica %d (%s) did not answer within %g s (rewards.client.timeout_s); "
+                    "killing it for Ray to restart",
+                    name,
+                    i,
+                    self._served_at[reps[i]],
+                    timeout_s,
+                )
+                ray.kill(reps[i], no_restart=False)
+                replaced.append(i)
+        return replaced
 
     def _wait_back(self, name: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -67,9 +67,23 @@ class RunConfig:
     # with colocate), so that sampling the next batch overlaps the update instead of competing for the
     # same cores (bench/train_loop.py measures both).
     pin_cpus: bool = False
+    # Hang detection (cluster/runtime/deadlines.py): a rollout shard, learner update, checkpoint or weight
+    # transfer that has not answered after deadline_factor x the slowest time of its stage so far (at least
+    # deadline_min_s; deadline_first_s before the stage was measured: the first epoch loads and compiles)
+    # is hung: a rollout worker is replaced and its shard sampled again, a learner rank stops the run.
+    deadline_factor: Annotated[float, Range(ge=2, le=100)] = 5.0
+    # The shortest deadline of a remote call of the loop, whatever was measured
+    deadline_min_s: Annotated[float, Range(ge=1)] = 120.0
+    # The deadline of a stage not measured yet (the first epoch: models load, kernels compile)
+    deadline_first_s: Annotated[float, Range(ge=1)] = 3600.0
 
     def check(self) -> None:
         """Rules between fields (the config loader calls this)."""
+        if self.deadline_first_s < self.deadline_min_s:
+            raise ValueError(
+                f"deadline_first_s={self.deadline_first_s:g} is below deadline_min_s={self.deadline_min_s:g}: the "
+                "first epoch (loading, compiling) needs the longer deadline; raise run.deadline_first_s"
+            )
         if not self.run_dir.strip():
             raise ValueError(
                 "run_dir is empty: the run would write into the current directory; give a directory, e.g. "

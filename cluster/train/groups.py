@@ -20,6 +20,7 @@ from ray.exceptions import RayActorError
 
 from cocoedit.actors.config import PolicyConfig, RolloutConfig
 from cocoedit.actors.types import GroupedItem, RolloutBatch
+from cocoedit.cluster.runtime.deadlines import Deadlines, Hung
 from cocoedit.cluster.runtime.placement import Placement, use_cpus
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.telemetry import record_learner
@@ -67,13 +68,21 @@ def _rollout_actor() -> type:
 class RolloutGroup:
     """`num_workers` RolloutWorker actors; an epoch's items are split into contiguous shards.
 
-    A worker that dies is restarted by Ray (max_restarts); its shard is sampled again, with the
+    A worker that dies is restarted by Ray (max_restarts); one that does not answer within its deadline
+    (`deadlines`, stage "sample") is killed and restarted. Its shard is sampled again, with the
     weights of the version it was first sampled with (same seeds, so the same edits), and the batch
     is used once: every item of the epoch is sampled and trained on exactly once.
     """
 
-    def __init__(self, policy_cfg: PolicyConfig, rollout_cfg: RolloutConfig, placement: Placement) -> None:
+    def __init__(
+        self,
+        policy_cfg: PolicyConfig,
+        rollout_cfg: RolloutConfig,
+        placement: Placement,
+        deadlines: Optional[Deadlines] = None,
+    ) -> None:
         self.cfg = rollout_cfg
+        self.deadlines = deadlines or Deadlines()
         actor: Any = ray.remote(_rollout_actor())  # Ray's stubs type actor methods without .remote
         self.workers = [
             actor.options(**placement.rollout(i), max_restarts=rollout_cfg.max_restarts).remote(
@@ -115,15 +124,23 @@ class RolloutGroup:
         for i, items, version, ref in pending:
             for attempt in range(self.cfg.max_restarts + 1):
                 try:
-                    shards.append(ray.get(ref))
+                    shards.append(self.deadlines.get(ref, "sample", [f"rollout worker {i}"]))
                     break
-                except RayActorError as e:
+                except (RayActorError, Hung) as e:
                     if attempt == self.cfg.max_restarts:
                         raise RuntimeError(
-                            f"rollout worker {i} died {attempt + 1} times sampling a shard of {len(items)} edits; "
-                            f"giving up (rollout.max_restarts={self.cfg.max_restarts})"
+                            f"rollout worker {i} died or hung {attempt + 1} times sampling a shard of {len(items)} "
+                            f"edits; giving up (rollout.max_restarts={self.cfg.max_restarts})"
                         ) from e
-                    log.warning("rollout worker %d died (%s); re-sampling its shard after restart", i, e)
+                    if isinstance(e, Hung):
+                        log.warning(
+                            "%s: killing it; its shard of %d edits is sampled again after restart",
+                            e,
+                            len(items),
+                        )
+                        ray.kill(self.workers[i], no_restart=False)
+                    else:
+                        log.warning("rollout worker %d died (%s); re-sampling its shard after restart", i, e)
                     self.resampled_shards += 1
                     self._wait_restarted(self.workers[i])
                     ref = self.workers[i].sample_at.remote(items, version, [self._weights_of[version]])
@@ -139,11 +156,15 @@ class RolloutGroup:
         for old in [v for v in self._weights_of if v < version - self.cfg.max_staleness - 1]:
             del self._weights_of[old]
         refs = [w.load_weights.remote(weights, version) for w in self.workers]
+        started = time.monotonic()
         for i, ref in enumerate(refs):
             try:
-                ray.get(ref)
+                self.deadlines.get(ref, "load", [f"rollout worker {i}"], started)
             except RayActorError as e:  # restarting: sample_at loads these weights first
                 log.warning("rollout worker %d died while loading version %d (%s)", i, version, e)
+            except Hung as e:  # restarted: sample_at loads these weights first
+                log.warning("%s: killing it; it loads version %d when it samples next", e, version)
+                ray.kill(self.workers[i], no_restart=False)
 
     def close(self) -> None:
         for w in self.workers:
@@ -153,9 +174,9 @@ class RolloutGroup:
         deadline = time.monotonic() + timeout_s
         while True:  # the restarted actor answers once its constructor has run again
             try:
-                ray.get(worker.__ray_ready__.remote())
+                ray.get(worker.__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
                 return
-            except RayActorError:
+            except (RayActorError, ray.exceptions.GetTimeoutError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
@@ -226,9 +247,18 @@ class LearnerRank:
 
 
 class LearnerGroup:
-    """`world_size` LearnerRank actors; each update splits the epoch's edits into per-rank shards."""
+    """`world_size` LearnerRank actors; each update splits the epoch's edits into per-rank shards.
+    A rank that does not answer an update, a checkpoint or a weight transfer within its deadline
+    (`deadlines`) raises Hung: the ranks share collectives, so the run stops (LearnerGuard, loop.py)."""
 
-    def __init__(self, policy_cfg: PolicyConfig, cfg: LearnerConfig, placement: Placement) -> None:
+    def __init__(
+        self,
+        policy_cfg: PolicyConfig,
+        cfg: LearnerConfig,
+        placement: Placement,
+        deadlines: Optional[Deadlines] = None,
+    ) -> None:
+        self.deadlines = deadlines or Deadlines()
         actor: Any = ray.remote(LearnerRank)  # Ray's stubs type actor methods without .remote
         self.ranks = [
             actor.options(**placement.learner(r)).remote(
@@ -249,7 +279,8 @@ class LearnerGroup:
             r.update.remote(batch.select(list(range(a, b))), advantages[a:b], valid[a:b])
             for r, (a, b) in zip(self.ranks, bounds, strict=True)
         ]
-        metrics: dict[str, Any] = ray.get(refs)[0]  # the Learner already reduces its metrics over ranks
+        # the Learner already reduces its metrics over ranks
+        metrics: dict[str, Any] = self.deadlines.get(refs, "update", self._names())[0]
         if metrics.get("learner/skipped"):
             self.skipped_updates += 1
             # the Learner skips only when no rank has a valid edit
@@ -262,12 +293,15 @@ class LearnerGroup:
         return {**metrics, **self.counters()}
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
-        return ray.get(self.ranks[0].sampling_weights.remote())
+        return self.deadlines.get(self.ranks[0].sampling_weights.remote(), "weights", self._names()[:1])
+
+    def _names(self) -> list[str]:
+        return [f"learner rank {r}" for r in range(len(self.ranks))]
 
     def counters(self) -> dict[str, float]:
         """Since this group started: edits handed to the learner (each to exactly one rank), the valid
         ones, those trained on (valid edits of updates that took a step), and updates skipped."""
-        counts = ray.get([r.edit_counts.remote() for r in self.ranks])
+        counts = self.deadlines.get([r.edit_counts.remote() for r in self.ranks], "counts", self._names())
         return {
             **{
                 f"samples/{k}_total": float(sum(c[k] for c in counts)) for k in ("handed", "valid", "trained")
@@ -277,7 +311,8 @@ class LearnerGroup:
 
     def save(self, run_dir: str, extra_state: dict, keep_last: int) -> str:
         """Collective checkpoint under run_dir/checkpoints; returns its directory."""
-        return ray.get([r.save.remote(run_dir, extra_state, keep_last) for r in self.ranks])[0]
+        refs = [r.save.remote(run_dir, extra_state, keep_last) for r in self.ranks]
+        return self.deadlines.get(refs, "checkpoint", self._names())[0]
 
     def load(self, path: str) -> dict:
         return ray.get([r.load.remote(path) for r in self.ranks])[0]

@@ -33,7 +33,8 @@ from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
 from cocoedit.cluster.config import Config, ConfigError
 from cocoedit.cluster.export.card import card_inputs, tokenizer_limit, write_card
 from cocoedit.cluster.plan import log_plan
-from cocoedit.cluster.runtime.launch import RayConnectError, init_ray, resolve_models
+from cocoedit.cluster.runtime.deadlines import Deadlines, Hung
+from cocoedit.cluster.runtime.launch import RayConnectError, init_ray, resolve_models, shutdown_ray
 from cocoedit.cluster.runtime.placement import Placement, PlacementError
 from cocoedit.cluster.runtime.services import RewardServices
 from cocoedit.cluster.train.evaluation import eval_sets, fixed_items, record, summary_lines, write_summary
@@ -45,9 +46,11 @@ from cocoedit.cluster.train.rollouts import RolloutQueue
 from cocoedit.cluster.train.rundir import RunDirError, claim_run_dir, resumed_config
 from cocoedit.cluster.train.runlog import RunLog, ValidationRow
 from cocoedit.cluster.train.scores import Scores, score_batch
+from cocoedit.cluster.train.stop import EXIT_CODE, Stopped, StopSignal, run_status
 from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint, read_learner_state
 from cocoedit.loopback import PortTakenError
+from cocoedit.rewards.client import RewardServiceError
 from cocoedit.rewards.weighting import RewardError
 from cocoedit.telemetry import record_epoch
 from cocoedit.timing import StageTimer
@@ -85,6 +88,8 @@ class Run:
     checkpoint_s: Optional[float] = None  # how long the latest checkpoint took to write
     last_eval: Optional[tuple[list[str], Scores]] = None  # the held-out set's last (group ids, scores)
     last_eval_batch: Optional[tuple[RolloutBatch, Scores]] = None  # ... and its edits
+    stop: StopSignal = field(default_factory=StopSignal)  # SIGTERM: a clean stop between epochs
+    saved_epoch: Optional[int] = None  # the epoch of the latest checkpoint
 
 
 def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str, float]]]:
@@ -95,6 +100,9 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
     for epoch in tqdm(
         range(run.start, cfg.run.epochs), disable=not progress, desc="train", initial=run.start
     ):
+        run.stop.before_epoch(
+            epoch, run.start, run.saved_epoch, lambda e: checkpoint(run, e), cfg.run.run_dir
+        )
         timer = StageTimer()
         with timer("sample"):
             batch = run.rollouts.next()
@@ -207,7 +215,7 @@ def validation_rows(batch: RolloutBatch, rewards: list[float]) -> list[Validatio
     ]
 
 
-def checkpoint(run: Run, epoch: int) -> None:
+def checkpoint(run: Run, epoch: int) -> Path:
     """A complete checkpoint: learner state, and where the sampler and the policy version stand."""
     extra = {"epoch": epoch, "policy_version": run.version, "sampler": run.rollouts.sampler_state()}
     timer = StageTimer()
@@ -215,6 +223,8 @@ def checkpoint(run: Run, epoch: int) -> None:
         saved = run.learner.save(run.cfg.run.run_dir, extra, run.cfg.run.keep_checkpoints)
     run.guard.saved(Path(saved))
     run.checkpoint_s = timer.seconds["checkpoint"]
+    run.saved_epoch = epoch
+    return Path(saved)
 
 
 def metrics_row(
@@ -257,15 +267,20 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
     items, held_out = preflight(cfg)
     init_ray(cfg.run)
     with contextlib.ExitStack() as parts:
+        stop = StopSignal()  # after ray.init, which installs its own SIGTERM handler
+        stop.install()
+        parts.callback(stop.restore)
         placement = _closing(
             parts, Placement(cfg)
         )  # first: fails within run.placement_timeout_s, naming the role
         cfg = resolve_models(cfg)
         log_plan(cfg)  # devices and memory per role (cocoedit plan)
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
-        runlog = _closing(parts, RunLog(cfg, resume=ckpt is not None, first_epoch=resumed_epoch(ckpt)))
-        learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement))
-        rollout = _closing(parts, RolloutGroup(cfg.policy, cfg.rollout, placement))
+        runlog = RunLog(cfg, resume=ckpt is not None, first_epoch=resumed_epoch(ckpt))
+        _closing(parts, runlog, with_status=True)  # the trackers' run ends FINISHED, KILLED or FAILED
+        deadlines = Deadlines(cfg.run.deadline_factor, cfg.run.deadline_min_s, cfg.run.deadline_first_s)
+        learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement, deadlines))
+        rollout = _closing(parts, RolloutGroup(cfg.policy, cfg.rollout, placement, deadlines))
         services = _closing(parts, RewardServices(cfg.rewards))
         version, start = _resume(ckpt, learner, sampler) if ckpt is not None else (0, 0)
         guard = LearnerGuard(cfg, ckpt)
@@ -290,6 +305,8 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
             else fixed_items(list(items.values())[:GRID_ITEMS], cfg.run.eval_seeds),
             start=start,
             version=version,
+            stop=stop,
+            saved_epoch=start - 1 if ckpt is not None else None,
         )
 
 
@@ -314,16 +331,17 @@ def train(cfg: Config, resume: Resume = False, progress: bool = True) -> list[di
     return run.history
 
 
-def _closing(parts: contextlib.ExitStack, part: Any) -> Any:
-    """Close `part` when the run ends; a failure while closing is logged, never hides the run's own."""
+def _closing(parts: contextlib.ExitStack, part: Any, with_status: bool = False) -> Any:
+    """Close `part` when the run ends (`with_status`: telling it how, stop.run_status); a failure while
+    closing is logged, never hides the run's own."""
 
-    def close() -> None:
+    def close(kind: Any, exc: Optional[BaseException], tb: Any) -> None:
         try:
-            part.close()
+            part.close(run_status(exc)) if with_status else part.close()
         except Exception as e:  # noqa: BLE001 - tearing down after a failure must not hide it
             log.warning("closing %s: %s", type(part).__name__, e)
 
-    parts.callback(close)
+    parts.push(close)
     return part
 
 
@@ -341,7 +359,7 @@ class LearnerGuard:
     def during(self, what: str, epoch: int) -> Iterator[None]:
         try:
             yield
-        except (RayActorError, RayTaskError) as e:
+        except (RayActorError, RayTaskError, Hung) as e:
             latest = latest_checkpoint(self.cfg.run.run_dir) or self.latest
             if latest is None:
                 how = "no checkpoint was written yet: start the run again with --overwrite (without --resume)"
@@ -401,6 +419,7 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
         RayConnectError,
         ResumeConfigError,
         RewardError,
+        RewardServiceError,
         PreflightError,
         PortTakenError,
         RunDirError,
@@ -408,6 +427,11 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
     ) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:  # SIGTERM (cluster/train/stop.py): every part is closed
+        print(f"Stopped: {e}", file=sys.stderr)
+        return EXIT_CODE
+    finally:
+        shutdown_ray()  # the local cluster of this run, waited for: no process of it outlives the driver
     _print_summary(cfg, history)
     return 0
 

@@ -85,8 +85,8 @@ class TensorBoardTracker:
     def artifact(self, path: Path) -> None:
         pass  # TensorBoard has no artefacts: the LoRA stays in the run directory
 
-    def close(self) -> None:
-        self._tb.close()
+    def close(self, status: str = "FINISHED") -> None:
+        self._tb.close()  # TensorBoard keeps no run status
 
 
 class WandbTracker:
@@ -126,8 +126,8 @@ class WandbTracker:
         art.add_dir(str(path))
         self.run.log_artifact(art)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, status: str = "FINISHED") -> None:
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)  # W&B shows a nonzero one as failed
 
 
 def mlflow_key(key: str) -> str:
@@ -173,8 +173,8 @@ class MlflowTracker:
     def artifact(self, path: Path) -> None:
         self.client.log_artifacts(self.id, str(path), artifact_path=path.name)
 
-    def close(self) -> None:
-        self.client.set_terminated(self.id)
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.id, status=status)
 
 
 # run.trackers names -> implementation; each writes under the run directory unless configured otherwise
@@ -209,7 +209,7 @@ class RunLog:
             for name in cfg.run.trackers:
                 self.trackers[name] = TRACKERS[name](self.dir, cfg, ids.get(name))
         except BaseException:
-            self.close()
+            self.close("FAILED")
             raise
         ids.update({name: t.id for name, t in self.trackers.items() if t.id is not None})
         self._ids = ids
@@ -264,8 +264,9 @@ class RunLog:
             tracker.image(epoch, grid, title, key="validation")
         return path
 
-    def close(self) -> None:
-        """Hand the LoRA (run_dir/lora, when written) to the trackers as an artefact, then close them."""
+    def close(self, status: str = "FINISHED") -> None:
+        """Hand the LoRA (run_dir/lora, when written) to the trackers as an artefact, then close them;
+        `status`: how the run ended, FINISHED, KILLED (a clean stop on SIGTERM) or FAILED (MLflow's names)."""
         lora = self.dir / "lora"
         for name, tracker in self.trackers.items():
             try:
@@ -273,7 +274,7 @@ class RunLog:
                     tracker.artifact(lora)
             finally:
                 try:
-                    tracker.close()
+                    tracker.close(status)
                 except Exception as e:  # noqa: BLE001 - one tracker failing to close must not hide the rest
                     log.warning("closing the %s tracker: %s", name, e)
         self.trackers = {}
