@@ -131,7 +131,7 @@ def test_out_of_range_value_is_refused_at_load(
         (["rewards.weights={mllm: 1}"], ["rewards.mllm.enabled is false"]),
         (["rewards.pixel.scaling.min_replicas=3"], ["rewards.pixel.scaling: replicas=1 must lie within"]),
         (["rewards.pixel.window=10"], ["rewards.pixel: window=10 must be odd"]),
-        (["data.n_items=20"], ["data.n_items=20", "data.synth_num=16"]),
+        (["data.synth_num=16", "data.n_items=20"], ["data.n_items=20", "data.synth_num=16"]),
         (["learner.train_timesteps=11"], ["learner.train_timesteps=11 exceeds rollout.num_steps=10"]),
         (
             ["rollout.cpus_per_worker=0"],

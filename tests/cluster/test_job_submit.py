@@ -244,7 +244,16 @@ def test_prometheus_scrapes_every_documented_series(job: Job) -> None:
     # one value checked end to end: the sampled-edits counter as Prometheus holds it
     query = urllib.parse.quote("sum(max_over_time(ray_cocoedit_edits_sampled_total[10m]))")
     result = _get_json(f"{job.prometheus}/api/v1/query?query={query}")["data"]["result"]
-    assert float(result[0]["value"][1]) == 2 * 2 * 4 + 2 * 2 * 2
+    assert float(result[0]["value"][1]) == EDITS
+
+
+# 2 epochs x (2 items x 4 edits); the starting policy and the last evaluated on both fixed sets (held-out
+# and training items, 2 items x 2 seeds each); epoch 0's validation grid (2 items x 2 seeds: epoch 0 has
+# no evaluation to draw it from since the first is before it)
+EDITS = 2 * 2 * 4 + 2 * 2 * (2 * 2) + 2 * 2
+# per service one Score request per scoring (<= rewards.client.batch_edits edits): 2 training batches,
+# 2 evaluations x 2 sets, 1 grid
+SCORINGS = 2 + 2 * 2 + 1
 
 
 def test_ray_job_submit_trains_and_exports_metrics(job: Job) -> None:
@@ -255,10 +264,7 @@ def test_ray_job_submit_trains_and_exports_metrics(job: Job) -> None:
     assert [r["epoch"] for r in rows] == [0, 1]
     assert latest_checkpoint(run_dir) is not None
 
-    # 2 epochs x (2 items x 4 edits), plus the fixed eval set (2 items x 2 seeds) at epochs 0 and 1
-    edits = 2 * 2 * 4 + 2 * 2 * 2
-    # per service one Score request per scoring (<= rewards.client.batch_edits edits): 2 epochs x (train + eval)
-    requests = 2 * 2
+    edits, requests = EDITS, SCORINGS
     # counters of finished processes stay in the export; wait for the last report of each
     seen.wait(lambda: seen.total("cocoedit_edits_sampled_total") == edits, timeout_s=30)
     assert seen.total("cocoedit_edits_sampled_total") == edits  # rollout worker
