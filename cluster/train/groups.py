@@ -246,8 +246,8 @@ class LearnerGroup:
         update that takes no step adds `learner/skip_reason` (text) and logs it."""
         bounds = shard_bounds(len(batch), len(self.ranks))
         refs = [
-            r.update.remote(batch.select(list(range(a, b))), advantages[a:b], valid[a:b])
-            for r, (a, b) in zip(self.ranks, bounds, strict=True)
+            r.update.remote(shard, advantages[a:b], valid[a:b])
+            for r, (a, b), shard in zip(self.ranks, bounds, self.shards(batch), strict=True)
         ]
         metrics: dict[str, Any] = ray.get(refs)[0]  # the Learner already reduces its metrics over ranks
         if metrics.get("learner/skipped"):
@@ -260,6 +260,11 @@ class LearnerGroup:
             )
             log.warning("learner update skipped, no optimizer step: %s", metrics["learner/skip_reason"])
         return {**metrics, **self.counters()}
+
+    def shards(self, batch: RolloutBatch) -> list[RolloutBatch]:
+        """Each rank's edits (contiguous, `shard_bounds`), without the pixels the learner does not use."""
+        latents = batch.without_images()
+        return [latents.select(list(range(a, b))) for a, b in shard_bounds(len(batch), len(self.ranks))]
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return ray.get(self.ranks[0].sampling_weights.remote())
