@@ -108,9 +108,11 @@ class RolloutWorker:
             # time so the encoding of an item does not depend on the other items of the call.
             group_index: dict[str, int] = {}
             per_group: list[Condition] = []
-            for gi in items:
+            first_of_group: list[int] = []  # the index in `items` of each group's first edit
+            for i, gi in enumerate(items):
                 if gi.group_id not in group_index:
                     group_index[gi.group_id] = len(per_group)
+                    first_of_group.append(i)
                     per_group.append(
                         policy.encode_condition([gi.item.instruction], gi.loaded.source_image[None])
                     )
@@ -148,7 +150,8 @@ class RolloutWorker:
         timings["edits_per_s"] = len(items) / busy
         record_sample(len(items), busy)  # no-op outside Ray
 
-        targets = [gi.loaded.target_image for gi in items]
+        firsts = [items[i].loaded for i in first_of_group]  # what a group's edits share: its item
+        targets = [item.target_image for item in firsts]
         known = [t for t in targets if t is not None]
         return RolloutBatch(
             edit_ids=[gi.edit_id for gi in items],
@@ -161,8 +164,8 @@ class RolloutWorker:
             condition=groups.to("cpu"),
             group_index=rows,
             edited_images=torch.cat(edited),
-            source_images=torch.stack([gi.loaded.source_image for gi in items]),
-            edit_masks=torch.stack([gi.loaded.edit_mask for gi in items]).float(),
+            source_images=torch.stack([item.source_image for item in firsts]),
+            edit_masks=torch.stack([(item.edit_mask * 255).round().to(torch.uint8) for item in firsts]),
             sigmas=sigmas,
             sampler=cfg.sampler,
             height=height,

@@ -118,10 +118,12 @@ class Condition:
 class RolloutBatch:
     """What rollout workers return for a list of GroupedItems (everything the learner and rewards need).
 
-    The edits of a group share their source and instruction, so the condition (prompt embeddings,
-    source latents: ~7.5 MB per row for FLUX at 512 px in bf16) is stored once per group: G rows, and
-    edit i uses row `group_index[i]`. The learner expands rows per micro-batch on its device
-    (`edit_condition`, `edit_source_latents`). `per_edit()` gives the layout with one row per edit.
+    The edits of a group share their item, so what comes from the item (the condition: prompt
+    embeddings, source latents, ~7.5 MB per row for FLUX at 512 px in bf16; the source image, the
+    edit mask as one byte per pixel, the target) is stored once per group: G rows, and edit i uses
+    row `group_index[i]`. The learner expands rows per micro-batch on its device (`edit_condition`,
+    `edit_source_latents`, `edit_masks_unit`). `per_edit()` gives the layout with one row per edit.
+    A batch without pixels (`without_images()`, what the learner is sent) has [N|G, 3, 0, 0] images.
     """
 
     edit_ids: list[str]
@@ -134,14 +136,14 @@ class RolloutBatch:
     condition: Condition  # G rows
     group_index: torch.Tensor  # [N] int64, edit i's row in condition and source_latents
     edited_images: torch.Tensor  # [N, 3, H, W] uint8, decoded x0
-    source_images: torch.Tensor  # [N, 3, H, W] uint8
-    edit_masks: torch.Tensor  # [N, 1, H, W] float32, 1 = edit
+    source_images: torch.Tensor  # [G, 3, H, W] uint8, per row
+    edit_masks: torch.Tensor  # [G, 1, H, W] uint8, per row: round(255 * mask), 255 = edit
     sigmas: torch.Tensor  # [T + 1] the sampler's sigma schedule (1 ... 0), shifted
     sampler: str
     height: int
     width: int
     seeds: list[int]
-    target_images: Optional[torch.Tensor] = None  # [N, 3, H, W] uint8 (synthetic task)
+    target_images: Optional[torch.Tensor] = None  # [G, 3, H, W] uint8, per row (synthetic task)
     # Flow-GRPO only: the SDE trajectory and per-step log-probabilities under theta_old.
     trajectory: Optional[torch.Tensor] = None  # [N, T + 1, L, D]
     log_probs: Optional[torch.Tensor] = None  # [N, T]
@@ -149,11 +151,17 @@ class RolloutBatch:
 
     def __post_init__(self) -> None:
         n, rows = len(self.edit_ids), len(self.condition)
-        if self.group_index.shape != (n,) or self.source_latents.shape[0] != rows:
+        per_row = {name: getattr(self, name) for name in _PER_ROW_TENSORS if getattr(self, name) is not None}
+        wrong = {name: tuple(v.shape) for name, v in per_row.items() if v.shape[0] != rows}
+        if self.group_index.shape != (n,) or wrong:
             raise ValueError(
-                f"RolloutBatch of {n} edits needs group_index [{n}] and source_latents with one row per "
-                f"condition row ({rows}); got {tuple(self.group_index.shape)} and "
-                f"{tuple(self.source_latents.shape)}"
+                f"RolloutBatch of {n} edits needs group_index [{n}] and one row per condition row ({rows}) "
+                f"in {', '.join(_PER_ROW_TENSORS)}; got group_index {tuple(self.group_index.shape)}, {wrong}"
+            )
+        if self.edit_masks.dtype != torch.uint8:
+            raise ValueError(
+                f"RolloutBatch.edit_masks must be uint8 (round(255 * mask), 255 = edit), got "
+                f"{self.edit_masks.dtype}: convert with `(mask * 255).round().to(torch.uint8)`"
             )
 
     def __len__(self) -> int:
@@ -167,6 +175,21 @@ class RolloutBatch:
         """x_src of the edits at `index`: [len(index), L, D]."""
         return self.source_latents[self.group_index[torch.as_tensor(index, dtype=torch.long)]]
 
+    def edit_masks_unit(self, index: list[int] | torch.Tensor) -> torch.Tensor:
+        """The edit masks of the edits at `index` as float32 in [0, 1] (1 = edit): [len(index), 1, H, W]."""
+        return self.edit_masks[self.group_index[torch.as_tensor(index, dtype=torch.long)]].float() / 255
+
+    def _rows(self, rows: torch.Tensor) -> dict[str, Any]:
+        """The per-row fields (condition, source latents, source/target images, masks) at `rows`."""
+        return {
+            "condition": self.condition.select(rows),
+            **{
+                name: getattr(self, name)[rows]
+                for name in _PER_ROW_TENSORS
+                if getattr(self, name) is not None
+            },
+        }
+
     def select(self, index: list[int]) -> RolloutBatch:
         """The edits at `index` (in that order), as a new batch holding only the rows they use."""
         idx = torch.as_tensor(index, dtype=torch.long)
@@ -175,22 +198,21 @@ class RolloutBatch:
         changes |= {
             name: getattr(self, name)[idx] for name in _PER_EDIT_TENSORS if getattr(self, name) is not None
         }
-        return dataclasses.replace(
-            self,
-            **changes,
-            source_latents=self.source_latents[rows],
-            condition=self.condition.select(rows),
-            group_index=group_index,
-        )
+        return dataclasses.replace(self, **changes, **self._rows(rows), group_index=group_index)
 
     def per_edit(self) -> RolloutBatch:
-        """The same batch with one condition row per edit (the layout without sharing)."""
+        """The same batch with one row per edit (the layout without sharing)."""
         every = torch.arange(len(self))
+        return dataclasses.replace(self, **self._rows(self.group_index), group_index=every)
+
+    def without_images(self) -> RolloutBatch:
+        """The batch without its edited, source and target pixels ([N|G, 3, 0, 0], target None): what
+        the learner needs (latents, conditions, masks), not what the reward services needed."""
         return dataclasses.replace(
             self,
-            source_latents=self.edit_source_latents(every),
-            condition=self.edit_condition(every),
-            group_index=every,
+            edited_images=self.edited_images[:, :, :0, :0],
+            source_images=self.source_images[:, :, :0, :0],
+            target_images=None,
         )
 
     @staticmethod
@@ -224,10 +246,14 @@ class RolloutBatch:
             for name in _PER_EDIT_TENSORS
             if getattr(first, name) is not None
         }
+        changes |= {
+            name: torch.cat([getattr(b, name) for b in batches])
+            for name in _PER_ROW_TENSORS
+            if getattr(first, name) is not None
+        }
         return dataclasses.replace(
             first,
             **changes,
-            source_latents=torch.cat([b.source_latents for b in batches]),
             condition=Condition.cat([b.condition for b in batches]),
             group_index=torch.cat([b.group_index + o for b, o in zip(batches, offsets, strict=True)]),
             timings=timings,
@@ -235,12 +261,6 @@ class RolloutBatch:
 
 
 _PER_EDIT_LISTS = ("edit_ids", "item_ids", "group_ids", "instructions", "seeds")
-_PER_EDIT_TENSORS = (
-    "x0",
-    "edited_images",
-    "source_images",
-    "edit_masks",
-    "target_images",
-    "trajectory",
-    "log_probs",
-)
+_PER_EDIT_TENSORS = ("x0", "edited_images", "trajectory", "log_probs")
+# one row per group (condition row), edit i at group_index[i]
+_PER_ROW_TENSORS = ("source_latents", "source_images", "edit_masks", "target_images")

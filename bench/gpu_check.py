@@ -231,7 +231,7 @@ def learner_check(policy: Any, dev: Device, args: argparse.Namespace, peak_tf: f
         group_index=torch.arange(m),  # one condition row per edit
         edited_images=images,
         source_images=images,
-        edit_masks=masks,
+        edit_masks=(masks * 255).to(torch.uint8),
         sigmas=shifted_sigmas(10, length, FLUX_SCHEDULER),
         sampler="dpm2",
         height=size,

@@ -114,7 +114,7 @@ class NFT(Objective):
         if not c.use_reg:
             return None
         grid = views.unpack(mb.x0[:1], batch.height, batch.width).shape[-2:]
-        masks = batch.edit_masks[mb.idx].to(mb.x0.device)
+        masks = batch.edit_masks_unit(mb.idx).to(mb.x0.device)
         return region_weights(
             masks, (int(grid[0]), int(grid[1])), c.erode_radius, c.ring_weight, c.binarize_mask
         )

@@ -98,19 +98,26 @@ def make_edit(
     Images are stored PNGs (WIRE_IMAGE_COMPRESS_LEVEL), the mask a compressed one (it shrinks ~100x).
     """
 
-    def image(array: ImageLike, field: str) -> bytes:
-        return encode_png(_to_numpy_uint8(array, field), WIRE_IMAGE_COMPRESS_LEVEL)
-
     return reward_pb2.Edit(
         edit_id=edit_id,
         group_id=group_id,
         policy_version=int(policy_version),
         instruction=instruction,
-        source_image=image(source_image, "source_image"),
-        edited_image=image(edited_image, "edited_image"),
-        edit_mask=b"" if edit_mask is None else encode_png(_mask_uint8(edit_mask)),
-        target_image=b"" if target_image is None else image(target_image, "target_image"),
+        source_image=wire_image(source_image, "source_image"),
+        edited_image=wire_image(edited_image, "edited_image"),
+        edit_mask=b"" if edit_mask is None else wire_mask(edit_mask),
+        target_image=b"" if target_image is None else wire_image(target_image, "target_image"),
     )
+
+
+def wire_image(array: ImageLike, field: str) -> bytes:
+    """The PNG bytes an Edit carries for a uint8 [H, W, 3] image (WIRE_IMAGE_COMPRESS_LEVEL)."""
+    return encode_png(_to_numpy_uint8(array, field), WIRE_IMAGE_COMPRESS_LEVEL)
+
+
+def wire_mask(mask: ImageLike) -> bytes:
+    """The PNG bytes an Edit carries for an [H, W] edit mask (see make_edit), compressed."""
+    return encode_png(_mask_uint8(mask))
 
 
 def outcome_from_proto(item: reward_pb2.EditScore) -> EditOutcome:

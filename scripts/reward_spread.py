@@ -29,18 +29,20 @@ from cocoedit.rewards.serve import service
 
 
 def decoded(batch: RolloutBatch, i: int) -> DecodedEdit:
-    def hwc(images: torch.Tensor) -> np.ndarray:
-        return images[i].permute(1, 2, 0).numpy()
+    def hwc(images: torch.Tensor, row: int) -> np.ndarray:
+        return images[row].permute(1, 2, 0).numpy()
+
+    g = int(batch.group_index[i])  # source, mask and target are stored once per group
 
     return DecodedEdit(
         edit_id=batch.edit_ids[i],
         group_id=batch.group_ids[i],
         policy_version=batch.policy_version,
         instruction=batch.instructions[i],
-        source_image=hwc(batch.source_images),
-        edited_image=hwc(batch.edited_images),
-        edit_mask=batch.edit_masks[i, 0].numpy().astype(np.float32),
-        target_image=None if batch.target_images is None else hwc(batch.target_images),
+        source_image=hwc(batch.source_images, g),
+        edited_image=hwc(batch.edited_images, i),
+        edit_mask=batch.edit_masks_unit([i])[0, 0].numpy(),
+        target_image=None if batch.target_images is None else hwc(batch.target_images, g),
     )
 
 

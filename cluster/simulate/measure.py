@@ -2,8 +2,8 @@
 bytes into and out of the driver and over gRPC, the driver's CPU seconds and RSS, the seconds the
 simulated actors held their (simulated) GPUs, and the node each actor was placed on.
 
-Counters wrap three methods of the run's own objects (the rollout group's `gather`, the learner
-group's `update`, each reward client's `score`): they count what passes and call the original.
+Counters wrap methods of the run's own objects (the rollout group's `gather`, the learner group's
+`update` and `shards`, each reward client's `score`): they count what passes and call the original.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Meter:
         self.counts = {"driver_in_bytes": 0, "driver_out_bytes": 0, "grpc_bytes": 0, "batches": 0}
         self._wrap(run.rollout, "gather", self._gathered)
         self._wrap(run.learner, "update", self._updating)
+        self._wrap(run.learner, "shards", self._sharding)
         for client in run.services.clients.values():
             self._wrap(client, "score", self._scoring)
 
@@ -72,8 +73,13 @@ class Meter:
         return batch
 
     def _updating(self, original: Callable[..., Any], batch: RolloutBatch, *args: Any) -> Any:
-        self.counts["driver_out_bytes"] += tensor_bytes(batch) + tensor_bytes(list(args))
+        self.counts["driver_out_bytes"] += tensor_bytes(list(args))  # advantages, valid
         return original(batch, *args)
+
+    def _sharding(self, original: Callable[..., Any], batch: RolloutBatch) -> Any:
+        shards = original(batch)  # what the learner ranks are sent
+        self.counts["driver_out_bytes"] += tensor_bytes(shards)
+        return shards
 
     def _scoring(self, original: Callable[..., Any], edits: Any, *args: Any, **kwargs: Any) -> Any:
         self.counts["grpc_bytes"] += sum(e.ByteSize() for e in edits)

@@ -276,8 +276,8 @@ class LearnerGroup:
         update that takes no step adds `learner/skip_reason` (text) and logs it."""
         bounds = shard_bounds(len(batch), len(self.ranks))
         refs = [
-            r.update.remote(batch.select(list(range(a, b))), advantages[a:b], valid[a:b])
-            for r, (a, b) in zip(self.ranks, bounds, strict=True)
+            r.update.remote(shard, advantages[a:b], valid[a:b])
+            for r, (a, b), shard in zip(self.ranks, bounds, self.shards(batch), strict=True)
         ]
         # the Learner already reduces its metrics over ranks
         metrics: dict[str, Any] = self.deadlines.get(refs, "update", self._names())[0]
@@ -291,6 +291,11 @@ class LearnerGroup:
             )
             log.warning("learner update skipped, no optimizer step: %s", metrics["learner/skip_reason"])
         return {**metrics, **self.counters()}
+
+    def shards(self, batch: RolloutBatch) -> list[RolloutBatch]:
+        """Each rank's edits (contiguous, `shard_bounds`), without the pixels the learner does not use."""
+        latents = batch.without_images()
+        return [latents.select(list(range(a, b))) for a, b in shard_bounds(len(batch), len(self.ranks))]
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return self.deadlines.get(self.ranks[0].sampling_weights.remote(), "weights", self._names()[:1])

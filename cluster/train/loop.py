@@ -201,15 +201,15 @@ def validation_rows(batch: RolloutBatch, rewards: list[float]) -> list[Validatio
     rows: dict[str, list[int]] = {}
     for i, g in enumerate(batch.group_ids):
         rows.setdefault(g, []).append(i)
-    targets = batch.target_images
+    targets, row = batch.target_images, batch.group_index
     return [
         ValidationRow(
             instruction=batch.instructions[idx[0]],
-            source=batch.source_images[idx[0]],
+            source=batch.source_images[row[idx[0]]],
             edits=batch.edited_images[idx],
-            edit_mask=batch.edit_masks[idx[0]],
+            edit_mask=batch.edit_masks_unit([idx[0]])[0],
             scores=[rewards[i] for i in idx],
-            target=None if targets is None else targets[idx[0]],
+            target=None if targets is None else targets[row[idx[0]]],
         )
         for idx in rows.values()
     ]

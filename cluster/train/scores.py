@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from cocoedit.actors.types import RolloutBatch
 from cocoedit.cluster.config import RewardsConfig
+from cocoedit.protos import reward_pb2
 from cocoedit.rewards.base import EditOutcome
-from cocoedit.rewards.client import make_edit
+from cocoedit.rewards.client import wire_image, wire_mask
 from cocoedit.rewards.weighting import Rewards, combine
 
 
@@ -70,21 +70,32 @@ def score_batch(services: Any, batch: RolloutBatch, cfg: RewardsConfig) -> Score
     return Scores(rewards, outcomes)
 
 
-def to_edits(batch: RolloutBatch) -> list[Any]:
-    """The batch as reward-proto Edits (PNG-encoded images, the mask, the target when known)."""
-    masks = (batch.edit_masks[:, 0] * 255).round().to(torch.uint8)
-    return [
-        make_edit(
-            edit_id=batch.edit_ids[i],
-            group_id=batch.group_ids[i],
-            policy_version=batch.policy_version,
-            instruction=batch.instructions[i],
-            source_image=batch.source_images[i].permute(1, 2, 0).numpy(),
-            edited_image=batch.edited_images[i].permute(1, 2, 0).numpy(),
-            edit_mask=masks[i].numpy(),
-            target_image=None
-            if batch.target_images is None
-            else batch.target_images[i].permute(1, 2, 0).numpy(),
+def to_edits(batch: RolloutBatch) -> list[reward_pb2.Edit]:
+    """The batch as reward-proto Edits. The source, mask and target PNGs are encoded once per group
+    and the same bytes go in every edit of the group (and, as the same protos, to every service)."""
+    hwc = lambda image: image.permute(1, 2, 0).numpy()  # noqa: E731 - [3, H, W] -> [H, W, 3]
+    targets = batch.target_images
+    rows = [
+        (
+            wire_image(hwc(batch.source_images[r]), "source_image"),
+            wire_mask(batch.edit_masks[r, 0].numpy()),
+            b"" if targets is None else wire_image(hwc(targets[r]), "target_image"),
         )
-        for i in range(len(batch))
+        for r in range(len(batch.condition))
     ]
+    edits = []
+    for i in range(len(batch)):
+        source, mask, target = rows[int(batch.group_index[i])]
+        edits.append(
+            reward_pb2.Edit(
+                edit_id=batch.edit_ids[i],
+                group_id=batch.group_ids[i],
+                policy_version=int(batch.policy_version),
+                instruction=batch.instructions[i],
+                source_image=source,
+                edited_image=wire_image(hwc(batch.edited_images[i]), "edited_image"),
+                edit_mask=mask,
+                target_image=target,
+            )
+        )
+    return edits

@@ -117,8 +117,11 @@ def test_rollout_batch_contents(flux_worker):
     assert batch.source_latents.shape == (2, length, dim)  # one row per group
     assert batch.group_index.tolist() == [0, 0, 0, 1, 1, 1]
     assert batch.edited_images.shape == (n, 3, SIZE, SIZE) and batch.edited_images.dtype == torch.uint8
-    assert torch.equal(batch.source_images[0], items[0].item.source_image)
-    assert batch.edit_masks.shape == (n, 1, SIZE, SIZE) and batch.target_images.shape == (n, 3, SIZE, SIZE)
+    # what a group's edits share (source, target, mask as one byte per pixel) is stored once per group
+    assert torch.equal(batch.source_images[1], items[3].item.source_image)
+    assert batch.source_images.shape == (2, 3, SIZE, SIZE) and batch.target_images.shape == (2, 3, SIZE, SIZE)
+    assert batch.edit_masks.shape == (2, 1, SIZE, SIZE) and batch.edit_masks.dtype == torch.uint8
+    assert torch.equal(batch.edit_masks_unit([4])[0], items[4].item.edit_mask)  # lossless for 8-bit masks
     assert batch.sigmas.shape == (7,) and batch.sigmas[0] == 1 and batch.sigmas[-1] == 0
     assert batch.trajectory is None and batch.log_probs is None
     assert batch.condition.tensors["prompt_embeds"].shape[0] == 2

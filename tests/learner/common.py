@@ -77,8 +77,8 @@ def make_batch(policy: EditPolicy, n: int = 4, num_steps: int = 4, seed: int = 0
         condition=cond,
         group_index=group_index,
         edited_images=src[group_index],
-        source_images=src[group_index],
-        edit_masks=mask,
+        source_images=src,
+        edit_masks=(mask[::2] * 255).to(torch.uint8),
         sigmas=torch.linspace(1.0, 0.0, num_steps + 1),
         sampler="dpm2",
         height=SIZE,
@@ -93,7 +93,7 @@ def keep_error(policy: EditPolicy, batch: RolloutBatch, probes: list[tuple[float
     from cocoedit.learner.losses import region_weights, weighted_sq_dist
 
     grid = policy.unpack(batch.x0[:1], batch.height, batch.width).shape[-2:]
-    w = region_weights(batch.edit_masks, (int(grid[0]), int(grid[1])))
+    w = region_weights(batch.edit_masks_unit(list(range(len(batch)))), (int(grid[0]), int(grid[1])))
     out = []
     for t, eps in probes:
         tt = torch.full((len(batch),), t)
