@@ -18,7 +18,8 @@ class RunConfig:
     epochs: Annotated[int, Range(ge=1)] = 100
     run_dir: str = "runs/${name}"  # ${name} is replaced by run.name
     image_every: Annotated[int, Range(ge=0)] = 10  # 0 = never
-    checkpoint_every: Annotated[int, Range(ge=0)] = 10  # 0 = never (no checkpoint, no lora/: a run that cannot resume)
+    # Epochs between checkpoints; 0 = never (no checkpoint, no lora/: a run that cannot resume)
+    checkpoint_every: Annotated[int, Range(ge=0)] = 10
     # Newest complete checkpoints kept in run_dir/checkpoints (older ones deleted)
     keep_checkpoints: Annotated[int, Range(ge=1)] = 3
     # Before the first epoch, after every eval_every-th epoch and the last, the current sampling policy edits a
