@@ -195,6 +195,7 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
     it afresh, so the epochs logged before the interruption are reported to it again first."""
     from ray import tune
 
+    from cocoedit.cluster.train.evaluation import write_summary
     from cocoedit.cluster.train.loop import run_epochs, start_run
     from cocoedit.learner.checkpoint import latest_checkpoint
 
@@ -214,6 +215,7 @@ def run_trial(params: dict[str, Any], sweep: Sweep) -> None:
     with start_run(cfg, resume=resume) as run:
         for epoch, row in run_epochs(run):
             tune.report({"epoch": epoch, **row})
+    write_summary(run_dir)  # eval/summary.json: the trial's changes, paired per item, as `cocoedit train`
 
 
 def _logged_rows(run_dir: Path) -> list[dict[str, Any]]:

@@ -401,6 +401,9 @@ def test_sweep_on_tune_survives_a_failed_trial_and_resumes_after_an_interrupt(tm
         assert cells[5].strip() == f"{final['eval/pixel/psnr']:.2f}"
         start = json.loads(lines(run_dir)[0])["eval_start/pixel/psnr"]  # the starting policy's evaluation
         change = final["eval/pixel/psnr"] - start
+        summary = json.loads((run_dir / "eval" / "summary.json").read_text())  # each trial's paired changes
+        (psnr,) = [c for c in summary["eval"] if c["metric"] == "pixel/psnr"]
+        assert psnr["diff"] == pytest.approx(change)
         assert cells[8].strip() == f"{change:+.2f}"
     page = (out / "report.html").read_text()
     assert str(broken) in page and "problem(s)" in page  # the failed trial's error
