@@ -95,3 +95,21 @@ def test_the_training_set_is_what_the_sampler_draws_and_the_held_out_set_is_disj
     assert len({g.seed for g in sets["eval"]}) == 16 * cfg.run.eval_seeds
     off = load_config(None, ["run.eval_every=5", "run.eval_train=false"])
     assert list(eval_sets(off, items, held_out)) == ["eval"]
+
+
+def test_a_resumed_run_forgets_the_evaluations_after_its_checkpoint(tmp_path: Path) -> None:
+    """Evaluations of versions past the checkpoint a run resumes from are redone, so they are deleted
+    (else the summary would pair the start with a version of the killed run)."""
+    from cocoedit.cluster.train.loop import forget_evaluations
+
+    r = rewards([0.2, 0.4, 0.5, 0.5, 0.7, 0.7], [20] * 6, [True] * 6)
+    for name in ("eval", "eval_train"):
+        for version in (0, 5, 10):
+            record(tmp_path, name, version, version - 1, GROUPS, r)
+    forget_evaluations(str(tmp_path), 5)
+    for name in ("eval", "eval_train"):
+        assert sorted(p.name for p in (tmp_path / "eval" / name).glob("*.json")) == [
+            "v00000.json",
+            "v00005.json",
+        ]
+    assert changes(tmp_path, "eval")[0].last_version == 5
