@@ -49,18 +49,6 @@ class Scores:
         rewards = {k: v for k, v in self.rewards.metrics().items() if k.removeprefix("reward/") not in means}
         return {**rewards, **means}
 
-    def eval_metrics(self) -> dict[str, float]:
-        """The fixed evaluation set's metrics: eval/reward, eval/<score>, eval/dropped_edits,
-        eval/<service>/psnr|ssim."""
-        means = self.component_means()
-        reward = self.rewards.metrics()
-        return {
-            "eval/reward": reward["reward/mean"],
-            **{f"eval/{k}": reward[f"reward/{k}"] for k in self.rewards.parts if "/" not in k},
-            "eval/dropped_edits": reward["reward/dropped_edits"],
-            **{f"eval/{k}": v for k, v in means.items() if k.endswith(("psnr", "ssim"))},
-        }
-
 
 def score_batch(services: Any, batch: RolloutBatch, cfg: RewardsConfig) -> Scores:
     """Score every edit of `batch` with every service (`services`: cluster.services.RewardServices) and
