@@ -6,6 +6,7 @@
     cocoedit config show [--config FILE] [--dry-run] [--explain] [key=value ...]
     cocoedit train [--config FILE] [--resume [CHECKPOINT] | --overwrite] [--dry-run] [key=value ...]
     cocoedit sweep [--config FILE] --grid KEY=V1,V2 [--grid ...] [--seeds N] [--out DIR] [key=value ...]
+    cocoedit search [--config FILE] --space KEY=SPEC [--space ...] [--trials N] [--reference K=V,...] [--start K=V,...] [--out DIR] [key=value ...]
     cocoedit pretrain-tiny --out DIR
     cocoedit plan [--config FILE] [--gpu h100|h200|a100|l40s] [--mfu F] [--gpu-memory GiB] [--dry-run] [key=value ...]
     cocoedit build-model --family F [--dims tiny|real] [--depth N] --out DIR
@@ -47,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "config show": ("cocoedit.cluster.cli", "cli_show_config", True),
     "train": ("cocoedit.cluster.train.loop", "cli_train", True),
     "sweep": ("cocoedit.cluster.sweep.tune", "cli_sweep", True),
+    "search": ("cocoedit.cluster.sweep.search", "cli_search", True),
     "pretrain-tiny": ("cocoedit.cluster.cli", "cli_pretrain", True),
     "plan": ("cocoedit.cluster.plan", "cli_plan", True),
     "build-model": ("cocoedit.actors.policies.builders", "cli_build_model", False),
@@ -206,6 +208,31 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--max-concurrent", type=int, default=0, help="trials at once (0 = as many as the cluster holds)"
     )
+
+    search = sub.add_parser(
+        "search",
+        help="a multi-objective search over training settings (Optuna TPE on Ray Tune) and its verdict",
+        description="Each trial is a full training run at one setting the sampler chose (same seed for all); "
+        "maximizes the final held-out instruction score and keep PSNR together. Writes OUT/report.{md,png,html}, "
+        "OUT/search.md (verdict against --reference, confirmation command) and OUT/front.json.",
+    )
+    _add_config_args(search)
+    search.add_argument(
+        "--space",
+        action="append",
+        required=True,
+        metavar="KEY=SPEC",
+        help="one dimension (repeatable): KEY=log:LO:HI, uniform:LO:HI, int:LO:HI or choice:A,B",
+    )
+    search.add_argument("--trials", type=int, default=16, help="settings the sampler tries (each one run)")
+    search.add_argument("--reference", default=None, metavar="K=V,K=V", help="a setting run once beside it")
+    search.add_argument(
+        "--start", action="append", metavar="K=V,K=V", help="a known setting tried first (repeatable)"
+    )
+    search.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    search.add_argument("--startup", type=int, default=5, help="random trials before TPE models the results")
+    search.add_argument("--out", default="runs/search", help="search folder: Tune state, trial runs, report")
+    search.add_argument("--max-concurrent", type=int, default=1, help="trials at once")
 
     pre = sub.add_parser(
         "pretrain-tiny", help="pre-train the tiny editor on the synthetic task (CPU, minutes)"
