@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -302,8 +303,15 @@ def run_search(search: Search, cfg: Config, max_concurrent: int = 1) -> list[Any
         num_samples=search.trials,
     )
     space = {d.key: d.domain() for d in search.dimensions}
-    results += list(_tuner(search, "tune", space, tune_config, resources).fit())
-    return results
+    found = list(_tuner(search, "tune", space, tune_config, resources).fit())
+    return results + sorted(found, key=_trial_number)
+
+
+def _trial_number(result: Any) -> int:
+    """The order Tune started a trial in (`search_trial_<id>_<n>_...`): a restored experiment's results
+    come back in another order."""
+    match = re.search(r"search_trial_[0-9a-f]+_(\d+)_", str(result.path))
+    return int(match.group(1)) if match else sys.maxsize
 
 
 def outcomes(search: Search, results: Sequence[Any]) -> tuple[list[str], list[TrialOutcome]]:

@@ -161,7 +161,7 @@ def test_search_on_tune_runs_known_points_first_stays_in_its_space_and_resumes(t
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
 
-    runs = sorted(p.parent.name for p in (out / "runs").glob("*/seed0/metrics.jsonl"))
+    runs = sorted(p.parent.parent.name for p in (out / "runs").glob("*/seed0/metrics.jsonl"))
     assert "learner.lam_pos=0,learner.lam_neg=0" in runs
     assert "learner.lam_pos=0.8,learner.reg_pos_target=source" in runs  # the known point, as given
     sampled = [dict(o.split("=") for o in r.split(",")) for r in runs if "learner.reg_pos_target" in r]
@@ -175,7 +175,7 @@ def test_search_on_tune_runs_known_points_first_stays_in_its_space_and_resumes(t
         ]
         assert [r["epoch"] for r in rows] == [0, 1]
         assert "eval_start/pixel/psnr" in rows[0] and math.isfinite(rows[-1][PSNR])
-    (trial,) = (out / "tune").glob("search_trial_*_00000_*/result.json")  # the known point ran first
+    (trial,) = (out / "tune").glob("search_trial_*_1_*/result.json")  # trial 1 was the known point
     assert json.loads(trial.read_text().splitlines()[-1])["setting"] == (
         "learner.lam_pos=0.8 learner.reg_pos_target=source"
     )
