@@ -59,10 +59,11 @@ class RewardReplica:
         return self.server.address
 
     def stats(self) -> dict[str, Any]:
-        """This replica's process id, address and the Score calls it has accepted."""
+        """This replica's process id, Ray node, address and the Score calls it has accepted."""
         assert self.server.server is not None  # set by start() in __init__
         return {
             "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "address": self.address(),
             "score_calls": self.server.server.servicer.score_calls,
         }
