@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,64 @@ def placed_and_scored(tls: Path) -> dict[str, Any]:
     return out
 
 
-PROBES = {"placed": placed_and_scored}
+def live_replicas() -> dict[str, int]:
+    """RewardReplica actors Ray has not marked dead, and RewardReplica processes under this process
+    (the local cluster's raylets and their workers are its descendants)."""
+    import psutil
+    from ray._private.state import actors
+
+    table = actors().values()
+    alive = [a for a in table if a["ActorClassName"] == "RewardReplica" and a["State"] != "DEAD"]
+    procs = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith("ray::RewardReplica"):
+                procs.append(p.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return {"actors": len(alive), "processes": len(procs)}
+
+
+def node_lost(tls: Path) -> dict[str, Any]:
+    """Both replicas on one node; a spare node joins; the replicas' node is removed (its raylet and
+    processes killed) while the driver keeps scoring. Records the recovery and the replicas alive."""
+    cfg = shipped_pixel(tls, ["rewards.client.timeout_s=30", "rewards.client.retries=6"])
+    edits = make_edits(4, 32, 32)
+    out: dict[str, Any] = {"replicas_configured": cfg.rewards.pixel.scaling.replicas}
+    with local_cluster(nodes=2, gpus_per_node=0, cpus_per_node=2, head_cpus=0) as cluster:
+        services = RewardServices(cfg.rewards)
+        try:
+            before = services.stats("pixel")
+            out["before"] = before
+            cluster.add_node(num_cpus=2, num_gpus=0, node_ip_address="127.0.0.1", include_dashboard=False)
+            cluster.wait_for_nodes()
+            victim = next(n for n in cluster.worker_nodes if n.node_id == before[0]["node_id"])
+            services.score(edits)
+            t0 = time.monotonic()
+            cluster.remove_node(victim, allow_graceful=False)
+            out["removed_node"] = victim.node_id
+            scored = []
+            while time.monotonic() - t0 < 180:
+                outcomes = services.score(edits)["pixel"]
+                scored.append(all(o.error is None for o in outcomes))
+                now = services.addresses("pixel")
+                if len(now) == 2 and not {b["address"] for b in before} & set(now):
+                    break
+                time.sleep(0.5)
+            out["recover_s"] = time.monotonic() - t0
+            out["scored_while_recovering"] = scored
+            time.sleep(5.0)  # a replica Ray restarts late would show up here
+            services.score(edits)
+            out["after"] = services.stats("pixel")
+            out["addresses"] = services.addresses("pixel")
+            out["live"] = live_replicas()
+            out["restarts_seen"] = services.restarts_seen
+        finally:
+            services.close()
+    return out
+
+
+PROBES = {"placed": placed_and_scored, "node_lost": node_lost}
 
 
 def main(argv: list[str]) -> int:
