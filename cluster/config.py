@@ -33,6 +33,7 @@ from cocoedit.rewards.config import (
     PixelConfig,
     ServiceConfig,
     SyntheticJudgeConfig,
+    check_tls_named,
 )
 from cocoedit.rewards.serve import SERVICES
 
@@ -125,6 +126,7 @@ class RewardsConfig:
                     f"weights uses {name!r} but rewards.{name}.enabled is false; enable it, give "
                     f"rewards.addresses.{name}, or drop it from rewards.weights"
                 )
+            check_tls_named(self.sections[name].server, self.client, name)
             limit = self.sections[name].server.max_batch_edits
             if self.client.batch_edits > limit:
                 raise ValueError(

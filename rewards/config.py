@@ -7,6 +7,7 @@ The registry of services is `cocoedit.rewards.serve.SERVICES`.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Optional
 
@@ -42,6 +43,37 @@ class ServerConfig:
     tls_key_file: Optional[str] = None  # the private key of tls_cert_file (PEM)
     token_file: Optional[str] = None  # a file holding the bearer token clients must send
     insecure: bool = False  # serve beyond loopback without TLS and token (a trusted network only)
+
+
+TOKEN_ENV = "COCOEDIT_REWARD_TOKEN"  # a reward service's bearer token, when no token_file names one
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_tls_named(server: ServerConfig, client: ClientConfig, service: str) -> None:
+    """At config load: a service bound beyond loopback (`host: node` included) names its TLS files and the
+    driver's client names the CA, unless `insecure`. The files live on the nodes and the token may come
+    from $COCOEDIT_REWARD_TOKEN: both are checked where they are read (rewards/security.py)."""
+    if is_loopback(server.host) or server.insecure:
+        return
+    missing = [
+        f"rewards.{service}.server.{k}" for k in ("tls_cert_file", "tls_key_file") if not getattr(server, k)
+    ]
+    if not client.tls_ca_file:
+        missing.append("rewards.client.tls_ca_file")
+    if missing:
+        raise ValueError(
+            f"rewards.{service}.server.host={server.host} serves beyond loopback, which needs TLS and a "
+            f"token: set {', '.join(missing)} (PEM files; README, Cluster: security), or "
+            f"rewards.{service}.server.insecure=true on a network you trust"
+        )
 
 
 @dataclass(frozen=True)

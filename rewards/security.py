@@ -1,6 +1,7 @@
 """TLS and a bearer token for reward services bound beyond loopback; loopback-only services stay plain.
 
     check_exposure(cfg)                  # ValueError unless loopback, secured, or explicitly insecure
+                                         # (at config load: rewards.config.check_tls_named)
     creds = server_credentials(cfg)      # grpc.ssl_server_credentials, or None (plain)
     interceptors = token_interceptors(cfg)
     channel = client_channel(address, cfg, options)   # TLS + token when the client config has them
@@ -13,23 +14,13 @@ without the token (UNAUTHENTICATED) before reading its request.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Optional
 
 import grpc
 
-TOKEN_ENV = "COCOEDIT_REWARD_TOKEN"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+from cocoedit.rewards.config import TOKEN_ENV, is_loopback
 
 
 def read_token(token_file: Optional[str], key: str) -> Optional[str]:

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from cocoedit.cluster.config import RewardsConfig
 from cocoedit.cluster.runtime.placement import PlacementError, check_available, use_cpus
@@ -59,10 +59,11 @@ class RewardReplica:
         return self.server.address
 
     def stats(self) -> dict[str, Any]:
-        """This replica's process id, address and the Score calls it has accepted."""
+        """This replica's process id, Ray node, address and the Score calls it has accepted."""
         assert self.server.server is not None  # set by start() in __init__
         return {
             "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "address": self.address(),
             "score_calls": self.server.server.servicer.score_calls,
         }
@@ -181,7 +182,8 @@ class RewardServices:
 
     def refresh(self, name: str, wait_s: float = 1.0) -> list[str]:
         """Re-register the replicas of `name` with its client: a replica Ray restarted serves on a new
-        port; one dead for good (restarts used up) is replaced. Replicas still starting join later."""
+        port; one dead for good (restarts used up) is replaced. Replicas still starting, or restarting
+        (ActorUnavailableError: a lost node or process), join later."""
         reps = self.replicas[name]
         refs = [r.address.remote() for r in reps]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
@@ -192,10 +194,15 @@ class RewardServices:
                 continue  # (re)starting: registers on a later refresh
             try:
                 address = ray.get(ref)
+            except ActorUnavailableError:
+                continue  # Ray is restarting it (its process or node was lost): registers once back
             except RayActorError as e:
                 log.warning(
                     "reward service %s: replica %d is gone for good (%s); starting a new one", name, i, e
                 )
+                # should Ray restart it after all, two processes would serve for one replica
+                ray.kill(reps[i], no_restart=True)
+                self._served_at.pop(reps[i], None)
                 reps[i] = self._start(name)
                 self.restarts_seen += 1
                 continue

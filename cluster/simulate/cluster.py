@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import ray
 
@@ -39,10 +39,15 @@ def _node_args(gpus: int, cpus: int, object_store_mb: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def local_cluster(
-    nodes: int, gpus_per_node: int, cpus_per_node: int, object_store_mb: int = 1024
+    nodes: int,
+    gpus_per_node: int,
+    cpus_per_node: int,
+    object_store_mb: int = 1024,
+    head_cpus: Optional[int] = None,
 ) -> Iterator[Any]:
     """Start `nodes` raylets (the first is the head), connect this process, yield the
-    ray.cluster_utils.Cluster; shut everything down on exit."""
+    ray.cluster_utils.Cluster; shut everything down on exit. head_cpus=0 (with gpus_per_node=0): a head
+    node that hosts no actor, only the driver, as a cluster's login node."""
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process: a simulation starts its own cluster")
     apply_loopback_env()
@@ -56,7 +61,8 @@ def local_cluster(
     address_file = Path(get_ray_address_file(None))
     before = address_file.read_text() if address_file.is_file() else None
     node = _node_args(gpus_per_node, cpus_per_node, object_store_mb)
-    cluster = Cluster(initialize_head=True, head_node_args=dict(node))
+    head = dict(node) if head_cpus is None else {**node, "num_cpus": head_cpus}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         if before is None:
             address_file.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from typing import Optional
 from cocoedit.actors.policies.sim import SimSpec
 from cocoedit.cluster.config import Config, ConfigError
 from cocoedit.cluster.plan.time import GPUS, TimePlan, time_plan
+from cocoedit.cluster.train.dryrun import on_loopback
 from cocoedit.rewards.sim_judge import SimJudgeConfig
 
 INDEX_ITEMS = 40_000  # lines of the simulated data index (the driver holds the index only)
@@ -183,6 +184,7 @@ def simulated_config(cfg: Config, settings: SimSettings, work_dir: str | Path) -
             "mllm", dataclasses.replace(mllm, enabled=False)
         )
         rewards = dataclasses.replace(rewards, weights=weights)
+    rewards = on_loopback(rewards)  # one machine: the cluster's TLS and token files are not here
     manifest = index_manifest(work / f"data-{original.data.image_size}px", original.data.image_size)
     sim_cfg = dataclasses.replace(
         original,

@@ -22,6 +22,7 @@ is the config's. One epoch took 5-15 minutes on a busy 2-core machine; `cocoedit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,8 +31,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cocoedit.cluster.config import Config
+from cocoedit.cluster.config import Config, RewardsConfig
 
+# A run on one machine serves its reward services on loopback, plainly: the cluster's certificates and
+# token files (rewards.<service>.server, rewards.client) are not on this machine.
+LOOPBACK_SERVER: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "tls_cert_file": None,
+    "tls_key_file": None,
+    "token_file": None,
+    "insecure": False,
+}
+LOOPBACK_CLIENT: dict[str, Any] = {"tls_ca_file": None, "token_file": None}
 DRY_RUN_DEPTH = 1  # transformer blocks of the real-dims editor (FLUX: 1 dual-stream + 1 single-stream)
 REAL_EDITOR_VERSION = 1  # bump when a family's real_spec / assemble changes what a real-dims build holds
 
@@ -76,6 +87,7 @@ def dry_run_overrides(cfg: Config, model_path: str) -> list[str]:
     for name in weights:
         if name in cfg.rewards.addresses:
             continue
+        settings.update({f"rewards.{name}.server.{k}": v for k, v in LOOPBACK_SERVER.items()})
         settings.update(
             {
                 f"rewards.{name}.scaling.replicas": 1,
@@ -85,9 +97,20 @@ def dry_run_overrides(cfg: Config, model_path: str) -> list[str]:
             }
         )
         cpus += cfg.rewards.service(name).scaling.cpus_per_replica
+    settings.update({f"rewards.client.{k}": v for k, v in LOOPBACK_CLIENT.items()})
     # Logical CPUs: Ray counts them, the OS shares the real cores.
     settings["run.ray_num_cpus"] = max(math.ceil(cpus), os.cpu_count() or 1)
     return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+
+
+def on_loopback(rewards: RewardsConfig) -> RewardsConfig:
+    """`rewards` with every service on 127.0.0.1 without TLS or token (LOOPBACK_SERVER, LOOPBACK_CLIENT)."""
+    sections = {
+        name: dataclasses.replace(s, server=dataclasses.replace(s.server, **LOOPBACK_SERVER))
+        for name, s in rewards.sections.items()
+    }
+    client = dataclasses.replace(rewards.client, **LOOPBACK_CLIENT)
+    return dataclasses.replace(rewards, sections=sections, client=client)
 
 
 def dry_run_config(path: str | None, overrides: list[str], build: bool = True) -> Config:

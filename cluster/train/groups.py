@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import ray
 import torch
-from ray.exceptions import RayActorError
+from ray.exceptions import ObjectLostError, RayActorError
 
 from cocoedit.actors.config import PolicyConfig, RolloutConfig
 from cocoedit.actors.types import GroupedItem, RolloutBatch
@@ -126,7 +126,8 @@ class RolloutGroup:
                 try:
                     shards.append(self.deadlines.get(ref, "sample", [f"rollout worker {i}"]))
                     break
-                except (RayActorError, Hung) as e:
+                # ObjectLostError: the shard was sampled, but on a node lost before it was fetched
+                except (RayActorError, ObjectLostError, Hung) as e:
                     if attempt == self.cfg.max_restarts:
                         raise RuntimeError(
                             f"rollout worker {i} died or hung {attempt + 1} times sampling a shard of {len(items)} "
@@ -140,7 +141,11 @@ class RolloutGroup:
                         )
                         ray.kill(self.workers[i], no_restart=False)
                     else:
-                        log.warning("rollout worker %d died (%s); re-sampling its shard after restart", i, e)
+                        log.warning(
+                            "rollout worker %d died or its node was lost (%s); re-sampling its shard after restart",
+                            i,
+                            _first_line(e),
+                        )
                     self.resampled_shards += 1
                     self._wait_restarted(self.workers[i])
                     ref = self.workers[i].sample_at.remote(items, version, [self._weights_of[version]])
@@ -180,6 +185,10 @@ class RolloutGroup:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 class LearnerRank:

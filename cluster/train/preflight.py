@@ -1,7 +1,7 @@
 """What `cocoedit train` checks before Ray starts: the tiny editor's resolution, the data file and its
 items (through `actors.data.split_held_out`, which the run then uses), and the run's local ports.
 
-    check_train_inputs(cfg)            # ConfigError: the data file the driver reads (the CLI, at load)
+    check_train_inputs(cfg)            # ConfigError: the data file, reward CA and token the driver reads
     items, held_out = preflight(cfg)   # PreflightError: one line naming the problem and the fix
 
 Every refusal here used to surface only after the cluster, the placement and the models had started,
@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING
 
 from cocoedit.cluster.config import Config, ConfigError
+from cocoedit.rewards.config import TOKEN_ENV, is_loopback
 
 if TYPE_CHECKING:  # this module stays light: the CLI imports it before torch
     from cocoedit.actors.types import EditItem, ItemRef
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # this module stays light: the CLI imports it before torch
 
 def check_train_inputs(cfg: Config) -> None:
     """Raise ConfigError when data.manifest (read by the driver) does not exist or cannot be read."""
+    check_client_credentials(cfg)
     manifest = cfg.data.manifest
     if manifest is None:
         return
@@ -32,6 +34,33 @@ def check_train_inputs(cfg: Config) -> None:
         )
     if not os.access(manifest, os.R_OK):
         raise ConfigError(f"data.manifest={manifest} is not readable by this user; fix its permissions")
+
+
+def check_client_credentials(cfg: Config) -> None:
+    """Raise ConfigError when services run beyond loopback and this machine (the driver) lacks the CA file
+    or the token their client needs (README, Cluster: security)."""
+    rewards = cfg.rewards
+    beyond = [
+        name
+        for name in rewards.weights
+        if name not in rewards.addresses
+        and not is_loopback(rewards.service(name).server.host)
+        and not rewards.service(name).server.insecure
+    ]
+    if not beyond:
+        return
+    client = rewards.client
+    for key, path in (("tls_ca_file", client.tls_ca_file), ("token_file", client.token_file)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(
+                f"rewards.client.{key}={path} is not a readable file on this machine (the driver), which "
+                f"rewards {beyond} served beyond loopback need (README, Cluster: security)"
+            )
+    if client.token_file is None and not os.environ.get(TOKEN_ENV):
+        raise ConfigError(
+            f"rewards {beyond} are served beyond loopback and refuse calls without their token: set "
+            f"rewards.client.token_file or ${TOKEN_ENV} on this machine (the driver)"
+        )
 
 
 class PreflightError(ValueError):

@@ -57,6 +57,10 @@ PROFILE_KEYS = {
     "rewards.weights",
     "rewards.pixel.device",
     "rewards.synthetic.enabled",
+    # one machine: services on loopback without the cluster's TLS and token files
+    *(f"rewards.pixel.server.{k}" for k in ("host", "tls_cert_file", "tls_key_file", "token_file")),
+    "rewards.client.tls_ca_file",
+    "rewards.client.token_file",
     *(
         f"rewards.{s}.scaling.{k}"
         for s in ("pixel", "synthetic")
