@@ -341,6 +341,19 @@ def dominates(point: tuple[float, float], ref: tuple[float, float], margin: tupl
     return point[1] >= ref[1] + margin[0] and point[0] >= ref[0] - margin[1]
 
 
+def shortfall(point: tuple[float, float], ref: tuple[float, float], margin: tuple[float, float]) -> float:
+    """How far `point` is from dominating `ref`, in units of each margin (<= 0: it dominates)."""
+    return max((ref[1] + margin[0] - point[1]) / margin[0], (ref[0] - margin[1] - point[0]) / margin[1])
+
+
+def config_value(cfg: Config, key: str) -> Any:
+    """The value of a dotted override key in a loaded config (`learner.tau_pos` -> cfg.learner.tau_pos)."""
+    value: Any = cfg
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
 def verdict(search: Search, settings: Sequence[str], trials: Sequence[TrialOutcome]) -> tuple[str, list[str]]:
     """OUT/search.md's text and the front's settings: each finished setting's final (instruction, keep
     PSNR), the Pareto front, which settings dominate the reference, and the confirmation command."""
@@ -385,14 +398,21 @@ def verdict(search: Search, settings: Sequence[str], trials: Sequence[TrialOutco
         )
     else:
         lines.append("No searched setting dominates the reference.")
-    confirm = [*front_names[:4], *([ref_name] if ref_name else [])]
+    # the front's settings nearest to dominating the reference (all of the front when none is given)
+    by_name = dict(zip(names, points, strict=True))
+    nearest = sorted(front_names, key=lambda n: shortfall(by_name[n], ref, (a, b)) if ref else 0.0)
+    confirm = [*nearest[:3], *([ref_name] if ref_name else [])]
     if confirm:
         keys = sorted({o.partition("=")[0] for s in confirm for o in s.split()})
         values = [dict(o.partition("=")[::2] for o in s.split()) for s in confirm]
-        grid = "+".join(keys) + "=" + ",".join("+".join(v.get(k, "null") for k in keys) for v in values)
+        for setting, v in zip(confirm, values, strict=True):  # a key a setting leaves out: its config's value
+            cfg = search.trial_config(Setting(tuple(setting.split())))
+            v.update({k: value_text(config_value(cfg, k)) for k in keys if k not in v})
+        grid = "+".join(keys) + "=" + ",".join("+".join(v[k] for k in keys) for v in values)
         lines += [
             "",
-            "Confirm the front on items the search never saw, at three seeds (a value `null` is the config's):",
+            f"Confirm the {len(confirm) - bool(ref_name)} setting(s) of the front nearest to dominating the "
+            "reference, and the reference, at three seeds on items the search never saw:",
             "",
             f"    cocoedit sweep --config {search.config} --seeds 3 --out {search.out}-confirm "
             f"--grid '{grid}' {' '.join(search.overrides)} data.synth_seed=1",

@@ -98,10 +98,10 @@ def test_verdict_finds_the_front_and_what_dominates_the_reference(tmp_path: Path
         (parse_dimension("learner.lam_pos=log:0.01:10"),),
         3,
         tmp_path / "s",
-        reference=("learner.lam_pos=0",),
+        reference=("learner.lam_pos=0", "learner.lam_neg=0"),
     )
     trials = [
-        _outcome("learner.lam_pos=0", 0.78, 21.1),
+        _outcome("learner.lam_pos=0 learner.lam_neg=0", 0.78, 21.1),
         _outcome("learner.lam_pos=0.05", 0.775, 21.7),  # dominates: +0.6 dB at -0.005
         _outcome("learner.lam_pos=1", 0.62, 23.8),  # on the front, does not dominate
         _outcome("learner.lam_pos=3", 0.60, 23.0),  # dominated by lam_pos=1
@@ -114,15 +114,18 @@ def test_verdict_finds_the_front_and_what_dominates_the_reference(tmp_path: Path
         for ln in text.splitlines()
         if ln.startswith("| learner")
     }
-    assert rows["learner.lam_pos=0"] == ["0.7800", "21.10", "yes", "reference"]
+    assert rows["learner.lam_pos=0 learner.lam_neg=0"] == ["0.7800", "21.10", "yes", "reference"]
     assert rows["learner.lam_pos=0.05"] == ["0.7750", "21.70", "yes", "yes"]
     assert rows["learner.lam_pos=1"] == ["0.6200", "23.80", "yes", "no"]
     assert rows["learner.lam_pos=3"] == ["0.6000", "23.00", "", "no"]
     assert "learner.lam_pos=7" not in rows  # a failed trial has no final evaluation
     assert "1 setting(s) dominate the reference on this one seed" in text
-    # the confirmation command: the front and the reference at three seeds on items never searched on
+    # the confirmation command: the front nearest to dominating first, then the reference, at three seeds
+    # on items never searched on; a key a setting leaves out takes its config's value (tiny_cpu: 0.02)
     command = next(ln for ln in text.splitlines() if "cocoedit sweep" in ln)
-    assert "--grid 'learner.lam_pos=0.05,1,0'" in command and "--seeds 3" in command
+    assert (
+        "--grid 'learner.lam_neg+learner.lam_pos=0.02+0.05,0.02+1,0+0'" in command and "--seeds 3" in command
+    )
     assert command.rstrip().endswith("run.epochs=2 data.synth_seed=1")
     trials[1] = _outcome("learner.lam_pos=0.05", 0.76, 21.7)
     assert (
