@@ -298,7 +298,8 @@ class LearnerGroup:
         names = self._names()
         try:
             self.deadlines.started([r.__ray_ready__.remote() for r in self.ranks], names, "start", started)
-            master_addr, master_port = ray.get(self.ranks[0].endpoint.remote())
+            endpoint = [self.ranks[0].endpoint.remote()]
+            master_addr, master_port = self.deadlines.started(endpoint, names[:1], "start", started)[0]
             self.deadlines.started(
                 [r.setup.remote(policy_cfg, cfg, master_addr, master_port) for r in self.ranks],
                 names,
