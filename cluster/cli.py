@@ -16,7 +16,7 @@
     cocoedit eval [run] --config FILE --bench NAME (cluster/eval/benchmarks: BENCHMARKS) --data DIR [--lora FILE|DIR ...] [--out DIR]
     cocoedit eval compare RUN_A RUN_B [--out FILE.html]
     cocoedit rate new|serve|report|simulate ...   (cluster/rate/commands.py)
-    cocoedit simulate --config FILE [--time-scale S] [--sim-nodes N] [--scale K] [--epochs E] [key=value ...]
+    cocoedit simulate --config FILE [--time-scale S] [--sim-nodes N] [--scale K] [--epochs E] [--resume] [key=value ...]
 
 Each subcommand lives next to the component it runs; this module only parses and dispatches.
 """

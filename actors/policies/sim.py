@@ -77,10 +77,36 @@ class SimSpec:
 
 
 class SimEditPipeline:
-    """The name a sim model directory's model_index.json gives; it loads nothing (see _NOT_BUILT)."""
+    """The name a sim model directory's model_index.json gives; it loads nothing (see _NOT_BUILT), but
+    writes the LoRA file of a checkpoint as the real pipelines do (learner/export.py)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise ValueError(_NOT_BUILT)
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: str,
+        transformer_lora_layers: dict[str, torch.Tensor],
+        weight_name: str,
+        transformer_lora_adapter_metadata: Optional[dict] = None,
+    ) -> None:
+        """diffusers' own LoRA writer (what FluxKontextPipeline.save_lora_weights calls): tensors as
+        `transformer.<key>`, the LoraConfig in the safetensors metadata."""
+        from diffusers.loaders.lora_base import LoraBaseMixin
+
+        metadata = transformer_lora_adapter_metadata
+        LoraBaseMixin.write_lora_layers(
+            state_dict=LoraBaseMixin.pack_weights(transformer_lora_layers, "transformer"),
+            save_directory=save_directory,
+            is_main_process=True,
+            weight_name=weight_name,
+            save_function=None,  # type: ignore[arg-type]  # diffusers' default: safetensors
+            safe_serialization=True,
+            lora_adapter_metadata=None
+            if metadata is None
+            else LoraBaseMixin.pack_weights(metadata, "transformer"),
+        )
 
 
 class SimArchitecture(Architecture):
@@ -136,10 +162,16 @@ def _sleep(held: dict[str, float], kind: str, seconds: float) -> None:
 
 
 class SimTransformer(nn.Module):
-    """v = x + B(A(x)) per adapter (`default`, `old`; `ref` = none), parameters named as peft names them."""
+    """v = x + B(A(x)) per adapter (`default`, `old`; `ref` = none), parameters named as peft names them;
+    `peft_config` describes each adapter as peft would (a checkpoint stores it beside the LoRA)."""
 
     def __init__(self, channels: int, rank: int, seed: int) -> None:
+        from peft import LoraConfig
+
         super().__init__()
+        self.peft_config = {
+            name: LoraConfig(r=rank, lora_alpha=rank, target_modules=["sim"]) for name in ("default", "old")
+        }
         gen = torch.Generator().manual_seed(seed)
         a = torch.randn(rank, channels, generator=gen) / channels**0.5
         downs, ups = {}, {}

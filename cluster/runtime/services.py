@@ -90,8 +90,9 @@ class RewardServices:
             else:
                 # a weighted service is enabled or external: RewardsConfig.check, at load
                 replicas = cfg.service(name).scaling.replicas
+                started = time.monotonic()
                 self.replicas[name] = [self._start(name) for _ in range(replicas)]
-                addresses = self._addresses_of(self.replicas[name])
+                addresses = self._started(name, started)
             self.clients[name] = RewardClient(addresses, cfg.client, service=name)
         for client in self.clients.values():
             client.wait_ready(cfg.client.ready_timeout_s)
@@ -103,6 +104,29 @@ class RewardServices:
         if section.scaling.gpus_per_replica:
             options["num_gpus"] = section.scaling.gpus_per_replica
         return ray.remote(RewardReplica).options(**options).remote(service(name), section)
+
+    def _started(self, name: str, started: float) -> list[str]:
+        """The addresses of the replicas of `name` once they serve, within rewards.client.ready_timeout_s of
+        `started` (when they were created); else every replica started so far is killed and
+        RewardServiceError names the ones that did not start (stopped, deadlocked, or never placed)."""
+        reps, timeout_s = self.replicas[name], self.cfg.client.ready_timeout_s
+        refs = [r.address.remote() for r in reps]
+        _, late = ray.wait(
+            refs, num_returns=len(refs), timeout=max(0.0, started + timeout_s - time.monotonic())
+        )
+        if late:
+            scaling = self.cfg.service(name).scaling
+            which = ", ".join(str(i) for i, ref in enumerate(refs) if ref in set(late))
+            free = {k: round(v, 3) for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+            self._kill_replicas()
+            raise RewardServiceError(
+                f"reward service {name!r}: replica {which} of {len(refs)} did not start within "
+                f"rewards.client.ready_timeout_s={timeout_s:g} s (each asks {scaling.cpus_per_replica:g} CPU, "
+                f"{scaling.gpus_per_replica:g} GPU; the cluster has {free} free): free resources or lower "
+                f"rewards.{name}.scaling, see its log (Ray dashboard, /tmp/ray/session_latest/logs), and raise "
+                f"rewards.client.ready_timeout_s if its model only loads slowly"
+            )
+        return self._addresses_of(reps)
 
     def _addresses_of(self, replicas: list[Any]) -> list[str]:
         """The addresses `replicas` serve on (waits for them), remembered to tell restarts later."""
@@ -282,6 +306,9 @@ class RewardServices:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        self._kill_replicas()
+
+    def _kill_replicas(self) -> None:
         for reps in self.replicas.values():
             for r in reps:
                 ray.kill(r, no_restart=True)

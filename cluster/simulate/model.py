@@ -201,7 +201,6 @@ def simulated_config(cfg: Config, settings: SimSettings, work_dir: str | Path) -
             tiny=False,
             eval_every=0,
             image_every=0,
-            checkpoint_every=0,
             pin_cpus=False,
             trackers=(),
         ),

@@ -5,6 +5,7 @@ time plan / --time-scale. The pixel service and everything else run for real.
 
     cocoedit simulate --config cluster/configs/flux_kontext_8gpu.yaml --time-scale 20 --epochs 2
     cocoedit simulate --config cluster/configs/qwen_image_edit_16gpu.yaml --scale 2 --sim-nodes 4 --json out.json
+    cocoedit simulate --config ... --epochs 4 --resume     # on from the latest checkpoint (run.checkpoint_every)
 
 Prints, per epoch and for the run: measured epoch time against the plan's critical path / time scale
 (efficiency), each simulated role's idle fraction, the driver's CPU seconds and peak RSS, and bytes
@@ -55,6 +56,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--work", default=None, help="work directory (default: $COCOEDIT_CACHE/simulate/<name>)")
     p.add_argument("--json", default=None, help="also write the summary here")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the simulated run of --work from its latest checkpoint (same options, more --epochs)",
+    )
+    p.add_argument(
         "--keep-cpu-services",
         action="store_true",
         help="--scale leaves the replicas of CPU-only reward services (pixel) as the config has them",
@@ -68,9 +74,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of that config")
 
 
-def simulate(sim: Simulated, nodes: int, gpus_per_node: int, epochs: int) -> dict[str, Any]:
+def simulate(
+    sim: Simulated, nodes: int, gpus_per_node: int, epochs: int, resume: bool = False
+) -> dict[str, Any]:
     """Run `epochs` simulated epochs of sim.cfg on a local cluster of `nodes` x `gpus_per_node`
-    simulated GPUs; returns the summary (also written to RUN_DIR/simulation.json)."""
+    simulated GPUs (with `resume`, those after the latest checkpoint of its run directory); returns the
+    summary of the epochs run (also written to RUN_DIR/simulation.json)."""
     import ray
 
     from cocoedit.cluster.runtime.placement import demands
@@ -80,13 +89,14 @@ def simulate(sim: Simulated, nodes: int, gpus_per_node: int, epochs: int) -> dic
 
     cfg = dataclasses.replace(sim.cfg, run=dataclasses.replace(sim.cfg.run, epochs=epochs))
     run_dir = Path(cfg.run.run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)  # the simulation's own directory under --work
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)  # the simulation's own directory under --work
     cpus = sum(d.total("CPU") for d in demands(cfg))
     cpus_per_node = math.ceil(cpus / nodes) + 2  # logical: Ray's accounting, not cores
     scale = sim.settings.time_scale
     log.info("%s; %d nodes x %d simulated GPUs", sim.describe(), nodes, gpus_per_node)
     rows: list[dict[str, Any]] = []
-    with local_cluster(nodes, gpus_per_node, cpus_per_node), start_run(cfg) as run:
+    with local_cluster(nodes, gpus_per_node, cpus_per_node), start_run(cfg, resume) as run:
         meter = Meter(run)
         where = placement(run)
         before = meter.snapshot()
@@ -222,8 +232,8 @@ def cli_simulate(args: argparse.Namespace, cfg: Config) -> int:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             sim = pool.submit(simulated_config, cfg, settings, work).result()
         nodes, per_node = nodes_for(sim.cfg, args.sim_nodes)
-        summary = simulate(sim, nodes, per_node, args.epochs)
-    except (ConfigError, ValueError) as e:
+        summary = simulate(sim, nodes, per_node, args.epochs, args.resume)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(format_summary(summary))

@@ -77,6 +77,11 @@ class RunConfig:
     deadline_min_s: Annotated[float, Range(ge=1)] = 120.0
     # The deadline of a stage not measured yet (the first epoch: models load, kernels compile)
     deadline_first_s: Annotated[float, Range(ge=1)] = 3600.0
+    # Starting (each rollout worker's and learner rank's constructor: the editor loaded; the learner's
+    # DeepSpeed set-up and rendezvous) and --resume's checkpoint load must be done this many seconds after
+    # the actors were created; a rank or worker stopped, deadlocked or never placed stops the run with one
+    # line naming it. Reward replicas have rewards.client.ready_timeout_s.
+    deadline_start_s: Annotated[float, Range(ge=1, le=86400)] = 1800.0
 
     def check(self) -> None:
         """Rules between fields (the config loader calls this)."""

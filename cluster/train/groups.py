@@ -20,7 +20,7 @@ from ray.exceptions import ObjectLostError, RayActorError
 
 from cocoedit.actors.config import PolicyConfig, RolloutConfig
 from cocoedit.actors.types import GroupedItem, RolloutBatch
-from cocoedit.cluster.runtime.deadlines import Deadlines, Hung
+from cocoedit.cluster.runtime.deadlines import Deadlines, Hung, NotStarted
 from cocoedit.cluster.runtime.placement import Placement, use_cpus
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.telemetry import record_learner
@@ -72,6 +72,8 @@ class RolloutGroup:
     (`deadlines`, stage "sample") is killed and restarted. Its shard is sampled again, with the
     weights of the version it was first sampled with (same seeds, so the same edits), and the batch
     is used once: every item of the epoch is sampled and trained on exactly once.
+    The workers start (load the editor) in the background; `wait_started` waits for them within
+    run.deadline_start_s.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class RolloutGroup:
         self.cfg = rollout_cfg
         self.deadlines = deadlines or Deadlines()
         actor: Any = ray.remote(_rollout_actor())  # Ray's stubs type actor methods without .remote
+        self._started = time.monotonic()
         self.workers = [
             actor.options(**placement.rollout(i), max_restarts=rollout_cfg.max_restarts).remote(
                 policy_cfg, rollout_cfg, placement.cores_of("rollout workers", i)
@@ -95,6 +98,22 @@ class RolloutGroup:
         # worker died is re-sampled with the version it was drawn with
         self._weights_of: dict[int, Optional[ray.ObjectRef]] = {0: None}
         self.resampled_shards = 0
+
+    def wait_started(self) -> None:
+        """Wait for every worker's constructor (the editor loaded); NotStarted after run.deadline_start_s
+        from the workers' creation, the workers killed."""
+        names = [f"rollout worker {i}" for i in range(len(self.workers))]
+        try:
+            self.deadlines.started(
+                [w.__ray_ready__.remote() for w in self.workers],
+                names,
+                "start (load the editor)",
+                self._started,
+                "check policy.model_path and rollout.cpus_per_worker / gpus_per_worker",
+            )
+        except NotStarted:
+            self.close()
+            raise
 
     def sample_async(
         self, items: list[GroupedItem], version: int, upcoming: Optional[list[GroupedItem]] = None
@@ -269,14 +288,28 @@ class LearnerGroup:
     ) -> None:
         self.deadlines = deadlines or Deadlines()
         actor: Any = ray.remote(LearnerRank)  # Ray's stubs type actor methods without .remote
+        started = time.monotonic()  # constructors, DeepSpeed set-up and rendezvous: run.deadline_start_s
         self.ranks = [
             actor.options(**placement.learner(r)).remote(
                 r, cfg.world_size, cfg.cpus_per_rank, placement.cores_of("learner ranks", r)
             )
             for r in range(cfg.world_size)
         ]
-        master_addr, master_port = ray.get(self.ranks[0].endpoint.remote())
-        ray.get([r.setup.remote(policy_cfg, cfg, master_addr, master_port) for r in self.ranks])
+        names = self._names()
+        try:
+            self.deadlines.started([r.__ray_ready__.remote() for r in self.ranks], names, "start", started)
+            endpoint = [self.ranks[0].endpoint.remote()]
+            master_addr, master_port = self.deadlines.started(endpoint, names[:1], "start", started)[0]
+            self.deadlines.started(
+                [r.setup.remote(policy_cfg, cfg, master_addr, master_port) for r in self.ranks],
+                names,
+                "set up (load the editor, DeepSpeed's init and the rendezvous of all ranks)",
+                started,
+                "a rank that does not join holds up the others; check policy.model_path and learner.deepspeed",
+            )
+        except NotStarted:
+            self.close()
+            raise
         self.cfg = cfg
         self.skipped_updates = 0
 
@@ -329,7 +362,9 @@ class LearnerGroup:
         return self.deadlines.get(refs, "checkpoint", self._names())[0]
 
     def load(self, path: str) -> dict:
-        return ray.get([r.load.remote(path) for r in self.ranks])[0]
+        """Every rank loads checkpoint `path` (`--resume`) within run.deadline_start_s; its extra state."""
+        refs = [r.load.remote(path) for r in self.ranks]
+        return self.deadlines.started(refs, self._names(), f"load checkpoint {path}", time.monotonic())[0]
 
     def close(self) -> None:
         for r in self.ranks:

@@ -33,7 +33,7 @@ from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
 from cocoedit.cluster.config import Config, ConfigError
 from cocoedit.cluster.export.card import card_inputs, tokenizer_limit, write_card
 from cocoedit.cluster.plan import log_plan
-from cocoedit.cluster.runtime.deadlines import Deadlines, Hung
+from cocoedit.cluster.runtime.deadlines import Deadlines, Hung, NotStarted
 from cocoedit.cluster.runtime.launch import RayConnectError, init_ray, resolve_models, shutdown_ray
 from cocoedit.cluster.runtime.placement import Placement, PlacementError
 from cocoedit.cluster.runtime.services import RewardServices
@@ -278,10 +278,11 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
         sampler = EpochSampler(list(items), cfg.data.n_items, cfg.data.group_size, cfg.data.seed)
         runlog = RunLog(cfg, resume=ckpt is not None, first_epoch=resumed_epoch(ckpt))
         _closing(parts, runlog, with_status=True)  # the trackers' run ends FINISHED, KILLED or FAILED
-        deadlines = Deadlines(cfg.run.deadline_factor, cfg.run.deadline_min_s, cfg.run.deadline_first_s)
+        deadlines = Deadlines.of(cfg.run)
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement, deadlines))
         rollout = _closing(parts, RolloutGroup(cfg.policy, cfg.rollout, placement, deadlines))
         services = _closing(parts, RewardServices(cfg.rewards))
+        rollout.wait_started()  # its workers loaded the editor while the services started
         version, start = _resume(ckpt, learner, sampler) if ckpt is not None else (0, 0)
         guard = LearnerGuard(cfg, ckpt)
         with guard.during("loading the sampling weights", start):
@@ -414,6 +415,7 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
         history = train(cfg, resume=args.resume)
     except (
         PlacementError,
+        NotStarted,
         LearnerFailure,
         FileNotFoundError,
         RayConnectError,
