@@ -1,12 +1,13 @@
 """Groups scored where they are sampled: the driver never holds pixels.
 
 A rollout worker (`RolloutActor.sample_scored`, cluster/train/groups.py) samples its shard a few whole
-groups at a time; each chunk is PNG-encoded once (`to_edits`: the source, mask and target once per
-group) and sent to every reward service by the worker's own clients while the next chunk samples, at
-most `IN_FLIGHT` requests per service per worker. It returns three objects: a `ScoredShard` (ids,
-per-edit outcomes, a few numbers: what the driver fetches), the shard without pixels (latents,
-conditions, one-byte masks: fetched by the learner ranks, never by the driver) and, for the fixed
-evaluation sets only, the shard with its pixels (fetched by the driver for the image grid's few items).
+groups at a time; each chunk is PNG-encoded once (`to_groups`: the source, mask and target once per
+group, on the wire too) and sent to every reward service by the worker's own clients while the next
+chunk samples, at most `IN_FLIGHT` requests per service per worker. It returns three objects: a
+`ScoredShard` (ids, per-edit outcomes, a few numbers: what the driver fetches), the shard without
+pixels (latents, conditions, one-byte masks: fetched by the learner ranks, never by the driver) and,
+for the fixed evaluation sets only, the shard with its pixels (the driver fetches the image grid's few
+items from it).
 
     batch = rollout.gather(pending)                   # ScoredBatch: ids, outcomes, ObjectRefs
     recover(services, rollout, batch)                 # a service that failed in a worker, re-scored there
@@ -16,7 +17,9 @@ Faults keep the driver's behaviour: a replica that fails a request is retried on
 worker's client (rewards/client.py); a service that fails for good in a worker is reported, the
 driver restarts its hung or dead replicas (RewardServices.replace_hung, as it did when it scored) and
 the worker re-scores the edits it kept (scores are pure functions of the edits: nothing counts twice).
-A worker lost mid-epoch re-samples (and re-scores) its shard, as before.
+A worker lost mid-epoch re-samples (and re-scores) its shard, as before. A batch drawn ahead
+(`rollout.max_staleness`) is scored with the replicas of when it was drawn; replicas added since
+serve the next batch.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 from cocoedit.actors.types import GroupedItem, RolloutBatch
 from cocoedit.cluster.config import RewardsConfig
-from cocoedit.cluster.train.scores import Scores, to_edits
+from cocoedit.cluster.train.scores import Scores, to_groups
 from cocoedit.protos import reward_pb2
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.client import RewardClient, RewardServiceError
@@ -172,7 +175,8 @@ class ShardScorer:
         self.clients: dict[str, RewardClient] = {}
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="encode")
-        self.kept: dict[tuple[str, str], list[reward_pb2.Edit]] = {}  # (shard key, service) -> edits
+        # (shard key, service) -> the edits and groups a service failed to score, for `rescore`
+        self.kept: dict[tuple[str, str], tuple[list[reward_pb2.Edit], list[reward_pb2.Group]]] = {}
         self._jobs: list[
             tuple[Future, list[Future]]
         ] = []  # the shard's chunks: (encoding, one call per service)
@@ -194,15 +198,16 @@ class ShardScorer:
 
     def submit(self, chunk: RolloutBatch) -> None:
         """Encode `chunk` (in the background) and queue its requests to every service."""
-        encoded = self._encoder.submit(to_edits, chunk)
+        encoded = self._encoder.submit(to_groups, chunk)
         calls = [self._pools[name].submit(self._score, name, encoded) for name in self.clients]
         self._jobs.append((encoded, calls))
 
     def _score(self, name: str, encoded: Future) -> tuple[list[EditOutcome], int, float]:
-        edits = encoded.result()
+        edits, groups = encoded.result()
         with self._lock:
             self._sent.setdefault(name, time.perf_counter())
-        return self.clients[name].score(edits), sum(e.ByteSize() for e in edits), time.perf_counter()
+        outcomes = self.clients[name].score(edits, groups)
+        return outcomes, sum(m.ByteSize() for m in [*edits, *groups]), time.perf_counter()
 
     def finish(self, batch: RolloutBatch, key: str) -> ScoredShard:
         """Wait for every chunk's replies; a service that failed for good is named in `failed` and its
@@ -225,7 +230,11 @@ class ShardScorer:
                 wire[name] = wire.get(name, 0) + n
                 score_s[name] = max(score_s.get(name, 0.0), done - sent.get(name, done))
             if name in failed:
-                self.kept[(key, name)] = [e for encoded, _ in jobs for e in encoded.result()]
+                chunks = [encoded.result() for encoded, _ in jobs]
+                self.kept[(key, name)] = (
+                    [e for c in chunks for e in c[0]],
+                    [g for c in chunks for g in c[1]],
+                )
                 log.warning(
                     "reward service %s failed for this shard (%s); the driver restarts it", name, failed[name]
                 )
@@ -246,8 +255,8 @@ class ShardScorer:
     def rescore(self, key: str, name: str, scoring: Scoring) -> list[EditOutcome]:
         """The kept edits of shard `key` scored again by service `name` (after the driver restarted it)."""
         self.connect(scoring)
-        edits = self.kept.pop((key, name))
-        return self.clients[name].score(edits)
+        edits, groups = self.kept.pop((key, name))
+        return self.clients[name].score(edits, groups)
 
 
 def scoring_of(services: Any) -> Scoring:
