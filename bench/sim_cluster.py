@@ -15,9 +15,11 @@ and data.n_items (weak scaling: the same work per GPU); --n-items sets the 8-GPU
 - epoch: measured wall seconds; plan: the time plan's critical path / time scale; eff = plan / epoch;
 - idle: 1 - (seconds the role's simulated GPUs were held) / (actors x epoch), per role;
 - driver: CPU seconds in the epoch and peak RSS of the driver process (MB);
-- MB/epoch and kB/edit into the driver (rollout batches), out of it (learner shards) and over gRPC
-  (every edit to every service); LoRA sync: the real LoRA's float32 bytes through the object store
-  per epoch (rank 0 -> driver -> each worker), modelled from its parameter count, not moved.
+- MB/epoch and kB/edit into the driver (what it receives from the rollout workers), out of it (what it
+  sends the learner ranks) and over gRPC (every request to every service); kB/edit a service needs: the
+  PNGs each service reads (pixel: source, edited, mask; judge: source, edited), each image once;
+- LoRA sync: the real LoRA's float32 bytes through the object store per epoch (rank 0 -> driver ->
+  each worker), modelled from its parameter count, not moved.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def row_text(r: dict) -> str:
         f"{e['critical_path_s']:.1f} | {100 * e['efficiency']:.0f}% | {idle} | {e['driver_cpu_s']:.1f} | "
         f"{e['driver_peak_rss_mb']:.0f} | {b['driver_in'] / mb:.0f} / {b['driver_out'] / mb:.0f} / {b['grpc'] / mb:.0f} | "
         f"{b['driver_in'] / n / 1024:.0f} / {b['driver_out'] / n / 1024:.0f} / {b['grpc'] / n / 1024:.0f} | "
+        f"{b.get('grpc_needed', float('nan')) / n / 1024:.0f} | "
         f"{e['lora_sync_bytes_modelled'] / mb:.0f} | {r['load']:.1f} |"
     )
 
@@ -109,7 +112,7 @@ def row_text(r: dict) -> str:
 HEADER = (
     "| config | px | simulated GPUs | time scale | edits/epoch | epoch s | plan s | eff | idle % rollout / learner / judge | "
     "driver CPU s | driver peak RSS MB | MB/epoch in / out / gRPC | kB/edit in / out / gRPC | "
-    "LoRA sync MB (modelled) | load avg |\n|" + "---|" * 15
+    "kB/edit a service needs | LoRA sync MB (modelled) | load avg |\n|" + "---|" * 16
 )
 
 

@@ -25,6 +25,14 @@ from cocoedit.actors.types import Condition, RolloutBatch
 from cocoedit.cluster.train.scored import ScoredBatch, without_refs
 
 REF_BYTES = 28  # an ObjectRef's id
+# the images each service reads (the information it needs; the instruction and ids are small)
+READS = {
+    "pixel": ("source", "edited", "mask"),
+    "sim_judge": ("source", "edited"),
+    "mllm": ("source", "edited"),
+    "synthetic": ("edited", "target", "mask"),
+}
+PNGS = ("edited", "source", "mask", "target")
 
 
 def tensor_bytes(value: Any) -> int:
@@ -57,7 +65,13 @@ class Meter:
 
     def __init__(self, run: Any) -> None:
         self.run = run
-        self.counts = {"driver_in_bytes": 0, "driver_out_bytes": 0, "grpc_bytes": 0, "batches": 0}
+        self.counts = {
+            "driver_in_bytes": 0,
+            "driver_out_bytes": 0,
+            "grpc_bytes": 0,
+            "needed_bytes": 0,
+            "batches": 0,
+        }
         self._wrap(run.rollout, "gather", self._gathered)
         self._wrap(run.learner, "update", self._updating)
 
@@ -75,6 +89,9 @@ class Meter:
         refs = sum(1 + (p.pixels is not None) for p in batch.parts)
         self.counts["driver_in_bytes"] += len(pickle.dumps(without_refs(batch))) + REF_BYTES * refs
         self.counts["grpc_bytes"] += sum(batch.wire_bytes.values())
+        # each image once, to each service that reads it: what the wire bytes compare with
+        reads = [READS.get(name, PNGS) for name in batch.wire_bytes]
+        self.counts["needed_bytes"] += sum(batch.png_bytes.get(k, 0) for r in reads for k in r)
         self.counts["batches"] += 1
         return batch
 

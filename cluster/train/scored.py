@@ -67,6 +67,8 @@ class ScoredShard:
     failed: dict[str, str] = field(default_factory=dict)  # service -> its error; the worker keeps the edits
     score_s: dict[str, float] = field(default_factory=dict)  # service -> first request sent to last reply
     wire_bytes: dict[str, int] = field(default_factory=dict)  # service -> protobuf bytes of the edits sent
+    # PNG bytes of the shard's "edited" images and of its groups' "source", "mask", "target" (each once)
+    png_bytes: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # the worker's stage seconds (summed)
 
 
@@ -95,6 +97,7 @@ class ScoredBatch:
     failed: dict[int, dict[str, str]]  # part index -> service -> error (until `recover`)
     score_s: dict[str, float]  # service -> the slowest worker's scoring seconds
     wire_bytes: dict[str, int]  # service -> protobuf bytes sent to it by every worker
+    png_bytes: dict[str, int]  # ScoredShard.png_bytes, summed
     timings: dict[str, float]
 
     def __len__(self) -> int:
@@ -127,6 +130,7 @@ class ScoredBatch:
             failed={i: dict(x.failed) for i, x in enumerate(s) if x.failed},
             score_s={k: max(x.score_s.get(k, 0.0) for x in s) for k in services},
             wire_bytes={k: sum(x.wire_bytes.get(k, 0) for x in s) for k in services},
+            png_bytes={k: sum(x.png_bytes.get(k, 0) for x in s) for k in {k for x in s for k in x.png_bytes}},
             timings={k: max(x.timings.get(k, 0.0) for x in s) for k in {k for x in s for k in x.timings}},
         )
 
@@ -249,6 +253,7 @@ class ShardScorer:
             failed=failed,
             score_s=score_s,
             wire_bytes=wire,
+            png_bytes=_png_bytes([encoded.result() for encoded, _ in jobs]),
             timings=dict(batch.timings),
         )
 
@@ -257,6 +262,17 @@ class ShardScorer:
         self.connect(scoring)
         edits, groups = self.kept.pop((key, name))
         return self.clients[name].score(edits, groups)
+
+
+def _png_bytes(chunks: list[tuple[list[reward_pb2.Edit], list[reward_pb2.Group]]]) -> dict[str, int]:
+    edits = [e for c in chunks for e in c[0]]
+    groups = [g for c in chunks for g in c[1]]
+    return {
+        "edited": sum(len(e.edited_image) for e in edits),
+        "source": sum(len(g.source_image) for g in groups),
+        "mask": sum(len(g.edit_mask) for g in groups),
+        "target": sum(len(g.target_image) for g in groups),
+    }
 
 
 def scoring_of(services: Any) -> Scoring:
@@ -284,7 +300,7 @@ def recover(services: Any, rollout: Any, batch: ScoredBatch) -> None:
 
 
 def batch_scores(batch: ScoredBatch, cfg: RewardsConfig) -> Scores:
-    """The weighted reward of every edit of `batch` (rewards/weighting.py), as score_batch gives it."""
+    """The weighted reward of every edit of `batch` (rewards/weighting.py): dropped where unscored."""
     outcomes = batch.outcomes
     weighted: dict[str, Sequence[EditOutcome]] = dict(outcomes)
     rewards = combine(weighted, cfg.weights, cfg.max_dropped_fraction, cfg.max_fallback_fraction)

@@ -1,6 +1,7 @@
-"""One rollout batch scored by the reward services: the proto edits, the weighted reward, the metrics.
+"""A rollout batch's reward protos (to_groups: what the rollout workers send; to_edits: every image in
+every edit), and its scores: the weighted reward and the metrics (cluster/train/scored.py makes them).
 
-scores = score_batch(services, batch, cfg.rewards)
+scores = batch_scores(batch, cfg.rewards)   # cluster/train/scored.py
 scores.rewards.total    # [N] float64, R = sum_k w_k S_k; NaN where an edit could not be scored
 scores.rewards.scored   # [N] bool: the edits that stay in the batch (rewards/weighting.py)
 scores.metrics()        # {"reward/mean", "reward/<score>", "reward/dropped_edits", "<service>/<component>", ...}
@@ -10,17 +11,15 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from cocoedit.actors.types import RolloutBatch
-from cocoedit.cluster.config import RewardsConfig
 from cocoedit.protos import reward_pb2
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.client import wire_image, wire_mask
-from cocoedit.rewards.weighting import Rewards, combine
+from cocoedit.rewards.weighting import Rewards
 
 
 @dataclass
@@ -49,14 +48,6 @@ class Scores:
         means = self.component_means()
         rewards = {k: v for k, v in self.rewards.metrics().items() if k.removeprefix("reward/") not in means}
         return {**rewards, **means}
-
-
-def score_batch(services: Any, batch: RolloutBatch, cfg: RewardsConfig) -> Scores:
-    """Score every edit of `batch` with every service (`services`: cluster.services.RewardServices) and
-    weight the scores; an edit a weighted service could not score is dropped (bounded: RewardError)."""
-    outcomes = services.score(to_edits(batch))
-    rewards = combine(outcomes, cfg.weights, cfg.max_dropped_fraction, cfg.max_fallback_fraction)
-    return Scores(rewards, outcomes)
 
 
 def to_edits(batch: RolloutBatch) -> list[reward_pb2.Edit]:
