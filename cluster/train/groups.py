@@ -90,7 +90,11 @@ def _rollout_actor() -> type:
                 chunks.append(self.sample(chunk, version))
                 self.scorer.submit(chunks[-1])
             batch = RolloutBatch.cat(chunks)
-            batch.timings = {k: sum(c.timings.get(k, 0.0) for c in chunks) for k in chunks[0].timings}
+            seconds = {
+                k: sum(c.timings.get(k, 0.0) for c in chunks) for k in chunks[0].timings if k.endswith("_s")
+            }
+            busy = seconds["encode_s"] + seconds["sample_s"] + seconds["decode_s"]
+            batch.timings = {**seconds, "edits_per_s": len(batch) / busy}  # the chunks ran one after another
             shard = self.scorer.finish(batch, items[0].edit_id)
             return shard, batch.without_images(), batch if keep_pixels else None
 

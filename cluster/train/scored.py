@@ -188,7 +188,9 @@ class ShardScorer:
         self._lock = threading.Lock()
 
     def connect(self, scoring: Scoring) -> None:
-        """Clients for `scoring`'s services at its addresses (kept between calls; replicas updated)."""
+        """Clients for `scoring`'s services at its addresses (kept between calls; replicas updated). A
+        shard starts here: chunks of one that raised before `finish` are forgotten."""
+        self._jobs, self._sent = [], {}
         for name, addresses in scoring.addresses.items():
             client = self.clients.get(name)
             if client is not None and client.cfg != scoring.client:
