@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0creward.proto\x12\x12\x63ocoedit.reward.v1\"\xab\x01\n\x04\x45\x64it\x12\x0f\n\x07\x65\x64it_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x03\x12\x13\n\x0binstruction\x18\x04 \x01(\t\x12\x14\n\x0csource_image\x18\x05 \x01(\x0c\x12\x14\n\x0c\x65\x64ited_image\x18\x06 \x01(\x0c\x12\x11\n\tedit_mask\x18\x07 \x01(\x0c\x12\x14\n\x0ctarget_image\x18\x08 \x01(\x0c\"7\n\x0cScoreRequest\x12\'\n\x05\x65\x64its\x18\x01 \x03(\x0b\x32\x18.cocoedit.reward.v1.Edit\"w\n\tEditScore\x12\x0f\n\x07\x65\x64it_id\x18\x01 \x01(\t\x12,\n\x06scored\x18\x02 \x01(\x0b\x32\x1a.cocoedit.reward.v1.ScoredH\x00\x12\x0f\n\x05\x65rror\x18\x03 \x01(\tH\x00\x12\x10\n\x08warnings\x18\x04 \x03(\tB\x08\n\x06result\"\x8a\x01\n\x06Scored\x12\r\n\x05score\x18\x01 \x01(\x01\x12>\n\ncomponents\x18\x02 \x03(\x0b\x32*.cocoedit.reward.v1.Scored.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"_\n\nScoreReply\x12-\n\x06scores\x18\x01 \x03(\x0b\x32\x1d.cocoedit.reward.v1.EditScore\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\telapsed_s\x18\x03 \x01(\x01\"\r\n\x0bInfoRequest\"\xca\x01\n\tInfoReply\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x12\n\nscore_name\x18\x02 \x01(\t\x12=\n\x08settings\x18\x03 \x03(\x0b\x32+.cocoedit.reward.v1.InfoReply.SettingsEntry\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x17\n\x0fmax_batch_edits\x18\x05 \x01(\x05\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xa2\x01\n\rRewardService\x12I\n\x05Score\x12 .cocoedit.reward.v1.ScoreRequest\x1a\x1e.cocoedit.reward.v1.ScoreReply\x12\x46\n\x04Info\x12\x1f.cocoedit.reward.v1.InfoRequest\x1a\x1d.cocoedit.reward.v1.InfoReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0creward.proto\x12\x12\x63ocoedit.reward.v1\"\xab\x01\n\x04\x45\x64it\x12\x0f\n\x07\x65\x64it_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x03\x12\x13\n\x0binstruction\x18\x04 \x01(\t\x12\x14\n\x0csource_image\x18\x05 \x01(\x0c\x12\x14\n\x0c\x65\x64ited_image\x18\x06 \x01(\x0c\x12\x11\n\tedit_mask\x18\x07 \x01(\x0c\x12\x14\n\x0ctarget_image\x18\x08 \x01(\x0c\"X\n\x05Group\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x14\n\x0csource_image\x18\x02 \x01(\x0c\x12\x11\n\tedit_mask\x18\x03 \x01(\x0c\x12\x14\n\x0ctarget_image\x18\x04 \x01(\x0c\"b\n\x0cScoreRequest\x12\'\n\x05\x65\x64its\x18\x01 \x03(\x0b\x32\x18.cocoedit.reward.v1.Edit\x12)\n\x06groups\x18\x02 \x03(\x0b\x32\x19.cocoedit.reward.v1.Group\"w\n\tEditScore\x12\x0f\n\x07\x65\x64it_id\x18\x01 \x01(\t\x12,\n\x06scored\x18\x02 \x01(\x0b\x32\x1a.cocoedit.reward.v1.ScoredH\x00\x12\x0f\n\x05\x65rror\x18\x03 \x01(\tH\x00\x12\x10\n\x08warnings\x18\x04 \x03(\tB\x08\n\x06result\"\x8a\x01\n\x06Scored\x12\r\n\x05score\x18\x01 \x01(\x01\x12>\n\ncomponents\x18\x02 \x03(\x0b\x32*.cocoedit.reward.v1.Scored.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"_\n\nScoreReply\x12-\n\x06scores\x18\x01 \x03(\x0b\x32\x1d.cocoedit.reward.v1.EditScore\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\telapsed_s\x18\x03 \x01(\x01\"\r\n\x0bInfoRequest\"\xca\x01\n\tInfoReply\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x12\n\nscore_name\x18\x02 \x01(\t\x12=\n\x08settings\x18\x03 \x03(\x0b\x32+.cocoedit.reward.v1.InfoReply.SettingsEntry\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x17\n\x0fmax_batch_edits\x18\x05 \x01(\x05\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xa2\x01\n\rRewardService\x12I\n\x05Score\x12 .cocoedit.reward.v1.ScoreRequest\x1a\x1e.cocoedit.reward.v1.ScoreReply\x12\x46\n\x04Info\x12\x1f.cocoedit.reward.v1.InfoRequest\x1a\x1d.cocoedit.reward.v1.InfoReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +37,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFOREPLY_SETTINGSENTRY']._serialized_options = b'8\001'
   _globals['_EDIT']._serialized_start=37
   _globals['_EDIT']._serialized_end=208
-  _globals['_SCOREREQUEST']._serialized_start=210
-  _globals['_SCOREREQUEST']._serialized_end=265
-  _globals['_EDITSCORE']._serialized_start=267
-  _globals['_EDITSCORE']._serialized_end=386
-  _globals['_SCORED']._serialized_start=389
-  _globals['_SCORED']._serialized_end=527
-  _globals['_SCORED_COMPONENTSENTRY']._serialized_start=478
-  _globals['_SCORED_COMPONENTSENTRY']._serialized_end=527
-  _globals['_SCOREREPLY']._serialized_start=529
-  _globals['_SCOREREPLY']._serialized_end=624
-  _globals['_INFOREQUEST']._serialized_start=626
-  _globals['_INFOREQUEST']._serialized_end=639
-  _globals['_INFOREPLY']._serialized_start=642
-  _globals['_INFOREPLY']._serialized_end=844
-  _globals['_INFOREPLY_SETTINGSENTRY']._serialized_start=797
-  _globals['_INFOREPLY_SETTINGSENTRY']._serialized_end=844
-  _globals['_REWARDSERVICE']._serialized_start=847
-  _globals['_REWARDSERVICE']._serialized_end=1009
+  _globals['_GROUP']._serialized_start=210
+  _globals['_GROUP']._serialized_end=298
+  _globals['_SCOREREQUEST']._serialized_start=300
+  _globals['_SCOREREQUEST']._serialized_end=398
+  _globals['_EDITSCORE']._serialized_start=400
+  _globals['_EDITSCORE']._serialized_end=519
+  _globals['_SCORED']._serialized_start=522
+  _globals['_SCORED']._serialized_end=660
+  _globals['_SCORED_COMPONENTSENTRY']._serialized_start=611
+  _globals['_SCORED_COMPONENTSENTRY']._serialized_end=660
+  _globals['_SCOREREPLY']._serialized_start=662
+  _globals['_SCOREREPLY']._serialized_end=757
+  _globals['_INFOREQUEST']._serialized_start=759
+  _globals['_INFOREQUEST']._serialized_end=772
+  _globals['_INFOREPLY']._serialized_start=775
+  _globals['_INFOREPLY']._serialized_end=977
+  _globals['_INFOREPLY_SETTINGSENTRY']._serialized_start=930
+  _globals['_INFOREPLY_SETTINGSENTRY']._serialized_end=977
+  _globals['_REWARDSERVICE']._serialized_start=980
+  _globals['_REWARDSERVICE']._serialized_end=1142
 # @@protoc_insertion_point(module_scope)

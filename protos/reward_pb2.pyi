@@ -26,11 +26,25 @@ class Edit(_message.Message):
     target_image: bytes
     def __init__(self, edit_id: _Optional[str] = ..., group_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., instruction: _Optional[str] = ..., source_image: _Optional[bytes] = ..., edited_image: _Optional[bytes] = ..., edit_mask: _Optional[bytes] = ..., target_image: _Optional[bytes] = ...) -> None: ...
 
+class Group(_message.Message):
+    __slots__ = ("group_id", "source_image", "edit_mask", "target_image")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    EDIT_MASK_FIELD_NUMBER: _ClassVar[int]
+    TARGET_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    source_image: bytes
+    edit_mask: bytes
+    target_image: bytes
+    def __init__(self, group_id: _Optional[str] = ..., source_image: _Optional[bytes] = ..., edit_mask: _Optional[bytes] = ..., target_image: _Optional[bytes] = ...) -> None: ...
+
 class ScoreRequest(_message.Message):
-    __slots__ = ("edits",)
+    __slots__ = ("edits", "groups")
     EDITS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     edits: _containers.RepeatedCompositeFieldContainer[Edit]
-    def __init__(self, edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ...) -> None: ...
+    groups: _containers.RepeatedCompositeFieldContainer[Group]
+    def __init__(self, edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[Group, _Mapping]]] = ...) -> None: ...
 
 class EditScore(_message.Message):
     __slots__ = ("edit_id", "scored", "error", "warnings")

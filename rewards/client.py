@@ -9,7 +9,8 @@ cfg.max_message_mb on the wire) go out in parallel to
 the least-loaded replica (ties round-robin). Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried,
 with exponential backoff, on another replica when there is one; every other error, and running out
 of retries, raises RewardServiceError naming the service, the addresses and the last error.
-Per-edit errors come back as EditOutcome.error, never dropped.
+Per-edit errors come back as EditOutcome.error, never dropped. `score(edits, groups)`: what the edits
+of a group share (source, mask, target PNG) travels once per request in a `Group`, not in every edit.
 """
 
 from __future__ import annotations
@@ -280,9 +281,11 @@ class RewardClient:
                 )
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
-    def score_request(self, edits: Sequence[reward_pb2.Edit]) -> list[EditOutcome]:
+    def score_request(
+        self, edits: Sequence[reward_pb2.Edit], groups: Sequence[reward_pb2.Group] = ()
+    ) -> list[EditOutcome]:
         """One Score call (len(edits) <= server max_batch_edits), with retries; outcomes in input order."""
-        request = reward_pb2.ScoreRequest(edits=list(edits))
+        request = reward_pb2.ScoreRequest(edits=list(edits), groups=list(groups))
         t0 = time.perf_counter()
         reply = self._call("Score", lambda r: r.stub.Score(request, timeout=self.cfg.timeout_s))
         record_reward_latency(self.service, time.perf_counter() - t0)
@@ -295,13 +298,19 @@ class RewardClient:
             )
         return [outcome_from_proto(by_id[e.edit_id]) for e in edits]
 
-    def _requests(self, edits: list[reward_pb2.Edit]) -> list[list[reward_pb2.Edit]]:
-        """Consecutive edits in requests of at most cfg.batch_edits edits and cfg.max_message_mb bytes."""
+    def _requests(
+        self, edits: list[reward_pb2.Edit], groups: dict[str, reward_pb2.Group]
+    ) -> list[list[reward_pb2.Edit]]:
+        """Consecutive edits in requests of at most cfg.batch_edits edits and cfg.max_message_mb bytes
+        (a group's shared images count once in each request that holds an edit of it)."""
         limit = self.cfg.max_message_mb * 1024 * 1024 - REQUEST_SLACK_BYTES
         requests: list[list[reward_pb2.Edit]] = [[]]
         size = 0
+        held: set[str] = set()  # groups in the current request
         for edit in edits:
-            n = edit.ByteSize()
+            group = groups.get(edit.group_id)
+            shared = group.ByteSize() if group is not None and edit.group_id not in held else 0
+            n = edit.ByteSize() + shared
             if n > limit:
                 raise ValueError(
                     f"edit {edit.edit_id!r} is {n / 2**20:.1f} MB on the wire, over rewards.client."
@@ -310,14 +319,21 @@ class RewardClient:
                 )
             if requests[-1] and (len(requests[-1]) == self.cfg.batch_edits or size + n > limit):
                 requests.append([])
-                size = 0
+                held.clear()
+                size, n = 0, edit.ByteSize() + (0 if group is None else group.ByteSize())
             requests[-1].append(edit)
             size += n
+            if group is not None:
+                held.add(edit.group_id)
         return requests
 
-    def score(self, edits: Sequence[reward_pb2.Edit]) -> list[EditOutcome]:
+    def score(
+        self, edits: Sequence[reward_pb2.Edit], groups: Sequence[reward_pb2.Group] = ()
+    ) -> list[EditOutcome]:
         """Score any number of edits: requests of cfg.batch_edits edits at most (fewer where their
-        bytes would pass cfg.max_message_mb), in parallel over the replicas."""
+        bytes would pass cfg.max_message_mb), in parallel over the replicas. `groups`: the images the
+        edits of each group share (an edit of a listed group carries no source_image of its own); each
+        request carries the groups of its edits."""
         edits = list(edits)
         if not edits:
             return []
@@ -325,10 +341,12 @@ class RewardClient:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ValueError(f"duplicate edit_id {dup!r}: ids must be unique within one score() call")
-        chunks = self._requests(edits)
+        by_id = {g.group_id: g for g in groups}
+        chunks = self._requests(edits, by_id)
+        shared = [[by_id[g] for g in dict.fromkeys(e.group_id for e in c) if g in by_id] for c in chunks]
         if len(chunks) == 1:
-            return self.score_request(chunks[0])
+            return self.score_request(chunks[0], shared[0])
         workers = min(len(chunks), 2 * len(self.addresses))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.service}-score") as pool:
-            results = list(pool.map(self.score_request, chunks))
+            results = list(pool.map(self.score_request, chunks, shared))
         return [o for part in results for o in part]

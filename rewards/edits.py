@@ -57,6 +57,19 @@ class _Images(NamedTuple):
         return cls(edit.source_image, edit.edited_image, edit.edit_mask, edit.target_image)
 
 
+def expand_groups(request: reward_pb2.ScoreRequest) -> list[reward_pb2.Edit]:
+    """The request's edits, each with the images of its group (`ScoreRequest.groups`, sent once per
+    group) where it carries no source_image of its own; edits of other requests pass unchanged."""
+    edits = list(request.edits)
+    groups = {g.group_id: g for g in request.groups}
+    for edit in edits:
+        group = groups.get(edit.group_id)
+        if group is not None and not edit.source_image:
+            edit.source_image, edit.edit_mask = group.source_image, group.edit_mask
+            edit.target_image = group.target_image
+    return edits
+
+
 def check_edit(edit: reward_pb2.Edit, scorer: Scorer, max_image_pixels: Optional[int] = None) -> int:
     """Check an edit from its PNG headers alone (nothing is decoded); return the bytes its decoded images
     will take. Raises ValueError naming the field: missing parts, non-PNG bytes, sizes that differ or are

@@ -45,7 +45,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from cocoedit.protos import reward_pb2, reward_pb2_grpc
 from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import ServerConfig
-from cocoedit.rewards.edits import check_edit, check_outcome, decode_edit
+from cocoedit.rewards.edits import check_edit, check_outcome, decode_edit, expand_groups
 from cocoedit.rewards.memory import release_free_memory
 from cocoedit.rewards.security import check_exposure, server_credentials, token_interceptors
 from cocoedit.telemetry import record_server_request
@@ -218,6 +218,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             if e.edit_id in seen:
                 return f"duplicate edit_id {e.edit_id!r} (edits[{i}]); ids must be unique within a request"
             seen.add(e.edit_id)
+        groups = [g.group_id for g in request.groups]
+        if len(set(groups)) != len(groups) or "" in groups:
+            return "ScoreRequest.groups: every group needs a group_id, each sent once per request"
         return None
 
     def _plan(self, edits: list[reward_pb2.Edit]) -> tuple[dict[int, str], list[list[int]]]:
@@ -282,7 +285,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     ) -> reward_pb2.ScoreReply:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
-        edits = list(request.edits)
+        edits = expand_groups(request)  # the groups' shared images, sent once, into each edit
         errors, chunks = await loop.run_in_executor(self._decode_pool, self._plan, edits)
         results: dict[int, EditOutcome | str] = dict(errors)
 

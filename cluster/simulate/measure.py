@@ -3,11 +3,15 @@ bytes into and out of the driver and over gRPC, the driver's CPU seconds and RSS
 simulated actors held their (simulated) GPUs, and the node each actor was placed on.
 
 Counters wrap methods of the run's own objects (the rollout group's `gather`, the learner group's
-`update` and `shards`, each reward client's `score`): they count what passes and call the original.
+`update`): they count what passes and call the original. Bytes into the driver are the pickled
+size of what it receives (a ScoredBatch: ids, outcomes, one 28-byte ObjectRef id per reference),
+out of it the tensors and references it sends to the learner ranks; gRPC bytes are the protobuf
+bytes of the edits the rollout workers sent to every service (they score their own groups).
 """
 
 from __future__ import annotations
 
+import pickle
 import resource
 import time
 from collections.abc import Callable
@@ -18,6 +22,17 @@ import ray
 import torch
 
 from cocoedit.actors.types import Condition, RolloutBatch
+from cocoedit.cluster.train.scored import ScoredBatch, without_refs
+
+REF_BYTES = 28  # an ObjectRef's id
+# the images each service reads (the information it needs; the instruction and ids are small)
+READS = {
+    "pixel": ("source", "edited", "mask"),
+    "sim_judge": ("source", "edited"),
+    "mllm": ("source", "edited"),
+    "synthetic": ("edited", "target", "mask"),
+}
+PNGS = ("edited", "source", "mask", "target")
 
 
 def tensor_bytes(value: Any) -> int:
@@ -50,12 +65,15 @@ class Meter:
 
     def __init__(self, run: Any) -> None:
         self.run = run
-        self.counts = {"driver_in_bytes": 0, "driver_out_bytes": 0, "grpc_bytes": 0, "batches": 0}
+        self.counts = {
+            "driver_in_bytes": 0,
+            "driver_out_bytes": 0,
+            "grpc_bytes": 0,
+            "needed_bytes": 0,
+            "batches": 0,
+        }
         self._wrap(run.rollout, "gather", self._gathered)
         self._wrap(run.learner, "update", self._updating)
-        self._wrap(run.learner, "shards", self._sharding)
-        for client in run.services.clients.values():
-            self._wrap(client, "score", self._scoring)
 
     @staticmethod
     def _wrap(obj: Any, name: str, hook: Callable[..., Any]) -> None:
@@ -67,23 +85,20 @@ class Meter:
         setattr(obj, name, wrapped)
 
     def _gathered(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        batch = original(*args, **kwargs)
-        self.counts["driver_in_bytes"] += tensor_bytes(batch)
+        batch: ScoredBatch = original(*args, **kwargs)
+        refs = sum(1 + (p.pixels is not None) for p in batch.parts)
+        self.counts["driver_in_bytes"] += len(pickle.dumps(without_refs(batch))) + REF_BYTES * refs
+        self.counts["grpc_bytes"] += sum(batch.wire_bytes.values())
+        # each image once, to each service that reads it: what the wire bytes compare with
+        reads = [READS.get(name, PNGS) for name in batch.wire_bytes]
+        self.counts["needed_bytes"] += sum(batch.png_bytes.get(k, 0) for r in reads for k in r)
         self.counts["batches"] += 1
         return batch
 
-    def _updating(self, original: Callable[..., Any], batch: RolloutBatch, *args: Any) -> Any:
-        self.counts["driver_out_bytes"] += tensor_bytes(list(args))  # advantages, valid
+    def _updating(self, original: Callable[..., Any], batch: ScoredBatch, *args: Any) -> Any:
+        # advantages, valid, and per rank the (reference, first, end) of each worker's part it reads
+        self.counts["driver_out_bytes"] += tensor_bytes(list(args)) + (REF_BYTES + 16) * len(batch.parts)
         return original(batch, *args)
-
-    def _sharding(self, original: Callable[..., Any], batch: RolloutBatch) -> Any:
-        shards = original(batch)  # what the learner ranks are sent
-        self.counts["driver_out_bytes"] += tensor_bytes(shards)
-        return shards
-
-    def _scoring(self, original: Callable[..., Any], edits: Any, *args: Any, **kwargs: Any) -> Any:
-        self.counts["grpc_bytes"] += sum(e.ByteSize() for e in edits)
-        return original(edits, *args, **kwargs)
 
     def snapshot(self) -> dict[str, float]:
         cpu = resource.getrusage(resource.RUSAGE_SELF)

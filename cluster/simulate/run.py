@@ -180,6 +180,7 @@ def _epoch_row(
             "driver_in": d["driver_in_bytes"],
             "driver_out": d["driver_out_bytes"],
             "grpc": d["grpc_bytes"],
+            "grpc_needed": d.get("needed_bytes", float("nan")),  # the images each service reads, once
         },
         "bytes_per_edit": {
             "driver_in": d["driver_in_bytes"] / edits,

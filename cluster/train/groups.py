@@ -6,6 +6,7 @@ module makes them Ray actors, and calls their methods by name.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -22,6 +23,14 @@ from cocoedit.actors.config import PolicyConfig, RolloutConfig
 from cocoedit.actors.types import GroupedItem, RolloutBatch
 from cocoedit.cluster.runtime.deadlines import Deadlines, Hung, NotStarted
 from cocoedit.cluster.runtime.placement import Placement, use_cpus
+from cocoedit.cluster.train.scored import (
+    ScoredBatch,
+    ScoredShard,
+    Scoring,
+    ShardScorer,
+    group_chunks,
+    read_edits,
+)
 from cocoedit.learner.config import LearnerConfig
 from cocoedit.telemetry import record_learner
 
@@ -54,13 +63,45 @@ def _rollout_actor() -> type:
             super().load_weights(state, version, allow_older)
             self.synced = version
 
-        def sample_at(self, items: list[GroupedItem], version: int, weights: list[Any]) -> RolloutBatch:
-            """sample(items, version); a worker that does not hold `version` from the driver (it was
-            restarted since) first loads weights[0] (an ObjectRef inside a list: fetched only then)."""
+        scorer: Optional[ShardScorer] = None  # this worker's reward clients (cluster/train/scored.py)
+
+        @ray.method(num_returns=3)
+        def sample_scored(
+            self,
+            items: list[GroupedItem],
+            version: int,
+            weights: list[Any],
+            scoring: Scoring,
+            keep_pixels: bool,
+        ) -> tuple[ScoredShard, RolloutBatch, Optional[RolloutBatch]]:
+            """Sample `items` a few whole groups at a time (`group_chunks`), each chunk sent to every reward
+            service while the next one samples; returns (what the driver reads, the shard without pixels
+            for the learner, the shard with them when `keep_pixels`). A worker that does not hold
+            `version` from the driver (it was restarted since) first loads weights[0] (an ObjectRef inside
+            a list: fetched only then)."""
             if self.synced != version and weights[0] is not None:
                 log.warning("rollout worker (re)started: loading policy version %d before sampling", version)
                 self.load_weights(ray.get(weights[0]), version, allow_older=True)
-            return self.sample(items, version)
+            if self.scorer is None:
+                self.scorer = ShardScorer()
+            self.scorer.connect(scoring)
+            chunks = []
+            for chunk in group_chunks(items, self.rollout_cfg.batch_size):
+                chunks.append(self.sample(chunk, version))
+                self.scorer.submit(chunks[-1])
+            batch = RolloutBatch.cat(chunks)
+            seconds = {
+                k: sum(c.timings.get(k, 0.0) for c in chunks) for k in chunks[0].timings if k.endswith("_s")
+            }
+            busy = seconds["encode_s"] + seconds["sample_s"] + seconds["decode_s"]
+            batch.timings = {**seconds, "edits_per_s": len(batch) / busy}  # the chunks ran one after another
+            shard = self.scorer.finish(batch, items[0].edit_id)
+            return shard, batch.without_images(), batch if keep_pixels else None
+
+        def rescore(self, key: str, name: str, scoring: Scoring) -> list[Any]:
+            """The edits of shard `key` that service `name` failed to score, scored again."""
+            assert self.scorer is not None  # set by the sample_scored that kept them
+            return self.scorer.rescore(key, name, scoring)
 
     return RolloutActor
 
@@ -116,10 +157,16 @@ class RolloutGroup:
             raise
 
     def sample_async(
-        self, items: list[GroupedItem], version: int, upcoming: Optional[list[GroupedItem]] = None
-    ) -> list[tuple[int, list[GroupedItem], int, Any]]:
-        """Start sampling; returns (worker index, shard, version, ObjectRef) for `gather`. Each worker
-        first starts reading its shard of `upcoming` (the next call's items), to be ready by then."""
+        self,
+        items: list[GroupedItem],
+        version: int,
+        scoring: Scoring,
+        upcoming: Optional[list[GroupedItem]] = None,
+        keep_pixels: bool = False,
+    ) -> list[tuple[int, list[GroupedItem], _Call, Any]]:
+        """Start sampling and scoring (`scoring`: where the reward services are); returns (worker index,
+        shard, call, its three ObjectRefs) for `gather`. Each worker first starts reading its shard of
+        `upcoming` (the next call's items). `keep_pixels`: the workers also keep each shard's pixels."""
         if version != self._version:
             raise ValueError(f"sampling version {version} but the workers hold version {self._version}")
         if upcoming:  # an actor runs calls in order: the prefetch starts before this sample
@@ -127,23 +174,27 @@ class RolloutGroup:
                 if b > a:
                     self.workers[i].prefetch.remote(upcoming[a:b])
         bounds = shard_bounds(len(items), len(self.workers))
+        call = _Call(version, scoring, keep_pixels)
         return [
-            (
-                i,
-                items[a:b],
-                version,
-                self.workers[i].sample_at.remote(items[a:b], version, [self._weights_of[version]]),
-            )
+            (i, items[a:b], call, self._start(i, items[a:b], call))
             for i, (a, b) in enumerate(bounds)
             if b > a  # more workers than edits: the idle ones get no shard
         ]
 
-    def gather(self, pending: list[tuple[int, list[GroupedItem], int, Any]]) -> RolloutBatch:
+    def _start(self, i: int, items: list[GroupedItem], call: _Call) -> list[Any]:
+        weights = [self._weights_of[call.version]]
+        return self.workers[i].sample_scored.remote(
+            items, call.version, weights, call.scoring, call.keep_pixels
+        )
+
+    def gather(self, pending: list[tuple[int, list[GroupedItem], _Call, Any]]) -> ScoredBatch:
+        """The shards' ids and outcomes (a shard whose worker died or hung is sampled again)."""
         shards = []
-        for i, items, version, ref in pending:
+        for i, items, call, refs in pending:
             for attempt in range(self.cfg.max_restarts + 1):
                 try:
-                    shards.append(self.deadlines.get(ref, "sample", [f"rollout worker {i}"]))
+                    shard = self.deadlines.get(refs[0], "sample", [f"rollout worker {i}"])
+                    shards.append((i, shard, refs[1], refs[2]))
                     break
                 # ObjectLostError: the shard was sampled, but on a node lost before it was fetched
                 except (RayActorError, ObjectLostError, Hung) as e:
@@ -167,11 +218,18 @@ class RolloutGroup:
                         )
                     self.resampled_shards += 1
                     self._wait_restarted(self.workers[i])
-                    ref = self.workers[i].sample_at.remote(items, version, [self._weights_of[version]])
-        return RolloutBatch.cat(shards)
+                    refs = self._start(i, items, call)
+        return ScoredBatch.of(shards)
 
-    def sample(self, items: list[GroupedItem], version: int) -> RolloutBatch:
-        return self.gather(self.sample_async(items, version))
+    def sample(self, items: list[GroupedItem], version: int, scoring: Scoring) -> ScoredBatch:
+        """A fixed set sampled and scored; the workers keep its pixels (the image grid's items)."""
+        return self.gather(self.sample_async(items, version, scoring, keep_pixels=True))
+
+    def rescore(self, worker: int, key: str, name: str, scoring: Scoring) -> list[Any]:
+        """Service `name`'s outcomes of the shard worker `worker` kept under `key` (its first edit id)."""
+        return self.deadlines.get(
+            self.workers[worker].rescore.remote(key, name, scoring), "sample", [f"rollout worker {worker}"]
+        )
 
     def load(self, state: dict[str, torch.Tensor], version: int) -> None:
         """Send the sampling LoRA to every worker: one ray.put, every worker gets the reference."""
@@ -208,6 +266,15 @@ class RolloutGroup:
 
 def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """The settings of a batch's sample_scored calls (a re-sampled shard is called with the same)."""
+
+    version: int
+    scoring: Scoring
+    keep_pixels: bool
 
 
 class LearnerRank:
@@ -259,6 +326,13 @@ class LearnerRank:
         if self.rank == 0:  # already reduced over ranks
             record_learner(metrics)
         return metrics
+
+    def update_from(
+        self, pieces: list[tuple[list[Any], int, int]], advantages: torch.Tensor, valid: torch.Tensor
+    ) -> dict[str, float]:
+        """update() on this rank's edits, fetched from the rollout workers' shards (ScoredBatch.pieces)."""
+        parts = ray.get([refs[0] for refs, _, _ in pieces])
+        return self.update(read_edits(parts, pieces), advantages, valid)
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return self.learner.sampling_weights()
@@ -313,13 +387,14 @@ class LearnerGroup:
         self.cfg = cfg
         self.skipped_updates = 0
 
-    def update(self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, Any]:
-        """One step of every rank on its shard; the metrics, and the counters (`counters`) so far. An
+    def update(self, batch: ScoredBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, Any]:
+        """One step of every rank on its shard (contiguous, `shard_bounds`), which the rank fetches from
+        the rollout workers' pixel-free shards; the metrics, and the counters (`counters`) so far. An
         update that takes no step adds `learner/skip_reason` (text) and logs it."""
         bounds = shard_bounds(len(batch), len(self.ranks))
         refs = [
-            r.update.remote(shard, advantages[a:b], valid[a:b])
-            for r, (a, b), shard in zip(self.ranks, bounds, self.shards(batch), strict=True)
+            r.update_from.remote(batch.pieces(a, b), advantages[a:b], valid[a:b])
+            for r, (a, b) in zip(self.ranks, bounds, strict=True)
         ]
         # the Learner already reduces its metrics over ranks
         metrics: dict[str, Any] = self.deadlines.get(refs, "update", self._names())[0]
@@ -333,11 +408,6 @@ class LearnerGroup:
             )
             log.warning("learner update skipped, no optimizer step: %s", metrics["learner/skip_reason"])
         return {**metrics, **self.counters()}
-
-    def shards(self, batch: RolloutBatch) -> list[RolloutBatch]:
-        """Each rank's edits (contiguous, `shard_bounds`), without the pixels the learner does not use."""
-        latents = batch.without_images()
-        return [latents.select(list(range(a, b))) for a, b in shard_bounds(len(batch), len(self.ranks))]
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return self.deadlines.get(self.ranks[0].sampling_weights.remote(), "weights", self._names()[:1])

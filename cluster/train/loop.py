@@ -9,7 +9,8 @@
 
 Rollouts for the next epoch may be sampled while the current one is scored and trained on: up to
 `rollout.max_staleness` batches are in flight (0 = strictly on-policy); each batch carries the policy
-version it was drawn from, and the lag is logged.
+version it was drawn from, and the lag is logged. The rollout workers score the groups they sample
+(cluster/train/scored.py): the driver handles ids, rewards and references, never pixels.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from cocoedit.cluster.train.resume import Resume, ResumeConfigError, resume_from
 from cocoedit.cluster.train.rollouts import RolloutQueue
 from cocoedit.cluster.train.rundir import RunDirError, claim_run_dir, resumed_config
 from cocoedit.cluster.train.runlog import RunLog, ValidationRow
-from cocoedit.cluster.train.scores import Scores, score_batch
+from cocoedit.cluster.train.scored import ScoredBatch, batch_scores, recover, scoring_of
+from cocoedit.cluster.train.scores import Scores
 from cocoedit.cluster.train.stop import EXIT_CODE, Stopped, StopSignal, run_status
 from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint, read_learner_state
@@ -87,7 +89,7 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint_s: Optional[float] = None  # how long the latest checkpoint took to write
     last_eval: Optional[tuple[list[str], Scores]] = None  # the held-out set's last (group ids, scores)
-    last_eval_batch: Optional[tuple[RolloutBatch, Scores]] = None  # ... and its edits
+    last_eval_batch: Optional[tuple[ScoredBatch, Scores]] = None  # ... and its edits
     stop: StopSignal = field(default_factory=StopSignal)  # SIGTERM: a clean stop between epochs
     saved_epoch: Optional[int] = None  # the epoch of the latest checkpoint
 
@@ -104,12 +106,12 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
             epoch, run.start, run.saved_epoch, lambda e: checkpoint(run, e), cfg.run.run_dir
         )
         timer = StageTimer()
-        with timer("sample"):
+        with timer("sample"):  # sampled and scored by the rollout workers
             batch = run.rollouts.next()
         with timer("refill"):  # the next batch is sampled while this one trains
             run.rollouts.fill(cfg.rollout.max_staleness, run.version)
         with timer("score"):
-            scores = score_batch(run.services, batch, cfg.rewards)
+            scores = batch_scores(batch, cfg.rewards)
         with timer("advantages"):
             groups = advantages(run, batch, scores)
             ban_solved_items(run, groups)
@@ -134,7 +136,7 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
         yield epoch, row
 
 
-def advantages(run: Run, batch: RolloutBatch, scores: Scores) -> GroupScores:
+def advantages(run: Run, batch: ScoredBatch, scores: Scores) -> GroupScores:
     """Group-normalised advantages, validity, and the items whose group is solved."""
     rewards = torch.as_tensor(scores.rewards.total, dtype=torch.float32)
     scored = torch.as_tensor(scores.rewards.scored)  # edits a service could not score count nowhere
@@ -155,10 +157,11 @@ def sync(run: Run, epoch: int) -> None:
     run.rollouts.fill(1, run.version)
 
 
-def sample_fixed(run: Run, items: list[GroupedItem]) -> tuple[RolloutBatch, Scores]:
-    """Edit a fixed set with the current sampling policy and score it."""
-    batch = run.rollout.sample(items, run.version)
-    return batch, score_batch(run.services, batch, run.cfg.rewards)
+def sample_fixed(run: Run, items: list[GroupedItem]) -> tuple[ScoredBatch, Scores]:
+    """Edit a fixed set with the current sampling policy and score it (its pixels stay in the workers)."""
+    batch = run.rollout.sample(items, run.version, scoring_of(run.services))
+    recover(run.services, run.rollout, batch)
+    return batch, batch_scores(batch, run.cfg.rewards)
 
 
 def evaluate(run: Run, epoch: int) -> dict[str, float]:
@@ -188,7 +191,8 @@ def log_epoch(run: Run, epoch: int, row: dict[str, float], last: bool) -> None:
         made = run.last_eval_batch if "eval/reward" in row else None  # this epoch's held-out edits
         batch, scores = made or sample_fixed(run, run.validation)
         held_out = "held-out" if run.evals else "training"
-        rows = validation_rows(batch, [float(r) for r in scores.rewards.total])[:GRID_ITEMS]
+        shown = batch.pixels(grid_edits(batch.group_ids, GRID_ITEMS))  # only these edits' pixels are fetched
+        rows = validation_rows(shown, [float(r) for r in scores.rewards.total[: len(shown)]])
         run.runlog.validation_grid(
             epoch,
             rows,
@@ -215,6 +219,12 @@ def validation_rows(batch: RolloutBatch, rewards: list[float]) -> list[Validatio
     ]
 
 
+def grid_edits(group_ids: list[str], groups: int) -> int:
+    """How many leading edits hold the first `groups` groups of a fixed set (its seeds are consecutive)."""
+    firsts = list(dict.fromkeys(group_ids))[:groups]
+    return max(i for i, g in enumerate(group_ids) if g in firsts) + 1
+
+
 def checkpoint(run: Run, epoch: int) -> Path:
     """A complete checkpoint: learner state, and where the sampler and the policy version stand."""
     extra = {"epoch": epoch, "policy_version": run.version, "sampler": run.rollouts.sampler_state()}
@@ -229,7 +239,7 @@ def checkpoint(run: Run, epoch: int) -> Path:
 
 def metrics_row(
     run: Run,
-    batch: RolloutBatch,
+    batch: ScoredBatch,
     scores: Scores,
     groups: GroupScores,
     update: dict[str, float],
@@ -298,7 +308,7 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
             learner=learner,
             rollout=rollout,
             services=services,
-            rollouts=RolloutQueue(rollout, sampler, items, start, cfg.run.epochs),
+            rollouts=RolloutQueue(rollout, services, sampler, items, start, cfg.run.epochs),
             guard=guard,
             evals=evals,
             validation=evals["eval"][: GRID_ITEMS * cfg.run.eval_seeds]

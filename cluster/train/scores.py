@@ -1,6 +1,7 @@
-"""One rollout batch scored by the reward services: the proto edits, the weighted reward, the metrics.
+"""A rollout batch's reward protos (to_groups: what the rollout workers send; to_edits: every image in
+every edit), and its scores: the weighted reward and the metrics (cluster/train/scored.py makes them).
 
-scores = score_batch(services, batch, cfg.rewards)
+scores = batch_scores(batch, cfg.rewards)   # cluster/train/scored.py
 scores.rewards.total    # [N] float64, R = sum_k w_k S_k; NaN where an edit could not be scored
 scores.rewards.scored   # [N] bool: the edits that stay in the batch (rewards/weighting.py)
 scores.metrics()        # {"reward/mean", "reward/<score>", "reward/dropped_edits", "<service>/<component>", ...}
@@ -10,16 +11,15 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+import torch
 
 from cocoedit.actors.types import RolloutBatch
-from cocoedit.cluster.config import RewardsConfig
 from cocoedit.protos import reward_pb2
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.client import wire_image, wire_mask
-from cocoedit.rewards.weighting import Rewards, combine
+from cocoedit.rewards.weighting import Rewards
 
 
 @dataclass
@@ -50,40 +50,54 @@ class Scores:
         return {**rewards, **means}
 
 
-def score_batch(services: Any, batch: RolloutBatch, cfg: RewardsConfig) -> Scores:
-    """Score every edit of `batch` with every service (`services`: cluster.services.RewardServices) and
-    weight the scores; an edit a weighted service could not score is dropped (bounded: RewardError)."""
-    outcomes = services.score(to_edits(batch))
-    rewards = combine(outcomes, cfg.weights, cfg.max_dropped_fraction, cfg.max_fallback_fraction)
-    return Scores(rewards, outcomes)
-
-
 def to_edits(batch: RolloutBatch) -> list[reward_pb2.Edit]:
-    """The batch as reward-proto Edits. The source, mask and target PNGs are encoded once per group
-    and the same bytes go in every edit of the group (and, as the same protos, to every service)."""
-    hwc = lambda image: image.permute(1, 2, 0).numpy()  # noqa: E731 - [3, H, W] -> [H, W, 3]
+    """The batch as reward-proto Edits, each with every image. The source, mask and target PNGs are
+    encoded once per group and the same bytes go in every edit of the group."""
+    rows = _shared_pngs(batch)
+    return [_edit(batch, i, *rows[int(batch.group_index[i])]) for i in range(len(batch))]
+
+
+def to_groups(batch: RolloutBatch) -> tuple[list[reward_pb2.Edit], list[reward_pb2.Group]]:
+    """The batch as Edits carrying their own edited image only, and one Group per group with what its
+    edits share (source, mask and target PNG, encoded once): each image once on the wire. A server
+    puts a group's images back into its edits (rewards/edits.expand_groups): the same protos as to_edits."""
+    rows = _shared_pngs(batch)
+    groups: dict[str, reward_pb2.Group] = {}
+    for i, group_id in enumerate(batch.group_ids):
+        if group_id not in groups:
+            source, mask, target = rows[int(batch.group_index[i])]
+            groups[group_id] = reward_pb2.Group(
+                group_id=group_id, source_image=source, edit_mask=mask, target_image=target
+            )
+    return [_edit(batch, i, b"", b"", b"") for i in range(len(batch))], list(groups.values())
+
+
+def _shared_pngs(batch: RolloutBatch) -> list[tuple[bytes, bytes, bytes]]:
+    """(source, mask, target) PNG bytes of each row (group) of the batch; target b"" when none."""
     targets = batch.target_images
-    rows = [
+    return [
         (
-            wire_image(hwc(batch.source_images[r]), "source_image"),
+            wire_image(_hwc(batch.source_images[r]), "source_image"),
             wire_mask(batch.edit_masks[r, 0].numpy()),
-            b"" if targets is None else wire_image(hwc(targets[r]), "target_image"),
+            b"" if targets is None else wire_image(_hwc(targets[r]), "target_image"),
         )
         for r in range(len(batch.condition))
     ]
-    edits = []
-    for i in range(len(batch)):
-        source, mask, target = rows[int(batch.group_index[i])]
-        edits.append(
-            reward_pb2.Edit(
-                edit_id=batch.edit_ids[i],
-                group_id=batch.group_ids[i],
-                policy_version=int(batch.policy_version),
-                instruction=batch.instructions[i],
-                source_image=source,
-                edited_image=wire_image(hwc(batch.edited_images[i]), "edited_image"),
-                edit_mask=mask,
-                target_image=target,
-            )
-        )
-    return edits
+
+
+def _edit(batch: RolloutBatch, i: int, source: bytes, mask: bytes, target: bytes) -> reward_pb2.Edit:
+    return reward_pb2.Edit(
+        edit_id=batch.edit_ids[i],
+        group_id=batch.group_ids[i],
+        policy_version=int(batch.policy_version),
+        instruction=batch.instructions[i],
+        source_image=source,
+        edited_image=wire_image(_hwc(batch.edited_images[i]), "edited_image"),
+        edit_mask=mask,
+        target_image=target,
+    )
+
+
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    """[3, H, W] -> [H, W, 3]."""
+    return image.permute(1, 2, 0).numpy()

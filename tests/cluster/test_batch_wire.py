@@ -1,17 +1,23 @@
 """What a rollout batch carries and sends (issue 27 item 4): the source image, target and edit mask once
-per group, the mask as one byte per pixel, the learner's shards without pixels, and the reward protos
-(hence the rewards) unchanged by the per-group layout."""
+per group, the mask as one byte per pixel, the learner's shards without pixels, the reward protos
+(hence the rewards) unchanged by the per-group layout and by groups on the wire, and what a worker that
+scores its own groups hands the driver: ids and outcomes, the same bytes whatever the image size."""
 
+import dataclasses
 import hashlib
+import pickle
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from cocoedit.actors.types import Condition, RolloutBatch
 from cocoedit.cluster.simulate.measure import tensor_bytes
-from cocoedit.cluster.train.scores import to_edits
-from cocoedit.rewards.config import PixelConfig
-from cocoedit.rewards.edits import decode_edit
+from cocoedit.cluster.train.scored import Scoring, ShardScorer
+from cocoedit.cluster.train.scores import to_edits, to_groups
+from cocoedit.protos import reward_pb2
+from cocoedit.rewards.config import ClientConfig, PixelConfig, ServerConfig
+from cocoedit.rewards.edits import decode_edit, expand_groups
 from cocoedit.rewards.pixel import PixelScorer
 
 G, K, S = 2, 3, 32  # groups, edits per group, pixels
@@ -30,7 +36,7 @@ PIXEL_BEFORE = [
 PROTOS_BEFORE = "a4ebe14a70130aea1b99d637f143f307e449382782ee842b10ba81b298ce5b74"
 
 
-def fixed_batch() -> RolloutBatch:
+def fixed_batch(S: int = S) -> RolloutBatch:  # noqa: N803 - the module's S, or another size
     """G groups x K edits of S x S random images: each edit keeps its source's left half; a target."""
     g = torch.Generator().manual_seed(7)
     src = torch.randint(0, 256, (G, 3, S, S), generator=g, dtype=torch.uint8)
@@ -38,8 +44,8 @@ def fixed_batch() -> RolloutBatch:
     edited = torch.randint(0, 256, (G * K, 3, S, S), generator=g, dtype=torch.uint8)
     edited[:, :, :, : S // 2] = src.repeat_interleave(K, 0)[:, :, :, : S // 2]
     mask = torch.zeros(G, 1, S, S)
-    mask[0, :, 8:24, 16:] = 1.0
-    mask[1, :, 4:20, 12:30] = 1.0
+    mask[0, :, S // 4 : 3 * S // 4, S // 2 :] = 1.0  # at S = 32: [8:24, 16:], [4:20, 12:30]
+    mask[1, :, S // 8 : 5 * S // 8, 3 * S // 8 : 15 * S // 16] = 1.0
     n = G * K
     return RolloutBatch(
         edit_ids=[f"e{i}" for i in range(n)],
@@ -105,3 +111,69 @@ def test_the_learner_is_sent_no_pixels_but_its_masks():
         shard.edit_masks_unit([0, 1]), batch.edit_masks_unit([3, 4])
     )
     assert tensor_bytes(shard) < tensor_bytes(batch.select([3, 4])) / 5
+
+
+def test_groups_on_the_wire_carry_each_image_once_and_make_the_same_protos():
+    """to_groups: each edit its edited PNG, each group its source, mask and target once; the server's
+    expand_groups gives back exactly the protos of to_edits (so the same rewards)."""
+    batch = fixed_batch()
+    edits, groups = to_groups(batch)
+    assert [g.group_id for g in groups] == ["0:item0", "0:item1"] and not any(e.source_image for e in edits)
+    request = reward_pb2.ScoreRequest.FromString(
+        reward_pb2.ScoreRequest(edits=edits, groups=groups).SerializeToString()
+    )
+    wire = request.ByteSize()
+    expanded = expand_groups(request)  # in place, as the server does
+    assert hashlib.sha256(b"".join(e.SerializeToString() for e in expanded)).hexdigest() == PROTOS_BEFORE
+    full = sum(e.ByteSize() for e in to_edits(batch))
+    needed = sum(len(e.edited_image) for e in edits) + sum(
+        len(g.source_image) + len(g.edit_mask) + len(g.target_image) for g in groups
+    )
+    assert wire < 1.05 * needed and full > 1.7 * wire  # the old layout: source and target K = 3 times
+
+
+@pytest.fixture(scope="module")
+def pixel_address() -> Iterator[str]:
+    from cocoedit.rewards.hosting import BackgroundServer
+
+    with BackgroundServer(PixelScorer(PixelConfig(threads=1)), ServerConfig(grace_s=1.0)) as srv:
+        yield srv.address
+
+
+def test_a_worker_scores_its_groups_and_hands_the_driver_no_pixels(pixel_address: str):
+    """ShardScorer (what a rollout worker runs) over a real gRPC pixel server: the rewards are those the
+    driver computed before (PIXEL_BEFORE); what goes to the driver (a ScoredShard) holds no image and
+    pickles to the same number of bytes (but for the counts it reports) at 32 and 128 px while the
+    images grow 16 times. (Before, the driver received every image: 6 x 7 x 32 x 32 bytes here.)"""
+    scoring = Scoring(ClientConfig(timeout_s=30.0, batch_edits=4), {"pixel": [pixel_address]})
+    sizes = {}
+    for size in (S, 4 * S):
+        batch = fixed_batch(size)
+        scorer = ShardScorer()
+        scorer.connect(scoring)
+        scorer.submit(batch.select([0, 1, 2]))  # two chunks of whole groups, as a worker sends them
+        scorer.submit(batch.select([3, 4, 5]))
+        shard = scorer.finish(batch, "e0")
+        assert not shard.failed and shard.edit_ids == batch.edit_ids
+        if size == S:
+            assert [o.score for o in shard.outcomes["pixel"]] == pytest.approx(PIXEL_BEFORE, rel=0, abs=1e-12)
+        assert shard.wire_bytes["pixel"] < 1.05 * sum(
+            m.ByteSize() for m in [*to_groups(batch)[0], *to_groups(batch)[1]]
+        )
+        assert not any(isinstance(v, (torch.Tensor, bytes)) for v in vars(shard).values())
+        # the counts it reports (bytes, seconds) aside, the same bytes whatever the image size
+        sizes[size] = len(pickle.dumps(dataclasses.replace(shard, wire_bytes={}, png_bytes={}, score_s={})))
+    assert sizes[S] == sizes[4 * S] < 2000
+
+
+def test_a_group_split_over_requests_travels_with_each(pixel_address: str):
+    """batch_edits=2 splits each group of 3 over two requests: each request carries the group's images,
+    and the rewards are still the per-edit layout's."""
+    from cocoedit.rewards.client import RewardClient
+
+    edits, groups = to_groups(fixed_batch())
+    with RewardClient([pixel_address], ClientConfig(timeout_s=30.0, batch_edits=2), "pixel") as client:
+        requests = client._requests(edits, {g.group_id: g for g in groups})
+        assert [[e.edit_id for e in r] for r in requests] == [["e0", "e1"], ["e2", "e3"], ["e4", "e5"]]
+        scores = [o.score for o in client.score(edits, groups)]
+    assert scores == pytest.approx(PIXEL_BEFORE, rel=0, abs=1e-12)

@@ -270,7 +270,9 @@ def test_ray_job_submit_trains_and_exports_metrics(job: Job) -> None:
     assert seen.total("cocoedit_edits_sampled_total") == edits  # rollout worker
     assert seen.total("cocoedit_sample_seconds_total") > 0
     for service in ("pixel", "synthetic"):
-        assert seen.total("cocoedit_reward_latency_s_count", service=service) == requests  # driver's client
+        assert (
+            seen.total("cocoedit_reward_latency_s_count", service=service) == requests
+        )  # the rollout worker's client
         assert seen.total("cocoedit_reward_requests_total", service=service) == requests  # the replica
         assert seen.total("cocoedit_replicas", service=service) == 1
     trained = [r for r in rows if not r.get("learner/skipped")]

@@ -133,6 +133,10 @@ def test_simulated_run_on_two_nodes(tmp_path: Path) -> None:
         assert e["dropped_edits"] == 0
         assert e["bytes"]["grpc"] > 8 * 2 * 128 * 128  # 8 edits with PNG images went over the wire, twice
         assert e["bytes"]["driver_in"] > 0 and e["epoch_s"] > 0 and math.isfinite(e["efficiency"])
+        # the driver never holds pixels: ids and outcomes in, references out (before the workers scored
+        # their groups, every edit's 128 px edited image, 48 kB, came in)
+        assert e["bytes_per_edit"]["driver_in"] < 1024 and e["bytes_per_edit"]["driver_out"] < 1024
+        assert e["bytes"]["grpc"] < 1.3 * e["bytes"]["grpc_needed"]  # each image once per service
         assert all(0 <= f <= 1 for f in e["idle"].values())
     assert s["epochs"][-1]["learner_step"] >= 1  # the learner took optimizer steps on simulated batches
     written = json.loads((Path(s["run_dir"]) / "simulation.json").read_text())
