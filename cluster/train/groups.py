@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
@@ -194,7 +195,7 @@ class RolloutGroup:
             for attempt in range(self.cfg.max_restarts + 1):
                 try:
                     shard = self.deadlines.get(refs[0], "sample", [f"rollout worker {i}"])
-                    shards.append((i, shard, refs[1], refs[2]))
+                    shards.append((i, shard, refs[1], refs[2], (items, call)))
                     break
                 # ObjectLostError: the shard was sampled, but on a node lost before it was fetched
                 except (RayActorError, ObjectLostError, Hung) as e:
@@ -219,7 +220,30 @@ class RolloutGroup:
                     self.resampled_shards += 1
                     self._wait_restarted(self.workers[i])
                     refs = self._start(i, items, call)
-        return ScoredBatch.of(shards)
+        batch = ScoredBatch.of([shard[:4] for shard in shards])
+        for part, shard in zip(batch.parts, shards, strict=True):
+            part.source = shard[4]
+        return batch
+
+    def resample(self, batch: ScoredBatch, lost: list[int]) -> None:
+        """Sample again the parts of `batch` whose latents were lost with their node before the learner
+        fetched them: the same worker slot (restarted by Ray), items, weights and seeds, so the same edits
+        (their outcomes are kept); the part's references are replaced."""
+        for k in lost:
+            part = batch.parts[k]
+            items, call = part.source
+            log.warning(
+                "the latents of rollout worker %d's shard (%d edits) were lost with its node before the "
+                "learner fetched them; sampling the shard again",
+                part.worker,
+                part.end - part.start,
+            )
+            self.resampled_shards += 1
+            self._wait_restarted(self.workers[part.worker])
+            again = self.gather([(part.worker, items, call, self._start(part.worker, items, call))])
+            if again.edit_ids != batch.edit_ids[part.start : part.end]:
+                raise RuntimeError(f"rollout worker {part.worker} sampled other edits when sampled again")
+            part.latents, part.pixels = again.parts[0].latents, again.parts[0].pixels
 
     def sample(self, items: list[GroupedItem], version: int, scoring: Scoring) -> ScoredBatch:
         """A fixed set sampled and scored; the workers keep its pixels (the image grid's items)."""
@@ -291,6 +315,7 @@ class LearnerRank:
         self.rank = rank
         self.world_size = world_size
         self.learner: Any = None
+        self.fetched: Optional[RolloutBatch] = None  # the edits of the next update (fetch)
         self.handed_ids: set[str] = set()
         self.counts = {"valid": 0, "trained": 0}
 
@@ -327,12 +352,24 @@ class LearnerRank:
             record_learner(metrics)
         return metrics
 
-    def update_from(
-        self, pieces: list[tuple[list[Any], int, int]], advantages: torch.Tensor, valid: torch.Tensor
-    ) -> dict[str, float]:
-        """update() on this rank's edits, fetched from the rollout workers' shards (ScoredBatch.pieces)."""
-        parts = ray.get([refs[0] for refs, _, _ in pieces])
-        return self.update(read_edits(parts, pieces), advantages, valid)
+    def fetch(self, pieces: list[tuple[list[Any], int, int]]) -> list[str]:
+        """Fetch this rank's edits of the next update from the rollout workers' shards (ScoredBatch.pieces);
+        returns the ids (hex) of the shards lost with their node (then nothing is kept)."""
+        parts, lost = [], []
+        for refs, _, _ in pieces:
+            try:
+                parts.append(ray.get(refs[0]))
+            except ObjectLostError:  # its node is gone: the driver samples it again (RolloutGroup.resample)
+                lost.append(refs[0].hex())
+        self.fetched = None if lost else read_edits(parts, pieces)
+        return lost
+
+    def update_fetched(self, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+        """update() on the edits the last `fetch` brought."""
+        batch, self.fetched = self.fetched, None
+        if batch is None:
+            raise RuntimeError(f"learner rank {self.rank}: update_fetched without a complete fetch")
+        return self.update(batch, advantages, valid)
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return self.learner.sampling_weights()
@@ -387,13 +424,32 @@ class LearnerGroup:
         self.cfg = cfg
         self.skipped_updates = 0
 
-    def update(self, batch: ScoredBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, Any]:
+    def update(
+        self,
+        batch: ScoredBatch,
+        advantages: torch.Tensor,
+        valid: torch.Tensor,
+        resample: Optional[Callable[[ScoredBatch, list[int]], None]] = None,
+    ) -> dict[str, Any]:
         """One step of every rank on its shard (contiguous, `shard_bounds`), which the rank fetches from
-        the rollout workers' pixel-free shards; the metrics, and the counters (`counters`) so far. An
-        update that takes no step adds `learner/skip_reason` (text) and logs it."""
+        the rollout workers' pixel-free shards first (all ranks, before any steps: a shard lost with its
+        node is sampled again by `resample`, RolloutGroup.resample, and fetched again); the metrics, and the
+        counters (`counters`) so far. An update that takes no step adds `learner/skip_reason` and logs it."""
         bounds = shard_bounds(len(batch), len(self.ranks))
+        for attempt in range(2):
+            fetches = [
+                r.fetch.remote(batch.pieces(a, b)) for r, (a, b) in zip(self.ranks, bounds, strict=True)
+            ]
+            lost = {ref for refs in self.deadlines.get(fetches, "update", self._names()) for ref in refs}
+            if not lost:
+                break
+            if resample is None or attempt == 1:
+                raise RuntimeError(
+                    f"{len(lost)} shard(s) of the batch were lost before the learner fetched them"
+                )
+            resample(batch, [k for k, p in enumerate(batch.parts) if p.latents.hex() in lost])
         refs = [
-            r.update_from.remote(batch.pieces(a, b), advantages[a:b], valid[a:b])
+            r.update_fetched.remote(advantages[a:b], valid[a:b])
             for r, (a, b) in zip(self.ranks, bounds, strict=True)
         ]
         # the Learner already reduces its metrics over ranks

@@ -116,7 +116,7 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
             groups = advantages(run, batch, scores)
             ban_solved_items(run, groups)
         with timer("update"), run.guard.during("updating", epoch):
-            update = run.learner.update(batch, groups.advantages, groups.valid)
+            update = run.learner.update(batch, groups.advantages, groups.valid, run.rollouts.rollout.resample)
         with timer("sync"):
             sync(run, epoch)
         with timer("autoscale"):  # reward services at their own scale

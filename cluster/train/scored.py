@@ -81,6 +81,9 @@ class Part:
     end: int
     latents: Any  # ObjectRef of the shard's RolloutBatch without pixels (RolloutBatch.without_images)
     pixels: Any  # ObjectRef of the shard with its pixels (fixed sets only), or None
+    # what sampled it, (items, call) of RolloutGroup: a shard whose latents were lost with their node
+    # before the learner fetched them is sampled again from it (RolloutGroup.resample)
+    source: Any = None
 
 
 @dataclass

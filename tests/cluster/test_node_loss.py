@@ -50,12 +50,6 @@ def _counted_once(rows: list[dict[str, Any]], edits: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="since rollout workers score their own groups, a batch's latents stay on the workers' node until "
-    "the learner fetches them: the node lost after sampling (the batch drawn ahead) stops the run with "
-    "LearnerFailure (ObjectReconstructionFailedError) instead of sampling the shard again",
-)
 def test_rollout_and_reward_nodes_lost_while_training(tmp_path: Path) -> None:
     """SIMULATED (time scale 50). 2-4 min on 2 shared cores: ~20 s of plan, 4 raylets, 2 recoveries of
     ~20 s each (Ray notices the lost node, reschedules the rollout placement group's bundles and the
