@@ -85,6 +85,21 @@ def alive(class_name: str) -> int:
     )
 
 
+def _placement_once_up(run: Any, timeout_s: float = 120.0) -> dict[str, list[str]]:
+    """Where every actor is, asked again while one is still restarting (a replica of the lost services
+    node can be between processes when epoch 2 ends: the run does not wait for it, this probe must)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return placement(run)
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def node_loss(work: Path) -> dict[str, Any]:
     cfg = simulated(work)
     out: dict[str, Any] = {"epochs": EPOCHS, "edits_per_epoch": cfg.data.n_items * cfg.data.group_size}
@@ -113,7 +128,7 @@ def node_loss(work: Path) -> dict[str, Any]:
                     removed_at["services"] = time.monotonic()
                     cluster.remove_node(nodes["services"], allow_graceful=False)
                 elif epoch == 2:
-                    out["placement_after"] = placement(run)
+                    out["placement_after"] = _placement_once_up(run)
                     out["alive_after"] = {
                         "rollout workers": alive("RolloutActor"),
                         "reward replicas": alive("RewardReplica"),
