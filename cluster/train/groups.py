@@ -220,10 +220,7 @@ class RolloutGroup:
                     self.resampled_shards += 1
                     self._wait_restarted(self.workers[i])
                     refs = self._start(i, items, call)
-        batch = ScoredBatch.of([shard[:4] for shard in shards])
-        for part, shard in zip(batch.parts, shards, strict=True):
-            part.source = shard[4]
-        return batch
+        return ScoredBatch.of(shards)
 
     def resample(self, batch: ScoredBatch, lost: list[int]) -> None:
         """Sample again the parts of `batch` whose latents were lost with their node before the learner

@@ -114,13 +114,14 @@ class ScoredBatch:
         return {k: [o for part in self.part_outcomes for o in part[k]] for k in self.services}
 
     @staticmethod
-    def of(shards: list[tuple[int, ScoredShard, Any, Any]]) -> ScoredBatch:
-        """(worker index, shard, latents ref, pixels ref) per shard, in edit order -> one batch."""
+    def of(shards: list[tuple[int, ScoredShard, Any, Any, Any]]) -> ScoredBatch:
+        """(worker index, shard, latents ref, pixels ref, what sampled it) per shard, in edit order -> one
+        batch."""
         parts, start = [], 0
-        for worker, shard, latents, pixels in shards:
-            parts.append(Part(worker, start, start + len(shard.edit_ids), latents, pixels))
+        for worker, shard, latents, pixels, source in shards:
+            parts.append(Part(worker, start, start + len(shard.edit_ids), latents, pixels, source))
             start += len(shard.edit_ids)
-        s = [shard for _, shard, _, _ in shards]
+        s = [shard for _, shard, _, _, _ in shards]
         services = list(dict.fromkeys(k for x in s for k in [*x.outcomes, *x.failed]))
         return ScoredBatch(
             edit_ids=[e for x in s for e in x.edit_ids],
