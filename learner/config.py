@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -53,6 +54,12 @@ class LearnerConfig:
     # d_pos against the sample's x0 (released) or the source latent: see docs/algorithm.md, the regularizer
     reg_pos_target: Literal["sample", "source"] = "sample"
     binarize_mask: bool = False  # released code keeps the latent mask soft
+    # Multiplier m(t) of BOTH lam_pos and lam_neg over the run, t = epoch / (run.epochs - 1)
+    # (learner/schedule.py; constant: m = 1, start/end/at unused)
+    lam_schedule: Literal["constant", "linear", "cosine", "step"] = "constant"
+    lam_schedule_start: Annotated[float, Range(ge=0)] = 1.0  # m at the first epoch
+    lam_schedule_end: Annotated[float, Range(ge=0)] = 1.0  # m at the last epoch
+    lam_schedule_at: Annotated[float, Range(ge=0, le=1)] = 0.5  # step: m = end from this fraction of the run
     # Flow-GRPO (section 7)
     grpo_clip: Annotated[float, Range(gt=0)] = 1e-4
     grpo_kl_beta: Annotated[float, Range(ge=0)] = 0.0  # weight of Flow-GRPO's KL to the reference
@@ -87,3 +94,17 @@ class LearnerConfig:
                 f"objective={self.objective!r} is unknown; expected one of {sorted(OBJECTIVES)} "
                 "(a new objective is an Objective subclass plus one line in learner/config.py OBJECTIVES)"
             )
+        if self.lam_schedule != "constant":
+            if not self.use_reg or self.objective != "nft":
+                raise ValueError(
+                    f"learner.lam_schedule={self.lam_schedule} scales the nft objective's region regularizer, "
+                    f"which this run does not use (objective={self.objective}, use_reg={self.use_reg}): set "
+                    "learner.lam_schedule=constant"
+                )
+            if self.lam_schedule_start == self.lam_schedule_end:
+                warnings.warn(
+                    f"learner.lam_schedule={self.lam_schedule} with lam_schedule_start == lam_schedule_end == "
+                    f"{self.lam_schedule_start:g}: the weights stay constant; set learner.lam_schedule_start "
+                    "(e.g. 0) or lam_schedule_end to move them",
+                    stacklevel=2,
+                )

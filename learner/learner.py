@@ -160,8 +160,16 @@ class Learner:
         """LoRA state of `old` (theta_old, what rollout workers sample with), CPU tensors."""
         return self.policy.lora_state_dict("old")
 
-    def update(self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
-        """One optimizer step on this rank's shard of the epoch. advantages: [N] float, valid: [N] bool.
+    def update(
+        self,
+        batch: RolloutBatch,
+        advantages: torch.Tensor,
+        valid: torch.Tensor,
+        progress: Optional[float] = None,
+    ) -> dict[str, float]:
+        """One optimizer step on this rank's shard of the epoch. advantages: [N] float, valid: [N] bool;
+        progress: where the run stands, t = epoch / (epochs - 1) (learner/schedule.py run_fraction), which
+        a learner.lam_schedule other than constant needs.
 
         For each valid edit, `objective.passes` of its rollout timesteps (a permutation seeded by
         (seed, step, edit_id)), micro-batches of `micro_batch_size` edits, gradient accumulation over
@@ -169,6 +177,7 @@ class Learner:
         Returns metrics averaged over passes and ranks, plus timings (seconds)."""
         timer = StageTimer()
         advantages, valid = self._check_inputs(batch, advantages, valid)
+        scheduled = self.objective.at(progress)  # e.g. the regularizer's weights this epoch
         passes = self.objective.passes(batch)
         local = torch.nonzero(valid).flatten().tolist()
         micro = [
@@ -183,6 +192,7 @@ class Learner:
                 "learner/step": float(self._step),
                 "learner/n_valid": 0.0,
                 "time/update_s": timer.elapsed(),
+                **scheduled,
             }
         with timer("forward_backward"):
             sums, n_recorded = self._accumulate(batch, advantages, micro, passes, n_valid)
@@ -205,6 +215,7 @@ class Learner:
                 "learner/valid_fraction_local": float(valid.float().mean().item()),
                 "learner/passes": float(n_passes),
                 **timer.metrics(prefix="time/", total="update"),
+                **scheduled,
             }
         )
         return metrics

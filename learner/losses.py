@@ -269,12 +269,14 @@ def nft_objective(
     valid: torch.Tensor,
     weights: RegionWeights | None,
     unpack: Callable[[torch.Tensor], torch.Tensor],
+    lam_scale: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L = L_policy + L_reg + kl_weight * KL for one micro-batch at one timestep (docs/algorithm.md section 5).
 
     x_t, x0, x_src, v, v_old, v_ref: packed [N, L, D]; t, r, valid: [N]; weights: the latent-grid regions
     (None or cfg.use_reg False: no regularizer); unpack: packed [N, L, D] -> grid [N, C, h, w];
-    v_ref None (or cfg.kl_weight 0): no KL term."""
+    v_ref None (or cfg.kl_weight 0): no KL term; lam_scale: the schedule's multiplier of cfg.lam_pos and
+    cfg.lam_neg this epoch (learner/schedule.py)."""
     x0_pos, x0_neg = nft_branches(x_t, t, v, v_old, cfg.nft_beta)
     loss, metrics = nft_policy_loss(
         x0_pos, x0_neg, x0, r, valid, cfg.nft_beta, cfg.policy_loss_scale, cfg.norm_eps
@@ -288,8 +290,8 @@ def nft_objective(
             weights,
             r,
             valid,
-            cfg.lam_pos,
-            cfg.lam_neg,
+            cfg.lam_pos * lam_scale,
+            cfg.lam_neg * lam_scale,
             cfg.tau_pos,
             cfg.tau_neg,
             cfg.reg_neg_target,

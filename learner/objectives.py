@@ -29,6 +29,7 @@ from cocoedit.actors.types import Condition, RolloutBatch
 from cocoedit.learner.advantages import optimality_probability
 from cocoedit.learner.config import OBJECTIVES, LearnerConfig
 from cocoedit.learner.losses import grpo_kl, grpo_loss, nft_objective, region_weights
+from cocoedit.learner.schedule import lam_multiplier
 
 
 @dataclass
@@ -78,6 +79,11 @@ class Objective:
     def __init__(self, cfg: LearnerConfig) -> None:
         self.cfg = cfg
 
+    def at(self, progress: Optional[float]) -> dict[str, float]:
+        """Called before each update with where the run stands (t in [0, 1], learner/schedule.py
+        run_fraction; None: unknown); returns the metrics of what depends on it (none here)."""
+        return {}
+
     def passes(self, batch: RolloutBatch) -> int:
         """Timesteps each edit trains on; raises ValueError when `batch` cannot be trained on."""
         return min(self.cfg.train_timesteps, batch.sigmas.shape[0] - 1)
@@ -98,6 +104,17 @@ class NFT(Objective):
     """DiffusionNFT + region regularizer + KL to the reference, on x_t = (1 - t) x0 + t eps."""
 
     fresh_noise = True
+    lam_scale = 1.0  # the regularizer weights' multiplier this update (`at`, learner/schedule.py)
+
+    def at(self, progress: Optional[float]) -> dict[str, float]:
+        """The region regularizer's weights at `progress`: learner.lam_schedule's multiplier of both."""
+        self.lam_scale = lam_multiplier(self.cfg, progress)
+        if not self.cfg.use_reg:
+            return {}
+        return {
+            "reg/lam_pos": self.cfg.lam_pos * self.lam_scale,
+            "reg/lam_neg": self.cfg.lam_neg * self.lam_scale,
+        }
 
     def passes(self, batch: RolloutBatch) -> int:
         n_steps = batch.sigmas.shape[0] - 1
@@ -137,7 +154,9 @@ class NFT(Objective):
         def unpack(p: torch.Tensor) -> torch.Tensor:
             return views.unpack(p, batch.height, batch.width)
 
-        return nft_objective(self.cfg, x_t, t, mb.x0, mb.x_src, v, v_old, v_ref, r, valid, mb.state, unpack)
+        return nft_objective(
+            self.cfg, x_t, t, mb.x0, mb.x_src, v, v_old, v_ref, r, valid, mb.state, unpack, self.lam_scale
+        )
 
 
 class GRPO(Objective):

@@ -23,6 +23,7 @@ import numpy as np
 
 from cocoedit.actors.policies import FAMILIES, family
 from cocoedit.cluster.config import Config
+from cocoedit.learner.schedule import describe
 
 CARD = "README.md"  # the Hub reads a repository's card from here
 # The published base model of each family on the Hub, and its license (the LoRA is a derivative).
@@ -134,6 +135,7 @@ def write_card(
     if tiny:
         license_id, license_name = "apache-2.0", None  # built from scratch by this project
     lr = cfg.learner
+    schedule = f" ({describe(lr)}, `learner.lam_schedule`)" if lr.lam_schedule != "constant" else ""
     weights = ", ".join(f"{k} {v:g}" for k, v in cfg.rewards.weights.items())
     if final_eval:
         rows = ["| metric (fixed held-out set) | mean | 95% interval | items |", "|---|---|---|---|"]
@@ -173,7 +175,7 @@ def write_card(
         lr=f"{lr.lr:g}",
         rewards=f"R = weighted sum of {weights} (`rewards.weights`)",
         regularizer=(
-            f"lam_pos {lr.lam_pos:g}, lam_neg {lr.lam_neg:g}, reg_pos_target {lr.reg_pos_target}, "
+            f"lam_pos {lr.lam_pos:g}, lam_neg {lr.lam_neg:g}{schedule}, reg_pos_target {lr.reg_pos_target}, "
             f"reg_neg_target {lr.reg_neg_target}, erode_radius {lr.erode_radius}, objective {lr.objective}"
         ),
         license=license_id if license_name is None else f"{license_name} (the base model's)",

@@ -335,11 +335,13 @@ class LearnerRank:
         )
         self.learner = Learner(policy_cfg, cfg, rank=self.rank, world_size=self.world_size)
 
-    def update(self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    def update(
+        self, batch: RolloutBatch, advantages: torch.Tensor, valid: torch.Tensor, progress: Optional[float]
+    ) -> dict[str, float]:
         again = self.handed_ids.intersection(batch.edit_ids)
         if again:
             raise ValueError(f"learner rank {self.rank}: edits {sorted(again)[:4]} were already handed to it")
-        metrics = self.learner.update(batch, advantages, valid)
+        metrics = self.learner.update(batch, advantages, valid, progress)
         self.handed_ids.update(batch.edit_ids)
         n_valid = int(torch.as_tensor(valid).bool().sum())
         self.counts["valid"] += n_valid
@@ -361,12 +363,14 @@ class LearnerRank:
         self.fetched = None if lost else read_edits(parts, pieces)
         return lost
 
-    def update_fetched(self, advantages: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    def update_fetched(
+        self, advantages: torch.Tensor, valid: torch.Tensor, progress: Optional[float]
+    ) -> dict[str, float]:
         """update() on the edits the last `fetch` brought."""
         batch, self.fetched = self.fetched, None
         if batch is None:
             raise RuntimeError(f"learner rank {self.rank}: update_fetched without a complete fetch")
-        return self.update(batch, advantages, valid)
+        return self.update(batch, advantages, valid, progress)
 
     def sampling_weights(self) -> dict[str, torch.Tensor]:
         return self.learner.sampling_weights()
@@ -427,11 +431,13 @@ class LearnerGroup:
         advantages: torch.Tensor,
         valid: torch.Tensor,
         resample: Optional[Callable[[ScoredBatch, list[int]], None]] = None,
+        progress: Optional[float] = None,
     ) -> dict[str, Any]:
         """One step of every rank on its shard (contiguous, `shard_bounds`), which the rank fetches from
         the rollout workers' pixel-free shards first (all ranks, before any steps: a shard lost with its
         node is sampled again by `resample`, RolloutGroup.resample, and fetched again); the metrics, and the
-        counters (`counters`) so far. An update that takes no step adds `learner/skip_reason` and logs it."""
+        counters (`counters`) so far. An update that takes no step adds `learner/skip_reason` and logs it.
+        `progress`: learner/schedule.py run_fraction, for learner.lam_schedule."""
         bounds = shard_bounds(len(batch), len(self.ranks))
         for attempt in range(2):
             fetches = [
@@ -446,7 +452,7 @@ class LearnerGroup:
                 )
             resample(batch, [k for k, p in enumerate(batch.parts) if p.latents.hex() in lost])
         refs = [
-            r.update_fetched.remote(advantages[a:b], valid[a:b])
+            r.update_fetched.remote(advantages[a:b], valid[a:b], progress)
             for r, (a, b) in zip(self.ranks, bounds, strict=True)
         ]
         # the Learner already reduces its metrics over ranks

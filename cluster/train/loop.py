@@ -51,6 +51,7 @@ from cocoedit.cluster.train.scores import Scores
 from cocoedit.cluster.train.stop import EXIT_CODE, Stopped, StopSignal, run_status
 from cocoedit.learner.advantages import GroupScores, score_groups
 from cocoedit.learner.checkpoint import latest_checkpoint, read_learner_state
+from cocoedit.learner.schedule import run_fraction
 from cocoedit.loopback import PortTakenError
 from cocoedit.rewards.client import RewardServiceError
 from cocoedit.rewards.weighting import RewardError
@@ -116,7 +117,10 @@ def run_epochs(run: Run, progress: bool = False) -> Iterator[tuple[int, dict[str
             groups = advantages(run, batch, scores)
             ban_solved_items(run, groups)
         with timer("update"), run.guard.during("updating", epoch):
-            update = run.learner.update(batch, groups.advantages, groups.valid, run.rollouts.rollout.resample)
+            t = run_fraction(epoch, cfg.run.epochs)  # where the run stands, for learner.lam_schedule
+            update = run.learner.update(
+                batch, groups.advantages, groups.valid, run.rollouts.rollout.resample, t
+            )
         with timer("sync"):
             sync(run, epoch)
         with timer("autoscale"):  # reward services at their own scale

@@ -99,6 +99,14 @@ def check_config(cfg: Config, ckpt: Path) -> None:
         before = saved.get(key, defaults.get(key))
         if before != now.get(key):
             differ.append(f"{key}: {before!r} -> {now.get(key)!r}")
+    # a weight schedule is a function of epoch / (run.epochs - 1): another run length would change the
+    # weights of the epochs left, so a scheduled run keeps its length
+    epochs = saved.get("run.epochs", defaults["run.epochs"])
+    if now["learner.lam_schedule"] != "constant" and epochs != now["run.epochs"]:
+        differ.append(
+            f"run.epochs: {epochs!r} -> {now['run.epochs']!r} (learner.lam_schedule={now['learner.lam_schedule']} "
+            "sets each epoch's regularizer weights from epoch / (run.epochs - 1))"
+        )
     if differ:
         raise ResumeConfigError(
             f"--resume {ckpt}: the config differs from the one that run was trained with ({saved_path}) in "

@@ -184,14 +184,19 @@ def test_counters_of_an_epoch_whose_groups_are_all_invalid(
 
 
 def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    """Interrupt the driver after epoch 1, `--resume`: the final LoRA equals an uninterrupted run's."""
+    """Interrupt the driver after epoch 1, `--resume`: the final LoRA equals an uninterrupted run's, with
+    the regularizer's weights on a schedule (learner.lam_schedule, a function of the epoch)."""
     from safetensors.torch import load_file
 
     monkeypatch.setenv("COCOEDIT_CACHE", str(tmp_path / "cache"))
     # every update takes a step (valid_min_std=0), so each epoch's checkpoint is a new step to resume from
     base = [*TINY, "run.image_every=0", "run.checkpoint_every=1", "learner.valid_min_std=0"]
+    base += ["learner.lam_schedule=linear", "learner.lam_schedule_start=0"]  # lam_pos 0.02 x 0, 0.5, 1
     full = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'full'}"])
-    train(full, progress=False)
+    history = train(full, progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reg/lam_pos"] for r in history] == [r["reg/lam_pos"] for r in logged]
+    assert [r["reg/lam_pos"] for r in history] == pytest.approx([0.0, 0.01, 0.02])
     cut = load_config(None, [*base, "run.epochs=3", f"run.run_dir={tmp_path / 'cut'}"])
 
     with start_run(cut) as run:
@@ -203,7 +208,7 @@ def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest
                 assert run.rollouts.depth == 1
                 break
     resumed = train(cut, resume=True, progress=False)
-    assert len(resumed) == 1  # only epoch 2 was left
+    assert len(resumed) == 1 and resumed[0]["reg/lam_pos"] == pytest.approx(0.02)  # only epoch 2 was left
     for adapter in ("default", "old"):
         a = load_file(str(latest_checkpoint(tmp_path / "full") / f"lora_{adapter}.safetensors"))
         b = load_file(str(latest_checkpoint(tmp_path / "cut") / f"lora_{adapter}.safetensors"))
