@@ -11,9 +11,10 @@ set), or none (`off`). A problem refuses the run with every problem listed as `l
 a broken item that was not checked stops the run when a worker reads it, with the same words.
 `cocoedit data check` checks every item. The formats are described in actors/manifests.py.
 
-Without a data file (data.manifest unset) the index holds the synthetic task's items themselves,
-generated in code by the driver (data.synth_num items at data.image_size px: 160 KB for the tiny
-config); write it with `cocoedit data synth` to train on it at large sizes.
+Without a data file (data.manifest unset) the index holds SynthRefs of the synthetic task's
+data.synth_num items (index, size and seed; no pixels): each item is generated where it is used, by the
+rollout worker that samples it (actors.items.load_item), identical to the item generated in a batch.
+`cocoedit data synth` writes the task as files.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 from cocoedit.actors.config import DataConfig
 from cocoedit.actors.items import check_files, empty_mask_reason, load_item, read_mask
 from cocoedit.actors.manifests import DEFAULT_POLARITY, FORMATS, Problem, dataset_root, read_refs
-from cocoedit.actors.types import DataSource, EditItem, ItemRef
+from cocoedit.actors.types import DataSource, EditItem, IndexItem, ItemRef
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 50  # problems a refused run lists; `cocoedit data check` lists them all
@@ -138,14 +139,14 @@ def _warn_if_inverted(name: str, polarity: str, edit_fractions: Sequence[float])
         )
 
 
-def load_index(cfg: DataConfig) -> dict[str, EditItem | ItemRef]:
+def load_index(cfg: DataConfig) -> dict[str, IndexItem]:
     """The training items by id, in file order: ItemRefs of cfg.manifest, or the synthetic task's
-    EditItems when it is unset. Refuses (ValueError listing the problems with their line numbers) a data
+    SynthRefs when it is unset. Refuses (ValueError listing the problems with their line numbers) a data
     file with a problem, so training never starts on a broken file."""
     if cfg.manifest is None:
-        from cocoedit.actors.synth import synthetic_items
+        from cocoedit.actors.synth import synthetic_refs
 
-        return {item.item_id: item for item in synthetic_items(cfg.synth_num, cfg.image_size, cfg.synth_seed)}
+        return {ref.item_id: ref for ref in synthetic_refs(cfg.synth_num, cfg.image_size, cfg.synth_seed)}
     result = scan(cfg)
     if result.problems:
         listing = "\n".join(f"  {p}" for p in result.problems[:MAX_LISTED])
@@ -168,20 +169,20 @@ def load_index(cfg: DataConfig) -> dict[str, EditItem | ItemRef]:
     return {ref.item_id: ref for ref in result.refs}
 
 
-def split_held_out(cfg: DataConfig, n: int) -> tuple[dict[str, EditItem | ItemRef], list[EditItem | ItemRef]]:
+def split_held_out(cfg: DataConfig, n: int) -> tuple[dict[str, IndexItem], list[IndexItem]]:
     """(training items by id as `load_index` gives them, `n` held-out items never trained on): the fixed
     evaluation set's source.
 
-    The synthetic task generates `n` more items after its `synth_num` training items (item i is the same
+    The synthetic task holds out the `n` items after its `synth_num` training items (item i is the same
     whatever the count); a data file gives up the `n` items whose ids hash lowest (sha256), so the split
     does not depend on the order of the file."""
     if n < 0:
         raise ValueError(f"held-out item count must be >= 0, got {n}")
     if cfg.manifest is None:
-        from cocoedit.actors.synth import synthetic_items
+        from cocoedit.actors.synth import synthetic_refs
 
-        items = synthetic_items(cfg.synth_num + n, cfg.image_size, cfg.synth_seed)
-        return {item.item_id: item for item in items[: cfg.synth_num]}, list(items[cfg.synth_num :])
+        refs = synthetic_refs(cfg.synth_num + n, cfg.image_size, cfg.synth_seed)
+        return {ref.item_id: ref for ref in refs[: cfg.synth_num]}, list(refs[cfg.synth_num :])
     index = load_index(cfg)
     if n >= len(index):
         raise ValueError(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cocoedit.actors.types import EditItem, GroupedItem, ItemRef
+from cocoedit.actors.types import GroupedItem, IndexItem
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,8 @@ class EpochSampler:
         self._order = list(state["order"])
 
 
-def grouped_items(draws: Sequence[Draw], index: Mapping[str, EditItem | ItemRef]) -> list[GroupedItem]:
-    """Attach the index's items (EditItems or ItemRefs, by id) to an epoch's draws."""
+def grouped_items(draws: Sequence[Draw], index: Mapping[str, IndexItem]) -> list[GroupedItem]:
+    """Attach the index's items (EditItems, ItemRefs or SynthRefs, by id) to an epoch's draws."""
     missing = sorted({d.item_id for d in draws} - index.keys())
     if missing:
         raise KeyError(f"draws name items that are not in the index: {missing[:5]}")
@@ -146,7 +146,7 @@ def grouped_items(draws: Sequence[Draw], index: Mapping[str, EditItem | ItemRef]
 
 
 def epoch_items(
-    sampler: EpochSampler, index: Mapping[str, EditItem | ItemRef]
+    sampler: EpochSampler, index: Mapping[str, IndexItem]
 ) -> tuple[list[GroupedItem], list[GroupedItem]]:
     """The next epoch's grouped items, and the epoch after it as it stands now (for the rollout
     workers to prefetch while they sample this one; a ban before then only costs a wasted read)."""

@@ -1,9 +1,10 @@
 """The pixels of one item: its files checked, image headers read before decoding, images center-cropped.
 
     item = read_item(ref)      # ItemRef -> EditItem: uint8 [3, S, S] images, float32 [1, S, S] edit_mask
+    item = load_item(entry)    # any index entry -> EditItem (a SynthRef's item generated, actors.synth)
 
-Rollout workers read the items they sample (`ItemPrefetcher` reads the next epoch's items in a
-background thread while the current one is sampled); validation (actors.data) and `cocoedit edit` use
+Rollout workers read the items they sample (`ItemPrefetcher` reads, or generates, the next epoch's items
+in a background thread while the current one is sampled); validation (actors.data) and `cocoedit edit` use
 the same checks and the same crop, so every image is prepared one way. A file is usable when it
 resolves (symlinks followed) inside the dataset root, is a regular file of at most data.max_file_bytes,
 and its header says at most data.max_image_pixels; the size is known before anything is decoded.
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cocoedit.actors.types import EditItem, GroupedItem, ItemRef
+from cocoedit.actors.synth import load_synthetic
+from cocoedit.actors.types import EditItem, GroupedItem, IndexItem, ItemRef, SynthRef
 
 
 class ItemError(ValueError):
@@ -213,43 +215,51 @@ def read_item(ref: ItemRef) -> EditItem:
 
 
 class ItemPrefetcher:
-    """A rollout worker's items: `prefetch(items)` starts reading the ItemRefs among them in a background
-    thread; `resolve(items)` returns the items with every ItemRef replaced by its EditItem, taken from a
-    prefetch when one covered it, else read on the spot. Holds the last `keep` prefetches (the next
-    epoch, and the one after when rollouts run ahead of the learner)."""
+    """A rollout worker's items: `prefetch(items)` starts loading the references among them (ItemRefs
+    read, SynthRefs generated) in a background thread; `resolve(items)` returns the items with every
+    reference replaced by its EditItem, taken from a prefetch when one covered it, else loaded on the
+    spot. Holds the last `keep` prefetches (the next epoch, and the one after when rollouts run ahead of
+    the learner)."""
 
     def __init__(self, keep: int = 2) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cocoedit-prefetch")
-        self._pending: collections.deque[dict[ItemRef, Future[EditItem]]] = collections.deque(maxlen=keep)
+        self._pending: collections.deque[dict[ItemRef | SynthRef, Future[EditItem]]] = collections.deque(
+            maxlen=keep
+        )
         self.hits = 0  # items resolve() took from a prefetch
-        self.misses = 0  # items resolve() read on the spot
+        self.misses = 0  # items resolve() loaded on the spot
 
     def prefetch(self, items: Sequence[GroupedItem]) -> None:
         if len(self._pending) == self._pending.maxlen:
             for future in self._pending[0].values():  # the oldest prefetch is dropped: stop its reads
                 future.cancel()
-        refs = dict.fromkeys(gi.item for gi in items if isinstance(gi.item, ItemRef))
-        self._pending.append({ref: self._pool.submit(read_item, ref) for ref in refs})
+        refs = dict.fromkeys(gi.item for gi in items if not isinstance(gi.item, EditItem))
+        self._pending.append({ref: self._pool.submit(load_item, ref) for ref in refs})
 
     def resolve(self, items: Sequence[GroupedItem]) -> list[GroupedItem]:
-        loaded: dict[ItemRef, EditItem] = {}
+        loaded: dict[ItemRef | SynthRef, EditItem] = {}
         for gi in items:
             ref = gi.item
-            if not isinstance(ref, ItemRef) or ref in loaded:
+            if isinstance(ref, EditItem) or ref in loaded:
                 continue
             future = next((p[ref] for p in reversed(self._pending) if ref in p), None)
             if future is not None and not future.cancelled():
                 loaded[ref] = future.result()  # raises the ItemError of a broken item here
                 self.hits += 1
             else:
-                loaded[ref] = read_item(ref)
+                loaded[ref] = load_item(ref)
                 self.misses += 1
         return [
-            dataclasses.replace(gi, item=loaded[gi.item]) if isinstance(gi.item, ItemRef) else gi
+            gi if isinstance(gi.item, EditItem) else dataclasses.replace(gi, item=loaded[gi.item])
             for gi in items
         ]
 
 
-def load_item(item: EditItem | ItemRef) -> EditItem:
-    """The item with its pixels (an EditItem is returned as it is)."""
-    return read_item(item) if isinstance(item, ItemRef) else item
+def load_item(item: IndexItem) -> EditItem:
+    """The item with its pixels: an ItemRef's files read, a SynthRef's item generated (an EditItem is
+    returned as it is)."""
+    if isinstance(item, ItemRef):
+        return read_item(item)
+    if isinstance(item, SynthRef):
+        return load_synthetic(item)
+    return item

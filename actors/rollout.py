@@ -114,7 +114,7 @@ class RolloutWorker:
                     group_index[gi.group_id] = len(per_group)
                     first_of_group.append(i)
                     per_group.append(
-                        policy.encode_condition([gi.item.instruction], gi.loaded.source_image[None])
+                        policy.encode_condition([gi.loaded.instruction], gi.loaded.source_image[None])
                     )
             groups = policy.merge_conditions(per_group)
             rows = torch.tensor([group_index[gi.group_id] for gi in items], dtype=torch.long)
@@ -157,7 +157,7 @@ class RolloutWorker:
             edit_ids=[gi.edit_id for gi in items],
             item_ids=[gi.item.item_id for gi in items],
             group_ids=[gi.group_id for gi in items],
-            instructions=[gi.item.instruction for gi in items],
+            instructions=[gi.loaded.instruction for gi in items],
             policy_version=self._version,
             x0=torch.cat(x0),
             source_latents=policy.source_latents(groups).float().cpu(),

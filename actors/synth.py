@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cocoedit.actors.types import EditItem
+from cocoedit.actors.types import EditItem, SynthRef
 
 TASKS = ("recolour", "remove", "add", "background")
 SHAPES = ("circle", "square", "triangle")
@@ -192,8 +192,7 @@ def _tensor_image(image: np.ndarray) -> torch.Tensor:
 
 def synthetic_example(index: int, size: int, seed: int) -> SynthExample:
     """Item `index` of the synthetic task for `seed`, at size x size pixels (deterministic)."""
-    if size < MIN_SIZE:
-        raise ValueError(f"synthetic image size {size} px is too small; use at least {MIN_SIZE} px")
+    _check_size(size)
     rng = np.random.default_rng([seed, index])
     task = TASKS[index % len(TASKS)]
     background = str(rng.choice(list(BACKGROUNDS)))
@@ -236,7 +235,7 @@ def synthetic_example(index: int, size: int, seed: int) -> SynthExample:
             mask = rasterize(edited, size)
 
     item = EditItem(
-        item_id=f"synth-s{seed}-{index:05d}",
+        item_id=SynthRef(index, size, seed).item_id,
         instruction=instruction,
         source_image=_tensor_image(source),
         edit_mask=torch.from_numpy(mask.astype(np.float32))[None],
@@ -246,11 +245,30 @@ def synthetic_example(index: int, size: int, seed: int) -> SynthExample:
     return SynthExample(item=item, background=background, objects=objects, edited=edited)
 
 
+def _check_size(size: int) -> None:
+    if size < MIN_SIZE:
+        raise ValueError(f"synthetic image size {size} px is too small; use at least {MIN_SIZE} px")
+
+
 def synthetic_items(num: int, size: int, seed: int) -> list[EditItem]:
     """`num` items of the synthetic task in memory: images uint8 [3, size, size], masks [1, size, size]."""
     if num < 1:
         raise ValueError(f"synthetic item count must be >= 1, got {num}")
     return [synthetic_example(i, size, seed).item for i in range(num)]
+
+
+def synthetic_refs(num: int, size: int, seed: int) -> list[SynthRef]:
+    """`num` items of the synthetic task as references, nothing generated: `load_synthetic(ref)` gives
+    `synthetic_items(num, size, seed)[ref.index]`, bit for bit. Refuses what synthetic_items refuses."""
+    if num < 1:
+        raise ValueError(f"synthetic item count must be >= 1, got {num}")
+    _check_size(size)
+    return [SynthRef(i, size, seed) for i in range(num)]
+
+
+def load_synthetic(ref: SynthRef) -> EditItem:
+    """The item `ref` names, generated: images uint8 [3, size, size], mask float32 [1, size, size]."""
+    return synthetic_example(ref.index, ref.size, ref.seed).item
 
 
 def place_phrase(place: str) -> str:

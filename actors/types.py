@@ -54,19 +54,41 @@ class ItemRef:
 
 
 @dataclass(frozen=True)
+class SynthRef:
+    """One item of the synthetic task (actors/synth.py) as the driver holds it: where it is in the task,
+    no pixels (tens of bytes). Whoever uses it generates it (`actors.items.load_item`), bit-identical to
+    `synthetic_items(num, size, seed)[index]` for any num > index."""
+
+    index: int
+    size: int  # image side in pixels
+    seed: int
+
+    @property
+    def item_id(self) -> str:
+        return f"synth-s{self.seed}-{self.index:05d}"
+
+
+# An item as the driver's index holds it: an ItemRef or a SynthRef is loaded (files read, or pixels
+# generated) where it is used, by `actors.items.load_item` and the rollout workers' ItemPrefetcher.
+IndexItem = EditItem | ItemRef | SynthRef
+
+
+@dataclass(frozen=True)
 class GroupedItem:
     """An item drawn for one epoch: the same item appears group_size times with one group_id."""
 
-    item: EditItem | ItemRef  # an ItemRef is read by the rollout worker that samples it
+    item: IndexItem  # an ItemRef or SynthRef is loaded by the rollout worker that samples it
     group_id: str  # f"{epoch}:{item_id}" - explicit, never derived from the instruction text
     edit_id: str  # unique within the epoch
     seed: int  # initial-noise seed of this edit (distinct inside a group)
 
     @property
     def loaded(self) -> EditItem:
-        """`item` with its pixels, as ItemPrefetcher.resolve leaves it; an ItemRef still here is an error."""
-        if isinstance(self.item, ItemRef):
-            raise TypeError(f"item {self.item.item_id!r} is not read yet: resolve its ItemRef first")
+        """`item` with its pixels, as ItemPrefetcher.resolve leaves it; a reference still here is an error."""
+        if not isinstance(self.item, EditItem):
+            raise TypeError(
+                f"item {self.item.item_id!r} is not loaded yet: resolve its {type(self.item).__name__} first"
+            )
         return self.item
 
 

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import numpy as np
 
 from cocoedit.actors.epochs import EpochSampler
-from cocoedit.actors.types import EditItem, GroupedItem, ItemRef
+from cocoedit.actors.types import GroupedItem, IndexItem
 from cocoedit.cluster.config import Config
 from cocoedit.rewards.weighting import Rewards
 
@@ -42,7 +42,7 @@ SUMMARY_KEYS = ("reward", "synthetic", "mllm", "pixel", "pixel/psnr", "pixel/ssi
 SET_TITLES = {"eval": "held-out items (never trained on)", "eval_train": "training items"}
 
 
-def fixed_items(items: list[EditItem | ItemRef], n_seeds: int, prefix: str = "eval") -> list[GroupedItem]:
+def fixed_items(items: list[IndexItem], n_seeds: int, prefix: str = "eval") -> list[GroupedItem]:
     """Each item with n_seeds fixed noise seeds (outside the training seed range), one group per item."""
     return [
         GroupedItem(item, f"{prefix}:{item.item_id}", f"{prefix}:{item.item_id}:{k}", 2**30 + j * n_seeds + k)
@@ -51,7 +51,7 @@ def fixed_items(items: list[EditItem | ItemRef], n_seeds: int, prefix: str = "ev
     ]
 
 
-def trained_items(cfg: Config, items: dict[str, EditItem | ItemRef], n: int) -> list[EditItem | ItemRef]:
+def trained_items(cfg: Config, items: dict[str, IndexItem], n: int) -> list[IndexItem]:
     """The first `n` distinct items the run's epoch sampler draws over its epochs (fewer when the run
     draws fewer): training items the run certainly trains on, whatever the data's size. Deterministic
     from data.seed, like the sampler itself (items banned during the run are not foreseen)."""
@@ -66,7 +66,7 @@ def trained_items(cfg: Config, items: dict[str, EditItem | ItemRef], n: int) -> 
 
 
 def eval_sets(
-    cfg: Config, items: dict[str, EditItem | ItemRef], held_out: list[EditItem | ItemRef]
+    cfg: Config, items: dict[str, IndexItem], held_out: list[IndexItem]
 ) -> dict[str, list[GroupedItem]]:
     """The run's fixed evaluation sets by name (none when run.eval_every is 0)."""
     if not cfg.run.eval_every:

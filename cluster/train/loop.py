@@ -30,7 +30,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from tqdm import tqdm
 
 from cocoedit.actors.epochs import EpochSampler
-from cocoedit.actors.types import EditItem, GroupedItem, ItemRef, RolloutBatch
+from cocoedit.actors.types import GroupedItem, IndexItem, RolloutBatch
 from cocoedit.cluster.config import Config, ConfigError
 from cocoedit.cluster.export.card import card_inputs, tokenizer_limit, write_card
 from cocoedit.cluster.plan import log_plan
@@ -72,7 +72,7 @@ class Run:
     """The parts of one training run, as `start_run` built them."""
 
     cfg: Config
-    items: dict[str, EditItem | ItemRef]  # item_id -> item (ItemRef: read by the rollout workers)
+    items: dict[str, IndexItem]  # item_id -> item (ItemRef, SynthRef: loaded by the rollout workers)
     sampler: EpochSampler
     runlog: RunLog
     learner: LearnerGroup

@@ -17,7 +17,7 @@ from cocoedit.cluster.config import Config, ConfigError
 from cocoedit.rewards.config import TOKEN_ENV, is_loopback
 
 if TYPE_CHECKING:  # this module stays light: the CLI imports it before torch
-    from cocoedit.actors.types import EditItem, ItemRef
+    from cocoedit.actors.types import IndexItem
 
 
 def check_train_inputs(cfg: Config) -> None:
@@ -80,7 +80,7 @@ def check_tiny_resolution(cfg: Config) -> None:
         )
 
 
-def preflight(cfg: Config) -> tuple[dict[str, EditItem | ItemRef], list[EditItem | ItemRef]]:
+def preflight(cfg: Config) -> tuple[dict[str, IndexItem], list[IndexItem]]:
     """(training items by id, held-out items) of `cfg`, every check of this module passed."""
     from cocoedit.actors.data import split_held_out
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cocoedit.actors.epochs import EpochSampler, epoch_items
-from cocoedit.actors.types import EditItem, ItemRef
+from cocoedit.actors.types import IndexItem
 from cocoedit.cluster.train.groups import RolloutGroup
 from cocoedit.cluster.train.scored import ScoredBatch, recover, scoring_of
 
@@ -39,7 +39,7 @@ class RolloutQueue:
         rollout: RolloutGroup,
         services: Any,  # cluster.runtime.services.RewardServices: where the workers send their edits
         sampler: EpochSampler,
-        items: Mapping[str, EditItem | ItemRef],
+        items: Mapping[str, IndexItem],
         start: int,
         epochs: int,
     ) -> None:

@@ -19,7 +19,7 @@ from PIL import Image
 from cocoedit.actors.config import DataConfig
 from cocoedit.actors.data import load_edit_data, load_index, scan
 from cocoedit.actors.epochs import EpochSampler, epoch_items, grouped_items
-from cocoedit.actors.items import ItemError, center_crop_resize, read_item
+from cocoedit.actors.items import ItemError, center_crop_resize, load_item, read_item
 from cocoedit.actors.manifests import Problem
 from cocoedit.actors.synth import synthetic_items, write_synthetic_dataset
 from cocoedit.actors.types import ItemRef
@@ -194,7 +194,7 @@ def test_benchmask_folder_reader(tmp_path, capsys):
 
 def test_index_synthetic_in_memory_and_through_a_written_manifest(tmp_path):
     cfg = DataConfig(image_size=32, synth_num=8, synth_seed=5)
-    in_memory = list(load_index(cfg).values())
+    in_memory = [load_item(ref) for ref in load_index(cfg).values()]  # SynthRefs, generated here
     assert len(in_memory) == 8 and in_memory[0].source_image.shape == (3, 32, 32)
     manifest = write_synthetic_dataset(tmp_path / "d", 8, 32, seed=5)
     index = load_index(DataConfig(manifest=str(manifest), image_size=32))
