@@ -443,7 +443,7 @@ class LearnerGroup:
             fetches = [
                 r.fetch.remote(batch.pieces(a, b)) for r, (a, b) in zip(self.ranks, bounds, strict=True)
             ]
-            lost = {ref for refs in self.deadlines.get(fetches, "update", self._names()) for ref in refs}
+            lost = {ref for refs in self.deadlines.get(fetches, "fetch", self._names()) for ref in refs}
             if not lost:
                 break
             if resample is None or attempt == 1:
