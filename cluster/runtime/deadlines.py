@@ -33,6 +33,11 @@ class Hung(TimeoutError):
         super().__init__(message)
         self.names = names
 
+    def __reduce__(self) -> tuple[Any, tuple[str, list[str]]]:
+        # copied and pickled whole: Ray Tune copies a trial's error (copy.copy) and Ray pickles it, both
+        # through args, which lack `names`; without this a sweep's NotStarted became a TypeError
+        return type(self), (str(self), self.names)
+
 
 class NotStarted(Hung):
     """Actors that did not finish starting (or loading a checkpoint) within run.deadline_start_s."""

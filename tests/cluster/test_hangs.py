@@ -35,6 +35,21 @@ class Sleeper:
         return seconds
 
 
+def test_hung_and_not_started_survive_copy_and_pickle() -> None:
+    """Ray Tune copies a trial's error (copy.copy) and Ray pickles it; both rebuild it from its args,
+    which used to lack `names`: a sweep trial's NotStarted surfaced as 'Hung.__init__() missing 1
+    required positional argument'."""
+    import copy
+    import pickle
+
+    from cocoedit.cluster.runtime.deadlines import NotStarted
+
+    e = NotStarted("rollout worker 0 did not start", ["rollout worker 0"])
+    for again in (copy.copy(e), pickle.loads(pickle.dumps(e))):
+        assert type(again) is NotStarted
+        assert str(again) == "rollout worker 0 did not start" and again.names == ["rollout worker 0"]
+
+
 def test_a_call_past_its_measured_deadline_is_hung(ray_local) -> None:  # noqa: ANN001
     actor: Any = ray.remote(Sleeper).remote()
     deadlines = Deadlines(factor=2.0, min_s=1.0, first_s=30.0)
