@@ -17,9 +17,10 @@ Reward replicas are not in placement groups: they are added and removed while tr
 (cluster/runtime/services.py), each checked against the resources available at that moment.
 
 A run started inside a placement group (a Ray Tune trial of `cocoedit sweep`) reserves nothing of its
-own: the trial's group already holds `run_bundles(cfg)`, and the learner ranks and rollout workers take
-their bundles in it. Its reward replicas land in the remaining bundles, because Tune captures the
-actors a trial starts into the trial's group.
+own: the trial's group already holds `run_bundles(cfg)`, and the learner ranks, rollout workers and
+reward replicas each take their own bundles in it (`replica_bundles`). A replica left to Tune's capture
+(any bundle with room) could take part of a rollout worker's bundle before the worker was placed, and the
+worker then waited for a bundle that never freed (a sweep's trial hung for run.deadline_start_s).
 """
 
 from __future__ import annotations
@@ -146,13 +147,21 @@ def run_bundles(cfg: Any) -> list[dict[str, float]]:
     else:
         bundles = [_bundle(learner.cpus_per_rank, learner.gpus_per_rank)] * learner.world_size
         bundles += [_bundle(rollout.cpus_per_worker, rollout.gpus_per_worker)] * rollout.num_workers
-    for name in cfg.rewards.weights:
-        if name in cfg.rewards.addresses:
-            continue  # an external service: not ours to place
+    for name, count in replica_counts(cfg).items():
         scaling = cfg.rewards.service(name).scaling
-        count = scaling.max_replicas if scaling.target_score_s is not None else scaling.replicas
         bundles += [_bundle(scaling.cpus_per_replica, scaling.gpus_per_replica)] * count
     return bundles
+
+
+def replica_counts(cfg: Any) -> dict[str, int]:
+    """Bundles of each reward service the run starts, in a trial's group: max_replicas when it
+    autoscales, else replicas (an external service, rewards.addresses, has none)."""
+    counts = {}
+    for name in cfg.rewards.weights:
+        if name not in cfg.rewards.addresses:
+            scaling = cfg.rewards.service(name).scaling
+            counts[name] = scaling.max_replicas if scaling.target_score_s is not None else scaling.replicas
+    return counts
 
 
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
@@ -170,11 +179,14 @@ class Placement:
     placement.close()
     """
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, group: Optional[PlacementGroup] = None) -> None:
+        """`group`: a placement group laid out as `run_bundles(cfg)` to run in (default: the one this
+        process runs in, a Tune trial's, if any)."""
         self.cfg = cfg
         self.owned = True  # False inside a trial's placement group: the trial's, not ours to remove
         self._first: dict[str, int] = {}  # role -> index of its first bundle in its group
-        trial = ray.util.get_current_placement_group()
+        self._replicas: dict[str, list[int]] = {}  # reward service -> its bundles in the trial's group
+        trial = group if group is not None else ray.util.get_current_placement_group()
         if trial is not None:
             self._join(trial)
             return
@@ -226,6 +238,10 @@ class Placement:
             "learner ranks": 0,
             "rollout workers": 0 if self.cfg.run.colocate else self.cfg.learner.world_size,
         }
+        counts = replica_counts(self.cfg)
+        at = len(wanted) - sum(counts.values())
+        for name, n in counts.items():  # in run_bundles' order
+            self._replicas[name], at = list(range(at, at + n)), at + n
         self.groups = {role: group for role in self._first}
         self.groups["colocated rollout workers + learner ranks"] = group
 
@@ -252,6 +268,20 @@ class Placement:
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
                 self.groups[key], placement_group_bundle_index=self._first.get(role, 0) + index
             ),
+        }
+
+    def replica_bundles(self, name: str) -> list[int]:
+        """The bundles of reward service `name`'s replicas in the trial's group ([] outside a trial:
+        replicas are then placed by the resources free when they start, cluster/runtime/services.py)."""
+        return self._replicas.get(name, [])
+
+    def replica(self, bundle: int) -> dict[str, Any]:
+        """Actor options that put a reward replica in bundle `bundle` of the trial's group."""
+        group = self.groups["learner ranks"]
+        return {
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=bundle
+            )
         }
 
     def rollout(self, index: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from cocoedit.cluster.config import RewardsConfig
-from cocoedit.cluster.runtime.placement import PlacementError, check_available, use_cpus
+from cocoedit.cluster.runtime.placement import Placement, PlacementError, check_available, use_cpus
 from cocoedit.rewards.base import EditOutcome
 from cocoedit.rewards.client import RewardServiceError
 from cocoedit.rewards.config import ServiceConfig
@@ -75,10 +75,14 @@ class RewardReplica:
 class RewardServices:
     """The reward services of a run, each with its replicas and client; `score` queries all at once."""
 
-    def __init__(self, cfg: RewardsConfig) -> None:
+    def __init__(self, cfg: RewardsConfig, placement: Optional[Placement] = None) -> None:
+        """`placement`: the run's; inside a Tune trial its replicas take their own bundles of the trial's
+        group (Placement.replica_bundles), never a rollout worker's or learner rank's."""
         from cocoedit.rewards.client import RewardClient
 
         self.cfg = cfg
+        self.placement = placement
+        self._bundle_of: dict[Any, tuple[str, int]] = {}  # replica handle -> (service, its bundle)
         self.replicas: dict[str, list[Any]] = {}
         self.clients: dict[str, RewardClient] = {}
         self.last_score_s: dict[str, float] = {}  # wall time of each service in the last `score`
@@ -103,7 +107,19 @@ class RewardServices:
         options: dict[str, Any] = {"num_cpus": section.scaling.cpus_per_replica, "max_restarts": 3}
         if section.scaling.gpus_per_replica:
             options["num_gpus"] = section.scaling.gpus_per_replica
-        return ray.remote(RewardReplica).options(**options).remote(service(name), section)
+        held = {b for n, b in self._bundle_of.values() if n == name}
+        free = [b for b in (self.placement.replica_bundles(name) if self.placement else []) if b not in held]
+        if free:
+            options.update(self.placement.replica(free[0]))  # type: ignore[union-attr]  # free needs it
+        replica = ray.remote(RewardReplica).options(**options).remote(service(name), section)
+        if free:
+            self._bundle_of[replica] = (name, free[0])
+        return replica
+
+    def _forget(self, replica: Any) -> None:
+        """A replica killed for good: its address and bundle are free for the next one."""
+        self._served_at.pop(replica, None)
+        self._bundle_of.pop(replica, None)
 
     def _started(self, name: str, started: float) -> list[str]:
         """The addresses of the replicas of `name` once they serve, within rewards.client.ready_timeout_s of
@@ -177,7 +193,7 @@ class RewardServices:
                 except RayActorError:
                     pass  # already gone
                 ray.kill(r, no_restart=True)
-                self._served_at.pop(r, None)
+                self._forget(r)
             del current[replicas:]
         self.clients[name].set_addresses(self._addresses_of(current))
         log.info("reward service %s now has %d replicas: %s", name, len(current), self.addresses(name))
@@ -226,7 +242,7 @@ class RewardServices:
                 )
                 # should Ray restart it after all, two processes would serve for one replica
                 ray.kill(reps[i], no_restart=True)
-                self._served_at.pop(reps[i], None)
+                self._forget(reps[i])
                 reps[i] = self._start(name)
                 self.restarts_seen += 1
                 continue
@@ -312,3 +328,4 @@ class RewardServices:
         for reps in self.replicas.values():
             for r in reps:
                 ray.kill(r, no_restart=True)
+                self._forget(r)

@@ -295,7 +295,7 @@ def start_run(cfg: Config, resume: Resume = False) -> Iterator[Run]:
         deadlines = Deadlines.of(cfg.run)
         learner = _closing(parts, LearnerGroup(cfg.policy, cfg.learner, placement, deadlines))
         rollout = _closing(parts, RolloutGroup(cfg.policy, cfg.rollout, placement, deadlines))
-        services = _closing(parts, RewardServices(cfg.rewards))
+        services = _closing(parts, RewardServices(cfg.rewards, placement))
         rollout.wait_started()  # its workers loaded the editor while the services started
         version, start = _resume(ckpt, learner, sampler) if ckpt is not None else (0, 0)
         guard = LearnerGuard(cfg, ckpt)

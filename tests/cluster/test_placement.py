@@ -207,3 +207,35 @@ def test_pinned_roles_get_disjoint_cores(ray_local) -> None:  # noqa: ANN001
         cpu_sets(load_config(None, ["run.pin_cpus=true", "run.colocate=true"]))
     with pytest.raises(PlacementError, match=f"needs {len(cores) + 1} cores"):
         cpu_sets(load_config(None, ["run.pin_cpus=true", f"learner.cpus_per_rank={len(cores)}"]))
+
+
+def test_reward_replicas_take_their_own_bundles_in_a_trial(ray_local) -> None:  # noqa: ANN001
+    """Inside a trial's group (laid out as run_bundles) the reward replicas go to their own bundles even
+    when they start before the learner and rollout worker: left to capture (any bundle with room) one
+    took half of the rollout worker's bundle in a sweep, and the worker waited for deadline_start_s."""
+    from cocoedit.cluster.runtime.placement import run_bundles
+    from cocoedit.cluster.runtime.services import RewardServices
+
+    cfg = load_config(None, [*TINY, "run.pin_cpus=false"])
+    trial = placement_group(run_bundles(cfg))  # learner 0.5, rollout 0.5, pixel 0.25, synthetic 0.25
+    ray.get(trial.ready(), timeout=30)
+    services = None
+    try:
+        placement = Placement(cfg, group=trial)
+        assert sorted(placement.replica_bundles(n) for n in ("pixel", "synthetic")) == [[2], [3]]
+        services = RewardServices(cfg.rewards, placement)  # before any learner rank or rollout worker
+        free = ray.available_resources()
+        per_bundle = [free.get(f"CPU_group_{i}_{trial.id.hex()}", 0.0) for i in range(4)]
+        assert per_bundle == [0.5, 0.5, 0.0, 0.0]  # the learner's and rollout worker's bundles untouched
+        # a replaced replica takes the bundle its predecessor left, not another role's
+        old = services.replicas["pixel"][0]
+        ray.kill(old, no_restart=True)
+        services._forget(old)  # noqa: SLF001 (what refresh does for a replica gone for good)
+        services.replicas["pixel"][0] = services._start("pixel")  # noqa: SLF001
+        ray.get(services.replicas["pixel"][0].address.remote(), timeout=60)
+        free = ray.available_resources()
+        assert [free.get(f"CPU_group_{i}_{trial.id.hex()}", 0.0) for i in range(4)] == [0.5, 0.5, 0.0, 0.0]
+    finally:
+        if services is not None:
+            services.close()
+        remove_placement_group(trial)
