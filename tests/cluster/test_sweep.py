@@ -271,7 +271,8 @@ def test_run_bundles_lay_out_every_role() -> None:
 
 def test_a_run_inside_a_tune_trial_takes_the_trials_bundles(ray_local, tmp_path: Path) -> None:  # noqa: ANN001
     """Real Ray Tune, two trials with the resources of `cfg`: in one the run's Placement takes the trial's
-    bundles by index, an actor started without a placement (as reward replicas are) lands in the group too,
+    bundles by index (the reward replicas theirs, after every other role), an actor started without a
+    placement lands in the group too (Tune captures it),
     and closing leaves the trial's group alone; in the other a run of another layout is refused."""
     from ray import tune
 
@@ -293,10 +294,12 @@ def test_a_run_inside_a_tune_trial_takes_the_trials_bundles(ray_local, tmp_path:
 
         strategy = placement.rollout(1)["scheduling_strategy"]
         learner_index = placement.learner(0)["scheduling_strategy"].placement_group_bundle_index
+        replicas = sorted(b for n in ("pixel", "synthetic") for b in placement.replica_bundles(n))
         placement.close()  # the trial's group is Tune's: it stays
         tune.report(
             {
                 "learner_index": learner_index,
+                "replica_bundles": replicas,
                 "rollout_index": strategy.placement_group_bundle_index,
                 "same_group": float(strategy.placement_group == group),
                 "replica_in_group": float(ray.get(Replica.remote().group.remote()) == group.id.hex()),
@@ -315,6 +318,7 @@ def test_a_run_inside_a_tune_trial_takes_the_trials_bundles(ray_local, tmp_path:
     assert same.error is None, same.error
     m = same.metrics
     assert (m["learner_index"], m["rollout_index"]) == (0, 2)  # learner rank 0; rollout workers at 1, 2
+    assert m["replica_bundles"] == [3, 4]  # the reward replicas' own bundles, after every other role's
     assert m["same_group"] == 1.0 and m["replica_in_group"] == 1.0 and (m["owned"], m["kept"]) == (0.0, 1.0)
     assert mismatched.error is not None and "are not the run's" in str(mismatched.error)
 
