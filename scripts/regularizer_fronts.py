@@ -29,6 +29,7 @@ from seed_table import load, t_half  # noqa: E402 (a script beside this one)
 
 METRICS = ("synthetic", "pixel/psnr")
 KEEP_DB, INSTR = 0.5, -0.01  # the dominance margin of docs/experiments.md
+XLIM, YLIM = (-0.07, 0.015), (-0.3, 1.6)  # the confirmed settings and the region; far trials are counted
 
 
 def last(run: Path) -> tuple[float, float]:
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     colors = {}
+    outside = 0
     for size, dirs in pairs(args.search).items():
         for out in dirs:
             pts = search_points(out)
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 alpha=0.45,
                 label=f"{size} px search (1 seed, tuning items)",
             )[0].get_color()
+            outside += sum(not (XLIM[0] <= i <= XLIM[1] and YLIM[0] <= p <= YLIM[1]) for _, i, p in pts)
             for name, i, p in pts:
                 print(f"{size} px search  {name:28s} instruction {i:+.4f}  keep {p:+.2f} dB")
     for size, dirs in pairs(args.confirm).items():
@@ -109,15 +112,26 @@ def main(argv: list[str] | None = None) -> int:
             [r[1] for r in rows], [r[3] for r in rows], xerr=[r[2] for r in rows], yerr=[r[4] for r in rows],
             fmt="s", capsize=3, label=f"{size} px confirmed (3 seeds, unseen items, 95% CI)", **kw,
         )  # fmt: skip
-        for name, i, hi, p, hp in rows:
-            ax.annotate(f"{name} ({size})", (i, p), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for k, (name, i, hi, p, hp) in enumerate(rows):
+            side = (6, 10 - 9 * k) if size == "32" else (-8, 8 + 9 * k)
+            ax.annotate(
+                f"{name} ({size})", (i, p), textcoords="offset points", xytext=side, fontsize=7,
+                ha="left" if size == "32" else "right", arrowprops={"arrowstyle": "-", "lw": 0.4},
+            )  # fmt: skip
             print(
                 f"{size} px confirm {name:28s} instruction {i:+.4f} +- {hi:.4f}  keep {p:+.2f} +- {hp:.2f} dB"
             )
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
-    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-    x1, y1 = max(x1, 0.01), max(y1, KEEP_DB + 0.3)
+    (x0, x1), (y0, y1) = XLIM, YLIM
+    if outside:
+        ax.text(
+            x0 + 0.001,
+            y1 - 0.05,
+            f"{outside} search trial(s) further left, off the plot",
+            fontsize=7,
+            va="top",
+        )
     ax.fill_between(
         [INSTR, x1], KEEP_DB, y1, color="tab:green", alpha=0.12, label="would dominate no regularizer"
     )
@@ -126,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_xlabel("held-out instruction score minus no regularizer's")
     ax.set_ylabel("held-out keep-region PSNR minus no regularizer's (dB)")
     ax.set_title("the regularizer searched at 32 and 64 px: every setting against no regularizer")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)
     print(f"wrote {args.out}")
