@@ -13,8 +13,8 @@ Two checks keep a run from hanging on resources the cluster does not have:
 On an autoscaling cluster, where nodes join on demand, set `run.check_resources=false` and raise
 `run.placement_timeout_s` to cover node start-up.
 
-Reward replicas are not in placement groups: they are added and removed while training runs
-(cluster/runtime/services.py), each checked against the resources available at that moment.
+Outside a Tune trial reward replicas are not in placement groups: they are added and removed while
+training runs (cluster/runtime/services.py), each checked against the resources available at that moment.
 
 A run started inside a placement group (a Ray Tune trial of `cocoedit sweep`) reserves nothing of its
 own: the trial's group already holds `run_bundles(cfg)`, and the learner ranks, rollout workers and

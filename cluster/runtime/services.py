@@ -107,13 +107,15 @@ class RewardServices:
         options: dict[str, Any] = {"num_cpus": section.scaling.cpus_per_replica, "max_restarts": 3}
         if section.scaling.gpus_per_replica:
             options["num_gpus"] = section.scaling.gpus_per_replica
-        held = {b for n, b in self._bundle_of.values() if n == name}
-        free = [b for b in (self.placement.replica_bundles(name) if self.placement else []) if b not in held]
-        if free:
-            options.update(self.placement.replica(free[0]))  # type: ignore[union-attr]  # free needs it
+        bundle = None  # inside a Tune trial: the first of the service's bundles no live replica holds
+        if self.placement is not None:
+            held = {b for n, b in self._bundle_of.values() if n == name}
+            bundle = next((b for b in self.placement.replica_bundles(name) if b not in held), None)
+            if bundle is not None:
+                options.update(self.placement.replica(bundle))
         replica = ray.remote(RewardReplica).options(**options).remote(service(name), section)
-        if free:
-            self._bundle_of[replica] = (name, free[0])
+        if bundle is not None:
+            self._bundle_of[replica] = (name, bundle)
         return replica
 
     def _forget(self, replica: Any) -> None:
