@@ -363,7 +363,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"config error: {e}", file=sys.stderr)
             return 1
     func: Callable[..., int] = getattr(importlib.import_module(module_name), func_name)
-    return int(func(args) if cfg is None else func(args, cfg) or 0)
+    code = int(func(args) if cfg is None else func(args, cfg) or 0)
+    launch = sys.modules.get("cocoedit.cluster.runtime.launch")  # imported only by commands that use Ray
+    if launch is not None:
+        launch.exit_past_abandoned_join(code)  # a join given up on: leave before Ray's core aborts the exit
+    return code
 
 
 def _load_config(

@@ -50,6 +50,21 @@ _WHAT_TO_DO = (
 
 
 _started_local = False  # init_ray started a local cluster (shutdown_ray stops it)
+_abandoned_joins: list[threading.Thread] = []  # ray.init calls given up on, still inside Ray's C++ core
+
+
+def exit_past_abandoned_join(code: int) -> None:
+    """End the process with `code` now if a join was given up on while ray.init still runs.
+
+    Such a thread sits in Ray's C++ core; the interpreter's normal exit tears down what it uses and
+    the process aborts (std::bad_alloc, SIGABRT, about one run in three), after the one-line error
+    was printed. So the streams are flushed and the process leaves without that teardown.
+    """
+    if any(t.is_alive() for t in _abandoned_joins):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def init_ray(cfg: RunConfig) -> None:
@@ -145,6 +160,7 @@ def _join(address: str, source: str, timeout_s: float) -> None:
     thread.join(max(0.0, deadline - time.monotonic()))
     ray_log.removeFilter(_no_sigterm_warning)
     if thread.is_alive():
+        _abandoned_joins.append(thread)  # exit_past_abandoned_join ends the process safely
         raise RayConnectError(
             f"the Ray cluster at {target} (from {source}) did not answer within run.ray_connect_timeout_s="
             f"{timeout_s:g} s. " + _WHAT_TO_DO

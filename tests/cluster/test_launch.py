@@ -96,3 +96,28 @@ def test_a_live_cluster_is_joined(tmp_path: Path, ray_local) -> None:  # noqa: A
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"joined {address}" in proc.stdout
+
+
+def test_a_join_given_up_on_ends_the_process_with_its_code_and_its_output(tmp_path: Path) -> None:
+    """A ray.init thread still running (given up on) makes the interpreter's exit abort (SIGABRT, about
+    one run in three of the silent-cluster test above before the fix). exit_past_abandoned_join leaves
+    with the command's code, its buffered output flushed, and only when such a thread is alive."""
+    code = (
+        "import sys, threading, time\n"
+        "from cocoedit.cluster.runtime import launch\n"
+        "launch.exit_past_abandoned_join(7)  # no thread given up on: returns\n"
+        "print('still here')\n"
+        "t = threading.Thread(target=time.sleep, args=(60,), daemon=True); t.start()\n"
+        "launch._abandoned_joins.append(t)\n"
+        "print('the one-line error', file=sys.stderr, end='')\n"
+        "launch.exit_past_abandoned_join(3)\n"
+        "print('not reached')\n"
+    )
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == "still here\n"
+    assert proc.stderr.endswith("the one-line error")
+    assert time.monotonic() - t0 < 60  # did not wait for the thread
