@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from cocoedit.cluster.config import Config, ConfigError
+from cocoedit.cluster.config import Config
 
 if TYPE_CHECKING:  # the parser is built by every cocoedit command: nothing heavy at import
     from cocoedit.cluster.simulate.model import Simulated
@@ -225,6 +225,11 @@ def cli_simulate(args: argparse.Namespace, cfg: Config) -> int:
         not args.no_lora_count,
     )
     from cocoedit.cluster.runtime.launch import cache_dir
+    from cocoedit.cluster.train.loop import RUN_ERRORS
+    from cocoedit.cluster.train.stop import EXIT_CODE, Stopped
+
+    # what ends `cocoedit train` with one line ends this too, and a simulation's own bad values
+    ends_with_one_line: tuple[type[Exception], ...] = (*RUN_ERRORS, ValueError)
 
     work = Path(args.work) if args.work else cache_dir() / "simulate" / f"{cfg.run.name}-x{args.scale:g}"
     try:
@@ -234,9 +239,12 @@ def cli_simulate(args: argparse.Namespace, cfg: Config) -> int:
             sim = pool.submit(simulated_config, cfg, settings, work).result()
         nodes, per_node = nodes_for(sim.cfg, args.sim_nodes)
         summary = simulate(sim, nodes, per_node, args.epochs, args.resume)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except ends_with_one_line as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:  # SIGTERM: every part is closed
+        print(f"Stopped: {e}", file=sys.stderr)
+        return EXIT_CODE
     print(format_summary(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))

@@ -419,6 +419,24 @@ def _resume(ckpt: Path, learner: LearnerGroup, sampler: EpochSampler) -> tuple[i
     return int(extra["policy_version"]), int(extra["epoch"]) + 1
 
 
+# What ends a run with its one line and exit 1: each says what to change (cli_train; `cocoedit simulate`
+# runs the same driver and ends the same way)
+RUN_ERRORS: tuple[type[Exception], ...] = (
+    PlacementError,
+    NotStarted,
+    LearnerFailure,
+    FileNotFoundError,
+    RayConnectError,
+    ResumeConfigError,
+    RewardError,
+    RewardServiceError,
+    PreflightError,
+    PortTakenError,
+    RunDirError,
+    ConfigError,
+)
+
+
 def cli_train(args: argparse.Namespace, cfg: Config) -> int:
     """`cocoedit train [--config FILE] [--resume [CHECKPOINT]] [key=value ...]` (the CLI loads the config)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -427,20 +445,7 @@ def cli_train(args: argparse.Namespace, cfg: Config) -> int:
             cfg = resumed_config(cfg, args.config, args.overrides, args.resume)
         claim_run_dir(cfg, args.resume, getattr(args, "overwrite", False))
         history = train(cfg, resume=args.resume)
-    except (
-        PlacementError,
-        NotStarted,
-        LearnerFailure,
-        FileNotFoundError,
-        RayConnectError,
-        ResumeConfigError,
-        RewardError,
-        RewardServiceError,
-        PreflightError,
-        PortTakenError,
-        RunDirError,
-        ConfigError,
-    ) as e:
+    except RUN_ERRORS as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except Stopped as e:  # SIGTERM (cluster/train/stop.py): every part is closed

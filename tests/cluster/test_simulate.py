@@ -69,6 +69,41 @@ def test_sim_editor_shapes_and_holds(tmp_path: Path) -> None:
     assert policy.held["backward"] == pytest.approx(2 * 0.4 / 10)
 
 
+def _simulate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`cocoedit simulate` of a small FLUX-Kontext config (128 px, 2 workers, 1 rank, 1 judge), 2 epochs
+    at time scale 50, in a process of its own; `args` are more options and overrides."""
+    argv = [
+        *("simulate", "--config", "cluster/configs/flux_kontext_8gpu.yaml", "--epochs", "2"),
+        *("--time-scale", "50", "--no-lora-count", "--work", str(tmp_path / "work")),
+        *("data.image_size=128", "data.n_items=2", "data.group_size=4"),
+        *(
+            "rollout.num_workers=2",
+            "rollout.batch_size=4",
+            "learner.world_size=1",
+            "learner.micro_batch_size=4",
+        ),
+        *("rewards.pixel.scaling.replicas=1", "rewards.pixel.scaling.cpus_per_replica=1"),
+        *("rewards.mllm.scaling.gpus_per_replica=1", "rewards.mllm.tensor_parallel_size=1"),
+        *args,
+    ]
+    code = "import sys; from cocoedit.cluster.cli import main; sys.exit(main(sys.argv[1:]))"
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=400, cwd=root
+    )
+
+
+def test_a_simulated_run_that_cannot_start_ends_with_one_line(tmp_path: Path) -> None:
+    """What ends `cocoedit train` with one line and exit 1 ends `cocoedit simulate` the same way (it
+    printed a traceback for a reward service that did not start): here every replica is given 1 ms."""
+    proc = _simulate(tmp_path, "--sim-nodes", "1", "rewards.client.ready_timeout_s=0.001")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("RewardServiceError: reward service "), proc.stderr[-3000:]
+    assert "did not start within rewards.client.ready_timeout_s=0.001 s" in last
+    assert "Traceback" not in proc.stderr
+
+
 def test_simulate_refuses_a_cpu_config() -> None:
     cfg = load_config(None, [])  # tiny_cpu: actors ask no GPU, so there is no simulated GPU time
     with pytest.raises(ConfigError, match="gpus_per_worker and learner.gpus_per_rank must be > 0"):
@@ -81,38 +116,7 @@ def test_simulated_run_on_two_nodes(tmp_path: Path) -> None:
     simulated judge's scores arrive over gRPC, actors sit on both nodes, the learner steps, and every
     output says SIMULATED with the time scale."""
     out = tmp_path / "summary.json"
-    argv = [
-        "simulate",
-        "--config",
-        "cluster/configs/flux_kontext_8gpu.yaml",
-        "--sim-nodes",
-        "2",
-        "--epochs",
-        "2",
-        "--time-scale",
-        "50",
-        "--no-lora-count",
-        "--work",
-        str(tmp_path / "work"),
-        "--json",
-        str(out),
-        "data.image_size=128",
-        "data.n_items=2",
-        "data.group_size=4",
-        "rollout.num_workers=2",
-        "rollout.batch_size=4",
-        "learner.world_size=1",
-        "learner.micro_batch_size=4",
-        "rewards.pixel.scaling.replicas=1",
-        "rewards.pixel.scaling.cpus_per_replica=1",
-        "rewards.mllm.scaling.gpus_per_replica=1",
-        "rewards.mllm.tensor_parallel_size=1",
-    ]
-    code = "import sys; from cocoedit.cluster.cli import main; sys.exit(main(sys.argv[1:]))"
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=400, cwd=root
-    )
+    proc = _simulate(tmp_path, "--sim-nodes", "2", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "SIMULATED epoch 1 (time scale 50)" in proc.stdout
     s = json.loads(out.read_text())
