@@ -159,12 +159,15 @@ class RewardServices:
         """RewardReplica.stats of every live replica of `name`."""
         return ray.get([r.stats.remote() for r in self.replicas[name]])
 
-    def scale(self, name: str, replicas: int, wait: bool = True) -> None:
+    def scale(self, name: str, replicas: int, wait: bool = True, timeout_s: Optional[float] = None) -> None:
         """Grow or shrink service `name` to `replicas` replicas without interrupting scoring.
 
         Growing checks the free resources first and raises PlacementError (naming the service) when
-        the cluster cannot host the new replicas; nothing is started then. With wait=False new
-        replicas join the client once they serve (`refresh`, before every scoring call).
+        the cluster cannot host the new replicas; nothing is started then. With wait=True the new
+        replicas must serve within timeout_s (default rewards.client.ready_timeout_s), else they are
+        killed, the service keeps the replicas it had, and RewardServiceError says how many were late.
+        With wait=False new replicas join the client once they serve (`refresh`, before every
+        scoring call).
         """
         if name not in self.replicas:
             raise ValueError(
@@ -187,7 +190,10 @@ class RewardServices:
             if not wait:
                 log.info("reward service %s: starting %d more replicas", name, more)
                 return
-            ray.get([r.address.remote() for r in new])
+            if timeout_s is None:
+                self._wait_grown(name, new, self.cfg.client.ready_timeout_s, "rewards.client.ready_timeout_s")
+            else:
+                self._wait_grown(name, new, timeout_s, "timeout_s")
         else:
             for r in current[replicas:]:
                 try:
@@ -199,6 +205,23 @@ class RewardServices:
             del current[replicas:]
         self.clients[name].set_addresses(self._addresses_of(current))
         log.info("reward service %s now has %d replicas: %s", name, len(current), self.addresses(name))
+
+    def _wait_grown(self, name: str, new: list[Any], timeout_s: float, key: str) -> None:
+        """The replicas `new` of `name` serve within timeout_s; else all of them are killed and removed."""
+        refs = [r.address.remote() for r in new]
+        _, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if not late:
+            return
+        for r in new:
+            ray.kill(r, no_restart=True)
+            self._forget(r)
+        del self.replicas[name][-len(new) :]
+        raise RewardServiceError(
+            f"reward service {name!r}: {len(late)} of the {len(new)} new replicas did not start within "
+            f"{key}={timeout_s:g} s; the service keeps its {len(self.replicas[name])} replicas. See the replica's log "
+            "(Ray dashboard, /tmp/ray/session_latest/logs), or raise rewards.client.ready_timeout_s if its "
+            "model only loads slowly"
+        )
 
     def autoscale(self) -> dict[str, int]:
         """One step of every service with `target_score_s`, from the last `score`; {service: replicas}."""

@@ -10,7 +10,7 @@ import pytest
 from cocoedit.cluster.config import load_config
 from cocoedit.cluster.runtime.placement import PlacementError
 from cocoedit.cluster.runtime.services import RewardServices
-from cocoedit.rewards.client import make_edit
+from cocoedit.rewards.client import RewardServiceError, make_edit
 
 
 def _edits(n: int) -> list:
@@ -91,5 +91,27 @@ def test_a_lone_replica_that_crashes_is_waited_for_and_the_call_repeated(ray_loc
         (restarted,) = services.stats("pixel")
         assert restarted["pid"] != stats["pid"] and services.addresses("pixel") == [restarted["address"]]
         assert services.restarts_seen == 1
+    finally:
+        services.close()
+
+
+def test_growing_waits_at_most_its_timeout_and_keeps_the_replicas_it_had(ray_local) -> None:  # noqa: ANN001
+    """scale(wait=True) waited without a limit for new replicas; now those that do not serve in time
+    are killed, the service keeps the replicas it had and goes on scoring."""
+    services = _services()
+    try:
+        before = services.score(_edits(3))["pixel"]
+        addresses = services.addresses("pixel")
+        t0 = time.monotonic()
+        with pytest.raises(
+            RewardServiceError,
+            match=r"'pixel': 2 of the 2 new replicas did not start within timeout_s=0\.001 s; the service keeps its 1 replicas",
+        ):
+            services.scale("pixel", 3, timeout_s=0.001)  # no replica process starts in 1 ms
+        assert time.monotonic() - t0 < 30
+        assert len(services.replicas["pixel"]) == 1 and services.addresses("pixel") == addresses
+        assert [o.score for o in services.score(_edits(3))["pixel"]] == [o.score for o in before]
+        services.scale("pixel", 2)  # within rewards.client.ready_timeout_s: grows
+        assert len(services.addresses("pixel")) == 2
     finally:
         services.close()
