@@ -22,7 +22,8 @@ random trials; then TPE. `--reference` is run once beside the search (e.g. no re
 verdict says which searched settings dominate it by `--margin` (keep PSNR at least +0.5 dB higher at an
 instruction score at most 0.01 lower, by default). One seed per trial cannot separate small effects:
 confirm a front with `cocoedit sweep` at several seeds on items the search never saw, the command the
-report prints (`data.synth_seed=1` on the tiny task).
+report prints (on the synthetic task the search's `data.synth_seed` + 1; with a data file, one the user
+names that holds other items).
 
 OUT/report.{md,png,html} is the sweep report over every setting; OUT/search.md adds the verdict and the
 confirmation command; OUT/front.json the front's settings. The same command resumes an interrupted search.
@@ -354,6 +355,17 @@ def config_value(cfg: Config, key: str) -> Any:
     return value
 
 
+def unseen_items(cfg: Config) -> tuple[str, str]:
+    """The override that gives a confirmation items a search on `cfg` never saw, and what it needs:
+    the synthetic task's next seed (other training and held-out items), or for a data file one the
+    user names (no override can draw unseen items from the same file)."""
+    if cfg.data.manifest is None:
+        return f"data.synth_seed={cfg.data.synth_seed + 1}", ""
+    return "data.manifest=UNSEEN", (
+        f" (UNSEEN: a data file of items not in {cfg.data.manifest}, the search's; same format)"
+    )
+
+
 def verdict(search: Search, settings: Sequence[str], trials: Sequence[TrialOutcome]) -> tuple[str, list[str]]:
     """OUT/search.md's text and the front's settings: each finished setting's final (instruction, keep
     PSNR), the Pareto front, which settings dominate the reference, and the confirmation command."""
@@ -409,13 +421,14 @@ def verdict(search: Search, settings: Sequence[str], trials: Sequence[TrialOutco
             cfg = search.trial_config(Setting(tuple(setting.split())))
             v.update({k: value_text(config_value(cfg, k)) for k in keys if k not in v})
         grid = "+".join(keys) + "=" + ",".join("+".join(v[k] for k in keys) for v in values)
+        unseen, how = unseen_items(search.trial_config(Setting(())))
         lines += [
             "",
             f"Confirm the {len(confirm) - bool(ref_name)} setting(s) of the front nearest to dominating the "
-            "reference, and the reference, at three seeds on items the search never saw:",
+            f"reference, and the reference, at three seeds on items the search never saw{how}:",
             "",
             f"    cocoedit sweep --config {search.config} --seeds 3 --out {search.out}-confirm "
-            f"--grid '{grid}' {' '.join(search.overrides)} data.synth_seed=1",
+            f"--grid '{grid}' {' '.join(search.overrides)} {unseen}",
         ]
     return "\n".join(lines) + "\n", front_names
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from cocoedit.cluster.cli import main as cli_main
+from cocoedit.cluster.config import load_config
 from cocoedit.cluster.sweep.report import PSNR, TrialOutcome
-from cocoedit.cluster.sweep.search import Dimension, Search, dominates, parse_dimension, verdict
+from cocoedit.cluster.sweep.search import Dimension, Search, dominates, parse_dimension, unseen_items, verdict
 from tests.cluster.test_train import TINY
 
 INSTR = "eval/synthetic"
@@ -126,7 +127,7 @@ def test_verdict_finds_the_front_and_what_dominates_the_reference(tmp_path: Path
     assert (
         "--grid 'learner.lam_neg+learner.lam_pos=0.02+0.05,0.02+1,0+0'" in command and "--seeds 3" in command
     )
-    assert command.rstrip().endswith("run.epochs=2 data.synth_seed=1")
+    assert command.rstrip().endswith("run.epochs=2 data.synth_seed=1")  # the search's items: synth_seed 0
     trials[1] = _outcome("learner.lam_pos=0.05", 0.76, 21.7)
     assert (
         "No searched setting dominates the reference."
@@ -195,3 +196,13 @@ def test_search_on_tune_runs_known_points_first_stays_in_its_space_and_resumes(t
         p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.jsonl")
     } == before  # nothing re-ran
     assert (out / "search.md").read_text() == text
+
+
+def test_the_confirmation_draws_items_the_search_never_saw() -> None:
+    """The synthetic task's next seed after the search's own (a search on data.synth_seed=1 was told to
+    confirm on synth_seed=1, its own items); a data file cannot be re-drawn: the user names another."""
+    assert unseen_items(load_config(None, [])) == ("data.synth_seed=1", "")
+    assert unseen_items(load_config(None, ["data.synth_seed=1"]))[0] == "data.synth_seed=2"
+    override, how = unseen_items(load_config(None, ["data.manifest=/data/items.jsonl"]))
+    assert override == "data.manifest=UNSEEN"
+    assert "a data file of items not in /data/items.jsonl" in how
