@@ -206,6 +206,9 @@ def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest
         for epoch, _ in run_epochs(run):
             if epoch == 1:  # the driver stops after epoch 1 (its checkpoint is written), epoch 2 in flight
                 assert run.rollouts.depth == 1
+                # the learner's shard fetch is timed as its own stage: timed as `update`, its ~0 s gave the
+                # first real update run.deadline_min_s instead of run.deadline_first_s
+                assert {"sample", "fetch", "update"} <= run.learner.deadlines.slowest.keys()
                 break
     resumed = train(cut, resume=True, progress=False)
     assert len(resumed) == 1 and resumed[0]["reg/lam_pos"] == pytest.approx(0.02)  # only epoch 2 was left
