@@ -9,7 +9,7 @@ max(min_s, factor x the slowest S measured so far); before S was measured once (
 which also loads models and compiles) the deadline is first_s. A stopped (SIGSTOP), deadlocked or
 swapped-out actor answers nothing and raises nothing: without a deadline the driver waits forever.
 What to do with a hung actor is the caller's choice: a rollout worker is killed and its shard sampled
-again, a hung learner rank stops the run with the checkpoint to resume from (cluster/train/groups.py).
+again, a hung learner rank stops the run with the checkpoint to resume from (cluster/train/learners.py).
 
 Starting has its own deadline, start_s (run.deadline_start_s), counted from when a role's actors were
 created: their constructors (loading the editor), the learner's DeepSpeed set-up and rendezvous, and

@@ -161,7 +161,8 @@ def _epoch_row(
     # from the previous epoch's yield to this one's: the loop's own time/epoch_s leaves out what runs
     # after its row is made (logging, the next batch sampling meanwhile), which an epoch still costs
     wall = d["wall_s"]
-    lora_bytes = 4 * sim.lora_params * (1 + cfg.rollout.num_workers)  # float32: from rank 0, to each worker
+    # float32, from rank 0's object store to each worker (through the driver too until 2026-12-07: + 1 copy)
+    lora_bytes = 4 * sim.lora_params * cfg.rollout.num_workers
     out = {
         "epoch": epoch,
         "simulated": True,

@@ -164,7 +164,7 @@ def test_actors_use_the_cpus_they_reserved(ray_local) -> None:  # noqa: ANN001
     """A process environment with OMP_NUM_THREADS=1 (as Ray gives actors with fractional asks, and as
     clusters often set) must not make a role that reserved 2 CPUs single-threaded."""
     from cocoedit.cluster.runtime.services import RewardReplica
-    from cocoedit.cluster.train.groups import LearnerRank
+    from cocoedit.cluster.train.learners import LearnerRank
 
     one_thread = {"env_vars": {"OMP_NUM_THREADS": "1"}}
     rank = ray.remote(LearnerRank).options(num_cpus=2, runtime_env=one_thread).remote(0, 1, 2.0)
@@ -190,7 +190,7 @@ def test_pinned_roles_get_disjoint_cores(ray_local) -> None:  # noqa: ANN001
     import os
 
     from cocoedit.cluster.runtime.placement import cpu_sets
-    from cocoedit.cluster.train.groups import LearnerRank
+    from cocoedit.cluster.train.learners import LearnerRank
 
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:

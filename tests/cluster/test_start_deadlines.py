@@ -22,7 +22,8 @@ from cocoedit.cluster.config import load_config
 from cocoedit.cluster.runtime.deadlines import Deadlines, NotStarted
 from cocoedit.cluster.runtime.placement import Placement
 from cocoedit.cluster.runtime.services import RewardServices
-from cocoedit.cluster.train.groups import LearnerGroup
+from cocoedit.cluster.train.groups import RolloutGroup
+from cocoedit.cluster.train.learners import LearnerGroup
 from cocoedit.rewards.client import RewardServiceError
 from tests.cluster.test_simulate import SPEC
 
@@ -145,3 +146,39 @@ def test_a_reward_replica_that_cannot_be_placed_fails_the_start(ray_local) -> No
     )
     assert "rewards.pixel.scaling" in message and "\n" not in message
     assert 2 < took < 30
+
+
+def test_a_rollout_worker_stopped_while_restarting_fails_within_the_start_deadline(sim_learner) -> None:  # noqa: ANN001
+    """A worker Ray restarts loads the editor again, which on a cluster takes minutes: the wait for it
+    is run.deadline_start_s (it was a fixed 120 s, then a raw GetTimeoutError), and a restart that does
+    not finish ends with NotStarted's one line. Here the restarted process is SIGSTOPped."""
+    policy, cfg, placement = sim_learner
+    deadlines = Deadlines(factor=2.0, min_s=1.0, first_s=30.0, start_s=600.0)
+    group = RolloutGroup(policy, cfg.rollout, placement, deadlines)
+    stopped = None
+    try:
+        group.wait_started()
+        deadlines.start_s = START_S
+        pid = ray.get(group.workers[0].__ray_call__.remote(lambda self: os.getpid()))
+        before = _pids("ray::RolloutActor")
+        os.kill(pid, signal.SIGKILL)
+        result: dict[str, Any] = {}
+
+        def restart() -> None:
+            result["took"], result["error"] = _in_thread(lambda: group._wait_restarted(0), 150)
+
+        waiter = threading.Thread(target=restart)
+        waiter.start()
+        stopped = _stop_when_started("ray::RolloutActor", before)  # the restarted worker, before it is ready
+        waiter.join()
+        error = result["error"]
+        assert isinstance(error, NotStarted), error
+        assert str(error).startswith(
+            "rollout worker 0 did not restart (load the editor) within run.deadline_start_s=8 s"
+        )
+        assert error.names == ["rollout worker 0"] and "\n" not in str(error)
+        assert result["took"] < START_S + 30  # the deadline ended it; before, the wait was 120 s
+    finally:
+        if stopped is not None and stopped.is_running():
+            stopped.send_signal(signal.SIGCONT)
+        group.close()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from cocoedit.cluster.cli import main as cli_main
@@ -209,6 +210,11 @@ def test_resume_continues_exactly(tmp_path: Path, ray_local, monkeypatch: pytest
                 # the learner's shard fetch is timed as its own stage: timed as `update`, its ~0 s gave the
                 # first real update run.deadline_min_s instead of run.deadline_first_s
                 assert {"sample", "fetch", "update"} <= run.learner.deadlines.slowest.keys()
+                # the sampling LoRA the workers loaded stays in learner rank 0's object store: the driver
+                # passed a reference (it put the tensors in its own store before)
+                loaded = run.rollout._weights_of[run.version]
+                assert loaded is not None and loaded.owner_address() != ray.put(None).owner_address()
+                assert all(isinstance(v, torch.Tensor) for v in ray.get(loaded).values())
                 break
     resumed = train(cut, resume=True, progress=False)
     assert len(resumed) == 1 and resumed[0]["reg/lam_pos"] == pytest.approx(0.02)  # only epoch 2 was left
