@@ -7,9 +7,10 @@
                                         # weights, LoRA r=32 on the `old` adapter; no downloads):
                                         # seconds per 10-step dpm2 group of 12 at 512x512.
     python bench/rollout.py --bytes [--config FILE] [key=value ...]
-                                        # bytes per epoch through the object store (workers -> driver ->
-                                        # learner ranks), conditions once per group vs once per edit,
-                                        # for a config's epoch (default: the tiny config).
+                                        # bytes per epoch through the object store (the shards the
+                                        # workers store, the pieces the learner ranks fetch; the driver
+                                        # passes references), conditions once per group vs once per
+                                        # edit, for a config's epoch (default: the tiny config).
 
 Both paths run the same computation per edit: encode once per group, 10 transformer passes, decode.
 The worker and the pipeline are interleaved so machine load hits both alike; medians are reported.
@@ -195,8 +196,9 @@ def bench_gpu(repeats: int, size: int, group_size: int, steps: int) -> None:
 def bench_bytes(config: str | None, overrides: list[str]) -> None:
     """One epoch of the config (n_items x group_size edits, its image size, sampler and model
     architecture with random weights: the bytes depend on shapes only) sampled by rollout.num_workers
-    shards and cut into learner.world_size rank shards, as RolloutGroup / LearnerGroup move them.
-    Bytes are the pickled sizes (protocol 5, what Ray stores for these tensors)."""
+    shards and cut into learner.world_size rank shards, as RolloutGroup / LearnerGroup move them: each
+    worker stores its shard, each rank fetches its piece (the driver passes references only). Bytes are
+    the pickled sizes (protocol 5, what Ray stores for these tensors)."""
     from cocoedit.actors.policies.tiny import build_tiny_model
     from cocoedit.actors.rollout import RolloutWorker
     from cocoedit.actors.types import RolloutBatch
@@ -229,9 +231,9 @@ def bench_bytes(config: str | None, overrides: list[str]) -> None:
     def epoch_bytes(shards: list[RolloutBatch]) -> tuple[int, int]:
         batch = RolloutBatch.cat(shards)
         ranks = shard_bounds(len(batch), cfg.learner.world_size)
-        to_driver = sum(len(pickle.dumps(s, protocol=5)) for s in shards)
+        stored = sum(len(pickle.dumps(s, protocol=5)) for s in shards)
         to_ranks = sum(len(pickle.dumps(batch.select(list(range(a, b))), protocol=5)) for a, b in ranks)
-        return to_driver, to_ranks
+        return stored, to_ranks
 
     after = epoch_bytes(shards)
     before = epoch_bytes([s.per_edit() for s in shards])
@@ -242,7 +244,7 @@ def bench_bytes(config: str | None, overrides: list[str]) -> None:
     )
     for name, (a, b) in (("condition per edit (before)", before), ("condition per group (after)", after)):
         print(
-            f"  {name}: workers->driver {a / 2**20:8.2f} MiB, driver->ranks {b / 2**20:8.2f} MiB, "
+            f"  {name}: stored by workers {a / 2**20:8.2f} MiB, fetched by ranks {b / 2**20:8.2f} MiB, "
             f"total {(a + b) / 2**20:8.2f} MiB per epoch ({(a + b) / n / 1024:.1f} KiB per edit)"
         )
     print(f"  ratio after / before: {sum(after) / sum(before):.3f}")
