@@ -17,7 +17,9 @@ What every service gets from here, so they behave the same:
     `max_image_pixels` and every edit past the request's `max_request_decoded_mb` get a per-edit error
     naming the size and the limit; the request is decoded and scored in chunks of ~`chunk_decoded_mb`
     (the next chunk decodes in a thread pool while the scorer works on one), so decoded images take
-    ~2 chunks of memory whatever the request holds;
+    ~2 chunks of memory whatever the request holds; the source, mask and target of a group
+    (`ScoreRequest.groups`) are decoded once for its edits, which share the same read-only arrays, and
+    count once in the budget (rewards/edits.py, RequestEdits);
   - request errors (bytes that are not a ScoreRequest, empty batch, too many edits, duplicate or empty
     edit ids) -> INVALID_ARGUMENT; per-edit problems (undecodable bytes, size or channel mismatch,
     16-bit PNGs, missing mask/target/instruction, non-finite scores) -> a per-edit error naming the
@@ -45,7 +47,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from cocoedit.protos import reward_pb2, reward_pb2_grpc
 from cocoedit.rewards.base import DecodedEdit, EditOutcome, Scorer
 from cocoedit.rewards.config import ServerConfig
-from cocoedit.rewards.edits import check_edit, check_outcome, decode_edit, expand_groups
+from cocoedit.rewards.edits import MB, RequestEdits, check_outcome
 from cocoedit.rewards.memory import release_free_memory
 from cocoedit.rewards.security import check_exposure, server_credentials, token_interceptors
 from cocoedit.telemetry import record_server_request
@@ -53,7 +55,6 @@ from cocoedit.telemetry import record_server_request
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
-MB = 1024 * 1024
 # gRPC admits this many calls beyond max_concurrent_calls (health checks, Info, reflection, and Score
 # calls it answers RESOURCE_EXHAUSTED without reading them)
 OTHER_CALLS = 4
@@ -223,55 +224,32 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             return "ScoreRequest.groups: every group needs a group_id, each sent once per request"
         return None
 
-    def _plan(self, edits: list[reward_pb2.Edit]) -> tuple[dict[int, str], list[list[int]]]:
-        """From the PNG headers alone: per-edit errors by index, and the chunks (lists of indices, in
-        order) of the edits to decode, each of ~chunk_decoded_mb decoded bytes (at least one edit)."""
-        cfg = self.cfg
-        budget, chunk_bytes = cfg.max_request_decoded_mb * MB, cfg.chunk_decoded_mb * MB
-        errors: dict[int, str] = {}
-        chunks: list[list[int]] = []
-        spent = in_chunk = 0
-        for i, edit in enumerate(edits):
-            try:
-                size = check_edit(edit, self.scorer, cfg.max_image_pixels)
-            except ValueError as e:
-                errors[i] = str(e)
-                continue
-            if spent + size > budget:
-                errors[i] = (
-                    f"request over its decoded-bytes budget: this edit decodes to {size / MB:.1f} MB and the "
-                    f"edits before it to {spent / MB:.1f} MB, over max_request_decoded_mb="
-                    f"{cfg.max_request_decoded_mb}; send it in another request (fewer edits per request)"
-                )
-                continue
-            spent += size
-            if not chunks or in_chunk + size > chunk_bytes:
-                chunks.append([])
-                in_chunk = 0
-            chunks[-1].append(i)
-            in_chunk += size
-        return errors, chunks
+    def _plan(self, request: reward_pb2.ScoreRequest) -> tuple[RequestEdits, dict[int, str], list[list[int]]]:
+        """The request's edits, from the PNG headers alone: per-edit errors by index, and the chunks
+        (lists of indices, in order) of the edits to decode (RequestEdits.plan)."""
+        edits = RequestEdits(request, self.scorer, self.cfg.max_image_pixels)
+        return edits, *edits.plan(self.cfg.max_request_decoded_mb, self.cfg.chunk_decoded_mb)
 
-    def _decode_many(self, edits: list[reward_pb2.Edit]) -> list[DecodedEdit | str]:
+    def _decode_many(self, edits: RequestEdits, indices: list[int]) -> list[DecodedEdit | str]:
         out: list[DecodedEdit | str] = []
-        for edit in edits:
+        for i in indices:
             if self._closing.is_set():
                 out.append("server shutting down")
                 continue
             try:
-                out.append(decode_edit(edit, self.scorer, self.cfg.max_image_pixels))
+                out.append(edits.decode(i))
             except ValueError as e:
                 out.append(str(e))
         return out
 
-    async def _decode_chunk(self, edits: list[reward_pb2.Edit]) -> list[DecodedEdit | str]:
-        """Decode edits split over the decode threads; results in order."""
+    async def _decode_chunk(self, edits: RequestEdits, chunk: list[int]) -> list[DecodedEdit | str]:
+        """Decode the chunk's edits split over the decode threads; results in order."""
         loop = asyncio.get_running_loop()
-        size = -(-len(edits) // max(1, min(self.cfg.decode_workers, len(edits))))
+        size = -(-len(chunk) // max(1, min(self.cfg.decode_workers, len(chunk))))
         parts = await asyncio.gather(
             *(
-                loop.run_in_executor(self._decode_pool, self._decode_many, edits[i : i + size])
-                for i in range(0, len(edits), size)
+                loop.run_in_executor(self._decode_pool, self._decode_many, edits, chunk[i : i + size])
+                for i in range(0, len(chunk), size)
             )
         )
         decoded = []
@@ -285,16 +263,12 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     ) -> reward_pb2.ScoreReply:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
-        edits = expand_groups(request)  # the groups' shared images, sent once, into each edit
-        errors, chunks = await loop.run_in_executor(self._decode_pool, self._plan, edits)
+        # a group's images (sent once) are decoded once for its edits
+        edits, errors, chunks = await loop.run_in_executor(self._decode_pool, self._plan, request)
         results: dict[int, EditOutcome | str] = dict(errors)
 
         def decode(k: int) -> Optional[asyncio.Task]:
-            return (
-                asyncio.ensure_future(self._decode_chunk([edits[i] for i in chunks[k]]))
-                if k < len(chunks)
-                else None
-            )
+            return asyncio.ensure_future(self._decode_chunk(edits, chunks[k])) if k < len(chunks) else None
 
         pending = decode(0)
         try:
@@ -318,7 +292,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             if pending is not None:
                 pending.cancel()
         reply = reward_pb2.ScoreReply(service=self.scorer.service)
-        for i, edit in enumerate(edits):
+        for i, edit in enumerate(edits.edits):
             item = reply.scores.add(edit_id=edit.edit_id)
             result = results[i]
             if isinstance(result, str):

@@ -64,13 +64,15 @@ class SyntheticJudge(Scorer):
 
     def _score_sync(self, edits: list[DecodedEdit]) -> list[EditOutcome]:
         outcomes = []
-        # One edit at a time: edits of a batch may differ in size.
+        # One edit at a time: edits of a batch may differ in size. A group's images are read-only
+        # (shared by its edits): torch wraps only writable arrays, so those are copied ("W").
         for e in edits:
             src, edi, tgt = (
-                torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255.0
+                torch.from_numpy(np.require(a, requirements=("C", "W"))).permute(2, 0, 1)[None].float()
+                / 255.0
                 for a in (e.source_image, e.edited_image, e.target_image)
             )
-            mask = torch.from_numpy(np.ascontiguousarray(e.edit_mask, dtype=np.float32))[None, None]
+            mask = torch.from_numpy(np.require(e.edit_mask, np.float32, ("C", "W")))[None, None]
             s = {k: float(v[0]) for k, v in instruction_scores(src, edi, tgt, mask).items()}
             if math.isnan(s["score"]):
                 why = (

@@ -114,8 +114,9 @@ def test_the_learner_is_sent_no_pixels_but_its_masks():
 
 
 def test_groups_on_the_wire_carry_each_image_once_and_make_the_same_protos():
-    """to_groups: each edit its edited PNG, each group its source, mask and target once; the server's
-    expand_groups gives back exactly the protos of to_edits (so the same rewards)."""
+    """to_groups: each edit its edited PNG, each group its source, mask and target once; expand_groups
+    (the images the server decodes for each edit) gives back exactly the protos of to_edits (so the same
+    rewards)."""
     batch = fixed_batch()
     edits, groups = to_groups(batch)
     assert [g.group_id for g in groups] == ["0:item0", "0:item1"] and not any(e.source_image for e in edits)
@@ -123,7 +124,7 @@ def test_groups_on_the_wire_carry_each_image_once_and_make_the_same_protos():
         reward_pb2.ScoreRequest(edits=edits, groups=groups).SerializeToString()
     )
     wire = request.ByteSize()
-    expanded = expand_groups(request)  # in place, as the server does
+    expanded = expand_groups(request)  # in place
     assert hashlib.sha256(b"".join(e.SerializeToString() for e in expanded)).hexdigest() == PROTOS_BEFORE
     full = sum(e.ByteSize() for e in to_edits(batch))
     needed = sum(len(e.edited_image) for e in edits) + sum(

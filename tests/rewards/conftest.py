@@ -1,5 +1,6 @@
-"""Shared fixtures of the reward tests: synthetic edits, a pixel server on a free 127.0.0.1 port,
-and small real scorers (gated, raising, NaN, target/instruction-needing) to drive the server."""
+"""Shared fixtures of the reward tests: synthetic edits (alone, or in groups that share a source, mask
+and target), a pixel server on a free 127.0.0.1 port, and small real scorers (gated, raising, NaN,
+target/instruction-needing) to drive the server."""
 
 from __future__ import annotations
 
@@ -44,6 +45,50 @@ def make_edits(n: int, h: int = 32, w: int = 32, seed: int = 0, prefix: str = "e
         source, edited, mask = synthetic_edit_arrays(rng, h, w)
         edits.append(make_edit(f"{prefix}{i}", f"g{i // 4}", 0, "repaint the box", source, edited, mask))
     return edits
+
+
+def groups_of(sizes: list[int], h: int = 24, w: int = 24, seed: int = 0) -> list[reward_pb2.Edit]:
+    """Edits of groups `g0`, `g1`, ... of the given sizes, each edit carrying its group's source, mask and
+    target (the ungrouped form) and its own edited image (the target inside the mask, +-9 jitter)."""
+    from cocoedit.rewards.client import make_edit
+
+    rng = np.random.default_rng(seed)
+    edits = []
+    for g, size in enumerate(sizes):
+        source, _, mask = synthetic_edit_arrays(rng, h, w)
+        target = source.copy()
+        target[mask] = rng.integers(0, 256, 3, dtype=np.uint8)
+        for k in range(size):
+            edited = np.where(mask[:, :, None], target, source).astype(np.uint8)
+            edited = np.clip(edited.astype(np.int16) + rng.integers(-9, 10, edited.shape), 0, 255)
+            edits.append(
+                make_edit(f"g{g}:{k}", f"g{g}", 0, "recolour", source, edited.astype(np.uint8), mask, target)
+            )
+    return edits
+
+
+def on_the_wire(edits: list[reward_pb2.Edit], grouped: set[str]) -> reward_pb2.ScoreRequest:
+    """The request with the edits of `grouped` groups sent as to_groups sends them: source, mask and
+    target once in a Group, the edits without them; the other edits as they are."""
+    request = reward_pb2.ScoreRequest()
+    for edit in edits:
+        if edit.group_id not in grouped:
+            request.edits.append(edit)
+            continue
+        if edit.group_id not in {g.group_id for g in request.groups}:
+            request.groups.add(
+                group_id=edit.group_id,
+                source_image=edit.source_image,
+                edit_mask=edit.edit_mask,
+                target_image=edit.target_image,
+            )
+        request.edits.add(
+            edit_id=edit.edit_id,
+            group_id=edit.group_id,
+            instruction=edit.instruction,
+            edited_image=edit.edited_image,
+        )
+    return request
 
 
 class GateScorer(Scorer):

@@ -16,7 +16,7 @@ import pytest
 
 from cocoedit.rewards.base import DecodedEdit
 from cocoedit.rewards.config import ClientConfig, JudgeConfig, ServerConfig
-from tests.rewards.conftest import make_edits
+from tests.rewards.conftest import groups_of, make_edits, on_the_wire
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,14 @@ def test_undecodable_image_is_a_per_edit_error_and_the_rest_is_scored(client) ->
     assert outcomes[1].score is None and "edited_image" in outcomes[1].error
     for i in (0, 2):
         assert outcomes[i].error is None and 0.0 <= outcomes[i].score <= 1.0
+
+
+def test_a_groups_shared_read_only_images_score_as_if_sent_alone(client) -> None:  # type: ignore[no-untyped-def]
+    edits = groups_of([3], 48, 48, seed=4)
+    request = on_the_wire(edits, {"g0"})  # one decode of the source, read-only, for the three edits
+    assert [o.score for o in client.score(request.edits, request.groups)] == [
+        o.score for o in client.score(edits)
+    ]
 
 
 def test_text_mode_scores_or_falls_back_marked_never_silently(judge_server, judge_cfg) -> None:  # type: ignore[no-untyped-def]
