@@ -60,7 +60,8 @@ def to_edits(batch: RolloutBatch) -> list[reward_pb2.Edit]:
 def to_groups(batch: RolloutBatch) -> tuple[list[reward_pb2.Edit], list[reward_pb2.Group]]:
     """The batch as Edits carrying their own edited image only, and one Group per group with what its
     edits share (source, mask and target PNG, encoded once): each image once on the wire. A server
-    puts a group's images back into its edits (rewards/edits.expand_groups): the same protos as to_edits."""
+    decodes a group's images once for all its edits (rewards/edits.RequestEdits); expanded
+    (rewards/edits.expand_groups) they are the same protos as to_edits."""
     rows = _shared_pngs(batch)
     groups: dict[str, reward_pb2.Group] = {}
     for i, group_id in enumerate(batch.group_ids):
