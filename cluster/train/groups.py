@@ -102,6 +102,10 @@ def _rollout_actor() -> type:
     return RolloutActor
 
 
+class RolloutFailure(RuntimeError):
+    """A rollout worker died or hung more often than rollout.max_restarts: the run stops (one line)."""
+
+
 class RolloutGroup:
     """`num_workers` RolloutWorker actors; an epoch's items are split into contiguous shards.
 
@@ -195,9 +199,11 @@ class RolloutGroup:
                 # ObjectLostError: the shard was sampled, but on a node lost before it was fetched
                 except (RayActorError, ObjectLostError, Hung) as e:
                     if attempt == self.cfg.max_restarts:
-                        raise RuntimeError(
-                            f"rollout worker {i} died or hung {attempt + 1} times sampling a shard of {len(items)} "
-                            f"edits; giving up (rollout.max_restarts={self.cfg.max_restarts})"
+                        raise RolloutFailure(
+                            f"rollout worker {i} died or hung {attempt + 1} time(s) sampling a shard of {len(items)} "
+                            f"edits ({_first_line(e)}); giving up (rollout.max_restarts={self.cfg.max_restarts}). "
+                            "See its log (Ray dashboard, /tmp/ray/session_latest/logs), then resume with "
+                            "`cocoedit train --resume`"
                         ) from e
                     hung = isinstance(e, Hung)
                     why = (

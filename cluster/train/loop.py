@@ -39,7 +39,7 @@ from cocoedit.cluster.runtime.launch import RayConnectError, init_ray, resolve_m
 from cocoedit.cluster.runtime.placement import Placement, PlacementError
 from cocoedit.cluster.runtime.services import RewardServices
 from cocoedit.cluster.train.evaluation import eval_sets, fixed_items, record, summary_lines, write_summary
-from cocoedit.cluster.train.groups import RolloutGroup
+from cocoedit.cluster.train.groups import RolloutFailure, RolloutGroup
 from cocoedit.cluster.train.learners import LearnerGroup
 from cocoedit.cluster.train.preflight import PreflightError, preflight
 from cocoedit.cluster.train.report import write_run_report
@@ -431,6 +431,7 @@ RUN_ERRORS: tuple[type[Exception], ...] = (
     ResumeConfigError,
     RewardError,
     RewardServiceError,
+    RolloutFailure,
     PreflightError,
     PortTakenError,
     RunDirError,
