@@ -155,44 +155,15 @@ def test_simulated_run_checkpoints_and_resumes(tmp_path: Path) -> None:
     through the learner's own save), and `--resume` with more epochs continues from the latest one: every
     epoch in metrics.jsonl once, the learner's step carried on. Two runs of `cocoedit simulate` on one
     raylet: ~2-4 min on a loaded 2-core machine."""
-    work = tmp_path / "work"
-    argv = [
-        "simulate",
-        "--config",
-        "cluster/configs/flux_kontext_8gpu.yaml",
-        "--sim-nodes",
-        "1",
-        "--time-scale",
-        "50",
-        "--no-lora-count",
-        "--work",
-        str(work),
-        "data.image_size=128",
-        "data.n_items=2",
-        "data.group_size=4",
+    overrides = (
         "rollout.num_workers=1",
-        "rollout.batch_size=4",
-        "learner.world_size=1",
-        "learner.micro_batch_size=4",
         "learner.valid_min_std=0",  # every update takes a step: the step count tells the resume
-        "rewards.pixel.scaling.replicas=1",
-        "rewards.pixel.scaling.cpus_per_replica=1",
-        "rewards.mllm.scaling.gpus_per_replica=1",
-        "rewards.mllm.tensor_parallel_size=1",
         "run.checkpoint_every=1",
-    ]
-    code = "import sys; from cocoedit.cluster.cli import main; sys.exit(main(sys.argv[1:]))"
-    root = Path(__file__).resolve().parents[2]
+    )
 
     def simulate(*more: str) -> dict:
         out = tmp_path / "summary.json"
-        proc = subprocess.run(
-            [sys.executable, "-c", code, *argv[:1], *more, "--json", str(out), *argv[1:]],
-            capture_output=True,
-            text=True,
-            timeout=500,
-            cwd=root,
-        )
+        proc = _simulate(tmp_path, "--sim-nodes", "1", "--json", str(out), *more, *overrides)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(out.read_text())
 
