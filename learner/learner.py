@@ -6,7 +6,7 @@ sampling policy).
     learner = Learner(policy_cfg, learner_cfg)                      # rank 0 of 1 on this machine
     scores = score_groups(rewards, batch.group_ids, batch.item_ids, learner_cfg)
     metrics = learner.update(batch, scores.advantages, scores.valid)
-    workers.load(learner.sampling_weights(), version + 1)
+    worker.load_weights(learner.sampling_weights(), version + 1)  # an actors.rollout.RolloutWorker
 
 Data parallel: the launcher (cluster/) starts `world_size` processes, sets MASTER_ADDR / MASTER_PORT and
 constructs `Learner(..., rank=i, world_size=n)` in each; every rank's `update` gets its shard of the
